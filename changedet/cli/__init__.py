@@ -1,0 +1,29 @@
+"""The ``changedet`` command line: thin commands over the library.
+
+Each command parses its options, opens a ``rasterio.Env``, calls the
+library and writes. Errors the user can fix exit with code 1 and one line
+on stderr; usage errors exit with code 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+import click
+
+from changedet import __version__
+from changedet.cli.diff import diff
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="changedet",
+                      message="%(prog)s %(version)s")
+def main() -> None:
+    """Find what changed between two satellite or aerial images of the same place.
+
+    \b
+    $ changedet diff before.tif after.tif -o changes.geojson
+    """
+
+
+main.add_command(diff)

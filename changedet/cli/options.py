@@ -1,0 +1,172 @@
+"""Options shared by changedet's commands, and how errors reach the user."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from changedet.coreg import COREG_MODES
+from changedet.errors import ChangeDetError
+from changedet.thresholds import THRESHOLD_METHODS
+
+__all__ = [
+    "verbosity_opt",
+    "overwrite_opt",
+    "output_opt",
+    "bands_opt",
+    "roi_opt",
+    "bbox_opt",
+    "coreg_opt",
+    "threshold_opt",
+    "configure_logging",
+    "handle_errors",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _count_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    ctx.ensure_object(dict)
+    ctx.obj[param.name] = value
+    return value
+
+
+def verbosity_opt(f: F) -> F:
+    """``-v/--verbose`` and ``-q/--quiet``, both counted."""
+    f = click.option("-q", "--quiet", count=True, callback=_count_verbosity,
+                     expose_value=False, help="Say less on stderr (warnings off with -q).")(f)
+    f = click.option("-v", "--verbose", count=True, callback=_count_verbosity,
+                     expose_value=False,
+                     help="Say more on stderr: -v progress, -vv debugging and tracebacks.")(f)
+    return f
+
+
+overwrite_opt = click.option(
+    "--overwrite", is_flag=True, default=False,
+    help="Replace output files that already exist.")
+
+output_opt = click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), default=None,
+    help="Output GeoJSON file (default: standard output).")
+
+
+def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None,
+                 ) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        bands = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of band numbers "
+                                 "(e.g. 1,2,3)") from None
+    if not bands or any(b < 1 for b in bands):
+        raise click.BadParameter("band numbers start at 1 (e.g. 1,2,3)")
+    return bands
+
+
+bands_opt = click.option(
+    "--bands", callback=_parse_bands, default=None, metavar="LIST",
+    help="Bands to use from both images, 1-based, e.g. 1,2,3 (default: all).")
+
+roi_opt = click.option(
+    "--roi", type=click.Path(dir_okay=False), default=None, metavar="ROI.geojson",
+    help="Process and report only inside this polygon (GeoJSON, WGS84 lon/lat or "
+         "the CRS its 'crs' member names).")
+
+bbox_opt = click.option(
+    "--bbox", type=float, nargs=4, default=None, metavar="W S E N",
+    help="Process and report only inside these lon/lat bounds.")
+
+coreg_opt = click.option(
+    "--coreg", type=click.Choice(COREG_MODES), default="global", show_default=True,
+    help="Co-registration: remove a global sub-pixel shift of the after image, or not.")
+
+
+def _parse_threshold(ctx: click.Context, param: click.Parameter, value: str) -> str | float:
+    if value in THRESHOLD_METHODS:
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither one of {', '.join(THRESHOLD_METHODS)} nor a number") from None
+    if not number >= 0:
+        raise click.BadParameter("a threshold must be a non-negative number")
+    return number
+
+
+threshold_opt = click.option(
+    "--threshold", callback=_parse_threshold, default="auto", show_default=True,
+    metavar="[auto|chi2|otsu|NUMBER]",
+    help="Threshold on the change score (in no-change standard deviations): auto "
+         "(chi-square hysteresis), chi2, otsu, or a number.")
+
+
+class _StderrFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.name == "py.warnings":
+            # "path:line: Category: message" -> "Warning: message"
+            msg = msg.strip().splitlines()[0]
+            msg = msg.split(": ", 2)[-1] if msg.count(": ") >= 2 else msg
+            return f"Warning: {msg}"
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.title()}: {msg}"
+        return msg
+
+
+def configure_logging(verbose: int, quiet: int) -> None:
+    """Send changedet's log and warnings to stderr at the asked level."""
+    level = logging.WARNING - 10 * verbose + 10 * quiet
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StderrFormatter())
+    for name in ("changedet", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(max(level, logging.DEBUG))
+        logger.propagate = False
+    logging.captureWarnings(True)
+
+
+def handle_errors(f: F) -> F:
+    """Turn library errors into one line on stderr and exit code 1.
+
+    A :class:`ChangeDetError` is the user's to fix, and its message says how.
+    Anything else is a bug in changedet: say so in one line, and show the
+    traceback only with ``-vv``.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        obj = ctx.find_object(dict) or {}
+        verbose, quiet = obj.get("verbose", 0), obj.get("quiet", 0)
+        configure_logging(verbose, quiet)
+        try:
+            return f(*args, **kwargs)
+        except ChangeDetError as exc:
+            if verbose >= 2:
+                traceback.print_exc()
+            raise click.ClickException(str(exc)) from None
+        except MemoryError:
+            raise click.ClickException(
+                "out of memory; try a smaller region with --roi or --bbox") from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no output was written.", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if verbose >= 2:
+                traceback.print_exc()
+            raise click.ClickException(
+                f"internal error ({type(exc).__name__}: {exc}); please report it with the "
+                "output of the same command run with -vv") from None
+
+    return wrapper  # type: ignore[return-value]

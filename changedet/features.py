@@ -1,0 +1,71 @@
+"""Image features that survive changes of illumination and sensor.
+
+Shared by co-registration (what to match on), direction labelling (which
+date has the object's outline) and structure-aware scoring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+__all__ = ["standardised_mean", "gradient_magnitude"]
+
+
+def standardised_mean(data: NDArray[np.floating], invalid: NDArray[np.bool_] | None = None,
+                      ) -> NDArray[np.float32]:
+    """Mean of the bands after standardising each to zero mean, unit variance.
+
+    Parameters
+    ----------
+    data : (bands, H, W) or (H, W) ndarray
+    invalid : (H, W) ndarray of bool, optional
+        True where pixels are invalid: excluded from the statistics and set
+        to 0 in the output.
+
+    Returns
+    -------
+    (H, W) ndarray of float32
+    """
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    valid = None if invalid is None else ~invalid
+    acc = np.zeros(data.shape[1:], np.float32)
+    for band in data:
+        v = band if valid is None else band[valid]
+        if v.size == 0:
+            break
+        std = float(v.std(dtype=np.float64))
+        if std > 0:
+            acc += (band.astype(np.float32, copy=False) - np.float32(v.mean(dtype=np.float64))) \
+                / np.float32(std)
+    acc /= data.shape[0]
+    if invalid is not None:
+        acc[invalid] = 0
+    return acc
+
+
+def gradient_magnitude(data: NDArray[np.floating], invalid: NDArray[np.bool_] | None = None,
+                       ) -> NDArray[np.float32]:
+    """Sobel gradient magnitude of :func:`standardised_mean`.
+
+    Edges keep the geometry of a scene and drop its absolute brightness, so
+    they match across dates, sensors and haze. Gradients that touch an
+    invalid pixel are set to 0.
+
+    Parameters
+    ----------
+    data : (bands, H, W) or (H, W) ndarray
+    invalid : (H, W) ndarray of bool, optional
+
+    Returns
+    -------
+    (H, W) ndarray of float32
+    """
+    img = standardised_mean(data, invalid)
+    grad = np.hypot(ndimage.sobel(img, axis=0), ndimage.sobel(img, axis=1)).astype(np.float32)
+    if invalid is not None and invalid.any():
+        grad[ndimage.binary_dilation(invalid, iterations=2)] = 0
+    return grad

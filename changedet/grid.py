@@ -1,0 +1,238 @@
+"""The reference grid: overlap, regions of interest and pixel areas.
+
+The before image's grid is the reference: the after image is resampled onto
+it and every output is on it. Functions here are pure geometry on affine
+transforms, bounds and CRSs; they open no files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from rasterio.warp import transform_bounds, transform_geom
+from rasterio.windows import Window, from_bounds
+from shapely.geometry import box, mapping, shape
+
+from changedet.errors import InputError, NoOverlapError, ROIError
+
+__all__ = [
+    "Grid",
+    "MIN_OVERLAP_PX",
+    "WGS84",
+    "linear_unit_factor",
+    "overlap_window",
+    "roi_window",
+    "geometry_to_crs",
+]
+
+WGS84 = CRS.from_epsg(4326)
+
+#: The smallest overlap, in pixels on a side, that is worth working on.
+MIN_OVERLAP_PX = 16
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: where pixels are and how many there are.
+
+    Parameters
+    ----------
+    transform : Affine
+        Pixel (col, row) to map (x, y) transform of the upper-left corner.
+    crs : CRS or None
+        Coordinate reference system; ``None`` means pixel space (the inputs
+        carried no georeferencing).
+    width, height : int
+        Size in pixels.
+    """
+
+    transform: Affine
+    crs: CRS | None
+    width: int
+    height: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)``, as numpy orders them."""
+        return (self.height, self.width)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(left, bottom, right, top)`` in the grid's CRS."""
+        t = self.transform
+        xs = (t.c, t.c + t.a * self.width, t.c + t.b * self.height,
+              t.c + t.a * self.width + t.b * self.height)
+        ys = (t.f, t.f + t.d * self.width, t.f + t.e * self.height,
+              t.f + t.d * self.width + t.e * self.height)
+        return (min(xs), min(ys), max(xs), max(ys))
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size ``(x, y)`` in CRS units, both positive."""
+        t = self.transform
+        return (math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+
+    @property
+    def is_georeferenced(self) -> bool:
+        """Whether coordinates are map coordinates rather than pixels."""
+        return self.crs is not None
+
+    def window_grid(self, window: Window) -> Grid:
+        """The sub-grid covered by `window` (which must be integer)."""
+        col, row = int(window.col_off), int(window.row_off)
+        return Grid(self.transform @ Affine.translation(col, row), self.crs,
+                    int(window.width), int(window.height))
+
+    def pixel_size_m(self) -> tuple[float, float]:
+        """Pixel size ``(x, y)`` in metres, at the grid's centre.
+
+        Pixel space counts one pixel as one unit.
+        """
+        rx, ry = self.res
+        if self.crs is None:
+            return (rx, ry)
+        if self.crs.is_geographic:
+            left, bottom, right, top = self.bounds
+            lat = math.radians((bottom + top) / 2)
+            # Metres per degree on the WGS84 ellipsoid at this latitude.
+            m_lat = 111132.954 - 559.822 * math.cos(2 * lat) + 1.175 * math.cos(4 * lat)
+            m_lon = 111412.84 * math.cos(lat) - 93.5 * math.cos(3 * lat)
+            return (rx * m_lon, ry * m_lat)
+        f = linear_unit_factor(self.crs)
+        return (rx * f, ry * f)
+
+    def pixel_area_m2(self) -> float:
+        """Area of one pixel in square metres (at the centre if geographic)."""
+        sx, sy = self.pixel_size_m()
+        return sx * sy
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-typed description, for metadata."""
+        return {
+            "crs": _crs_name(self.crs),
+            "transform": [round(v, 12) for v in tuple(self.transform)[:6]],
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def _crs_name(crs: CRS | None) -> str | None:
+    if crs is None:
+        return None
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def linear_unit_factor(crs: CRS) -> float:
+    """Metres per unit of a projected CRS (1.0 for metre-based CRSs)."""
+    try:
+        return float(crs.linear_units_factor[1])
+    except CRSError:
+        return 1.0
+
+
+def _pixel_window(grid: Grid, bounds: tuple[float, float, float, float]) -> Window:
+    """Integer window of `grid` covering `bounds`, clipped to the grid."""
+    win = from_bounds(*bounds, transform=grid.transform)
+    col0 = max(0, math.floor(win.col_off + 1e-6))
+    row0 = max(0, math.floor(win.row_off + 1e-6))
+    col1 = min(grid.width, math.ceil(win.col_off + win.width - 1e-6))
+    row1 = min(grid.height, math.ceil(win.row_off + win.height - 1e-6))
+    return Window(col0, row0, max(0, col1 - col0), max(0, row1 - row0))
+
+
+def overlap_window(grid: Grid, other_bounds: tuple[float, float, float, float],
+                   other_crs: CRS | None, *, min_size: int = MIN_OVERLAP_PX) -> Window:
+    """Window of `grid` that another image's footprint covers.
+
+    Parameters
+    ----------
+    grid : Grid
+        The reference grid.
+    other_bounds : tuple of 4 floats
+        ``(left, bottom, right, top)`` of the other image in `other_crs`.
+    other_crs : CRS or None
+        CRS of the other image; ``None`` only if `grid` is in pixel space too.
+    min_size : int, optional
+        Smallest acceptable overlap, in pixels on each side.
+
+    Returns
+    -------
+    Window
+        Integer window, clipped to the grid.
+
+    Raises
+    ------
+    NoOverlapError
+        If the footprints do not overlap by at least `min_size` pixels.
+    """
+    if (grid.crs is None) != (other_crs is None):
+        raise InputError("one image is georeferenced and the other is not")
+    if grid.crs is not None and other_crs != grid.crs:
+        other_bounds = transform_bounds(other_crs, grid.crs, *other_bounds, densify_pts=21)
+    left, bottom, right, top = grid.bounds
+    ol, ob, orr, ot = other_bounds
+    inter = (max(left, ol), max(bottom, ob), min(right, orr), min(top, ot))
+    if inter[0] >= inter[2] or inter[1] >= inter[3]:
+        raise NoOverlapError("the two images do not overlap")
+    win = _pixel_window(grid, inter)
+    if win.width < min_size or win.height < min_size:
+        raise NoOverlapError(
+            f"the two images overlap by only {win.width} x {win.height} pixels "
+            f"(at least {min_size} x {min_size} needed)")
+    return win
+
+
+def geometry_to_crs(geometry: dict[str, Any], src_crs: CRS, dst_crs: CRS | None) -> dict[str, Any]:
+    """Reproject a GeoJSON-like geometry (no-op when the CRSs match)."""
+    if dst_crs is None or src_crs == dst_crs:
+        return geometry
+    return transform_geom(src_crs, dst_crs, geometry)
+
+
+def roi_window(grid: Grid, roi: dict[str, Any], roi_crs: CRS | None = WGS84, *,
+               min_size: int = MIN_OVERLAP_PX) -> tuple[Window, dict[str, Any]]:
+    """Window of `grid` covering a region of interest.
+
+    Parameters
+    ----------
+    grid : Grid
+        The reference grid.
+    roi : dict
+        GeoJSON-like (multi)polygon.
+    roi_crs : CRS or None, optional
+        CRS of `roi` (WGS84 by default); ``None`` for pixel space.
+
+    Returns
+    -------
+    window : Window
+        Integer window of `grid` covering the ROI, clipped to the grid.
+    geometry : dict
+        The ROI reprojected to the grid's CRS.
+
+    Raises
+    ------
+    ROIError
+        If the ROI is not a polygon or falls outside the grid.
+    """
+    if grid.crs is None and roi_crs is not None:
+        raise ROIError("the images carry no georeferencing, so a lon/lat region of "
+                       "interest cannot be placed on them")
+    geom = geometry_to_crs(roi, roi_crs, grid.crs) if grid.crs is not None else roi
+    shp = shape(geom)
+    if shp.geom_type not in ("Polygon", "MultiPolygon") or shp.is_empty:
+        raise ROIError(f"the region of interest must be a polygon, not {shp.geom_type}")
+    gb = box(*grid.bounds)
+    if not shp.intersects(gb):
+        raise ROIError("the region of interest lies outside the before image")
+    win = _pixel_window(grid, shp.intersection(gb).bounds)
+    if win.width < min_size or win.height < min_size:
+        raise ROIError(
+            f"the region of interest covers only {win.width} x {win.height} pixels "
+            f"of the images (at least {min_size} x {min_size} needed)")
+    return win, mapping(shp)

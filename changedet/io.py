@@ -1,0 +1,579 @@
+"""Reading inputs and writing outputs: the only module that touches files.
+
+Inputs may be paths (anything GDAL reads), open rasterio datasets, or
+in-memory :class:`Raster` objects. Every read returns float32 pixels and a
+boolean mask (True = invalid, as numpy.ma) that folds together the nodata
+value, the dataset's mask or alpha band, non-finite values and, for warped
+reads, pixels that fall outside the source.
+
+Every write goes to a temporary file in the destination folder and is moved
+into place only when complete, so an interrupted run never leaves a partial
+file and never clobbers an existing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Union
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from numpy.typing import NDArray
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.io import DatasetReader, MemoryFile
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from changedet.errors import (
+    InputError,
+    OutputError,
+    OutputExistsError,
+    RasterReadError,
+    ROIError,
+)
+from changedet.grid import WGS84, Grid
+
+__all__ = [
+    "Raster",
+    "RasterSource",
+    "ImageInfo",
+    "open_raster",
+    "image_info",
+    "read_window",
+    "read_warped",
+    "read_roi",
+    "check_output_path",
+    "atomic_output",
+    "write_text",
+    "write_geojson",
+    "write_class_raster",
+    "write_float_raster",
+    "dumps_geojson",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Raster:
+    """An in-memory image with its georeferencing.
+
+    Parameters
+    ----------
+    data : (bands, H, W) or (H, W) ndarray
+        Pixel values, any real dtype.
+    transform : Affine
+        Pixel to map transform.
+    crs : CRS, str or None
+        Coordinate reference system (anything ``CRS.from_user_input``
+        takes); ``None`` for pixel space.
+    nodata : float, optional
+        Value marking invalid pixels.
+    mask : (H, W) ndarray of bool, optional
+        True where pixels are invalid.
+    name : str, optional
+        A label for messages and metadata.
+    """
+
+    data: NDArray[Any]
+    transform: Affine = field(default_factory=Affine.identity)
+    crs: CRS | str | None = None
+    nodata: float | None = None
+    mask: NDArray[np.bool_] | None = None
+    name: str = "<array>"
+
+
+RasterSource = Union[str, os.PathLike, DatasetReader, Raster]
+
+
+def _name(src: RasterSource) -> str:
+    if isinstance(src, Raster):
+        return src.name
+    if isinstance(src, (DatasetReader, WarpedVRT)):
+        return os.path.basename(src.name) or src.name
+    return os.path.basename(os.fspath(src))
+
+
+@contextlib.contextmanager
+def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
+    """Open an input as a rasterio dataset.
+
+    A path is opened and closed here; an open dataset is passed through and
+    left open; a :class:`Raster` is wrapped in an in-memory GeoTIFF.
+
+    Raises
+    ------
+    RasterReadError
+        If the file is missing or GDAL cannot read it.
+    InputError
+        If the raster has a complex data type or no bands.
+    """
+    if isinstance(src, DatasetReader):
+        _check_dataset(src, _name(src))
+        yield src
+        return
+    if isinstance(src, Raster):
+        with _raster_to_memfile(src) as mem, mem.open() as ds:
+            yield ds
+        return
+    path = os.fspath(src)
+    name = os.path.basename(path) or path
+    if "://" not in path and not os.path.exists(path):
+        raise RasterReadError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+    except RasterioError as exc:
+        raise RasterReadError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from exc
+    with ds:
+        _check_dataset(ds, name)
+        yield ds
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_dataset(ds: DatasetReader, name: str) -> None:
+    if ds.count < 1:
+        raise InputError(f"{name}: has no raster bands")
+    for dt in set(ds.dtypes):
+        if np.dtype(dt).kind == "c":
+            raise InputError(f"{name}: complex pixel type {dt} is not supported; "
+                             "convert to amplitude first (e.g. gdal_calc.py)")
+        if np.dtype(dt).kind not in "uif":
+            raise InputError(f"{name}: pixel type {dt} is not supported")
+
+
+@contextlib.contextmanager
+def _raster_to_memfile(r: Raster) -> Iterator[MemoryFile]:
+    data = np.asarray(r.data)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    if data.ndim != 3 or data.shape[1] < 1 or data.shape[2] < 1:
+        raise InputError(f"{r.name}: expected a (bands, H, W) or (H, W) array, "
+                         f"got shape {np.shape(r.data)}")
+    if data.dtype.kind not in "uif" or data.dtype == np.float16:
+        raise InputError(f"{r.name}: pixel type {data.dtype} is not supported")
+    if data.dtype == np.int8 or data.dtype == np.bool_:
+        data = data.astype(np.int16)
+    try:
+        crs = CRS.from_user_input(r.crs) if r.crs is not None else None
+    except CRSError as exc:
+        raise InputError(f"{r.name}: unrecognised CRS {r.crs!r}") from exc
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1],
+                   count=data.shape[0], dtype=data.dtype.name, transform=r.transform,
+                   crs=crs, nodata=r.nodata)
+    with MemoryFile() as mem:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with mem.open(**profile) as ds:
+                ds.write(data)
+                if r.mask is not None:
+                    m = np.asarray(r.mask, dtype=bool)
+                    if m.shape != data.shape[1:]:
+                        raise InputError(f"{r.name}: mask shape {m.shape} does not match "
+                                         f"image shape {data.shape[1:]}")
+                    ds.write_mask(np.where(m, 0, 255).astype(np.uint8))
+        yield mem
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What changedet needs to know about an input before reading pixels."""
+
+    name: str
+    grid: Grid
+    bands: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    nodata: float | None
+    block_shape: tuple[int, int]
+    alpha: int | None = None
+
+    @property
+    def count(self) -> int:
+        """Number of data bands (an alpha band is a mask, not data)."""
+        return len(self.bands)
+
+
+def _alpha_band(ds: DatasetReader) -> int | None:
+    for i, ci in enumerate(ds.colorinterp, start=1):
+        if ci == ColorInterp.alpha:
+            return i
+    return None
+
+
+def _check_alpha(ds: DatasetReader, band: int, name: str) -> None:
+    # A true alpha band is a mask: almost all 0 or 255 (or the type's max).
+    # Writers that flag a fourth data band (often near-infrared) as alpha
+    # would otherwise make most of the image transparent.
+    step = max(1, max(ds.width, ds.height) // 256)
+    sample = ds.read(band, out_shape=(max(1, ds.height // step), max(1, ds.width // step)),
+                     resampling=Resampling.nearest)
+    top = np.iinfo(sample.dtype).max if sample.dtype.kind in "ui" else 1.0
+    if np.isin(sample, (0, top)).mean() < 0.98:
+        raise InputError(
+            f"{name}: band {band} is flagged as alpha (transparency) but holds image values; "
+            f"clear the flag with 'gdal_translate -colorinterp_{band} undefined {name} "
+            "fixed.tif' and use fixed.tif")
+
+
+def image_info(ds: DatasetReader, name: str | None = None) -> ImageInfo:
+    """Describe an open dataset (its grid, data bands, types, nodata).
+
+    Raises
+    ------
+    InputError
+        If a band flagged as alpha holds image values rather than a mask.
+    """
+    georef = ds.crs is not None
+    transform = ds.transform if georef else Affine.identity()
+    alpha = _alpha_band(ds)
+    if alpha is not None:
+        _check_alpha(ds, alpha, name or _name(ds))
+    return ImageInfo(
+        name=name or _name(ds),
+        grid=Grid(transform, ds.crs if georef else None, ds.width, ds.height),
+        bands=tuple(i for i in range(1, ds.count + 1) if i != alpha),
+        dtypes=tuple(ds.dtypes),
+        nodata=ds.nodata,
+        block_shape=tuple(ds.block_shapes[0]) if ds.block_shapes else (256, ds.width),
+        alpha=alpha,
+    )
+
+
+def _indexes(ds: DatasetReader, bands: Sequence[int] | None, name: str) -> list[int]:
+    if bands is None:
+        alpha = _alpha_band(ds)
+        return [i for i in range(1, ds.count + 1) if i != alpha]
+    bad = [b for b in bands if not 1 <= b <= ds.count]
+    if bad:
+        raise InputError(f"{name}: has {ds.count} band(s); band(s) {bad} do not exist")
+    return list(bands)
+
+
+def _invalid_from(data: NDArray[np.float32], masks: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    invalid = (masks == 0).any(axis=0)
+    invalid |= ~np.isfinite(data).all(axis=0)
+    return invalid
+
+
+def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | None = None,
+                name: str | None = None) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """Read a window of a dataset on its own grid.
+
+    Returns
+    -------
+    data : (bands, h, w) ndarray of float32
+        Pixel values; invalid pixels hold 0.
+    invalid : (h, w) ndarray of bool
+        True where any band is nodata, masked or not finite.
+
+    Raises
+    ------
+    RasterReadError
+        If GDAL fails while reading (a truncated or corrupt file).
+    """
+    name = name or _name(ds)
+    idx = _indexes(ds, bands, name)
+    try:
+        data = ds.read(idx, window=window, out_dtype="float32")
+        masks = ds.read_masks(idx, window=window)
+    except RasterioError as exc:
+        raise RasterReadError(f"{name}: could not read pixels, the file may be "
+                              f"truncated or corrupt ({_first_line(exc)})") from exc
+    invalid = _invalid_from(data, masks)
+    data[:, invalid] = 0
+    return data, invalid
+
+
+def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = None,
+                offset_px: tuple[float, float] = (0.0, 0.0),
+                resampling: Resampling = Resampling.cubic,
+                name: str | None = None) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """Resample a dataset onto `grid`, optionally displaced, in one warp.
+
+    Parameters
+    ----------
+    ds : DatasetReader
+        The source image, in any CRS.
+    grid : Grid
+        Destination grid.
+    offset_px : (float, float), optional
+        ``(x, y)`` in pixels of `grid`: output pixel ``(col, row)`` takes the
+        source's value at grid location ``(col + x, row + y)``. This is how a
+        co-registration shift is removed without resampling twice.
+    resampling : Resampling, optional
+        GDAL resampling kernel (cubic by default, to keep edges sharp).
+
+    Returns
+    -------
+    data : (bands, H, W) ndarray of float32
+    invalid : (H, W) ndarray of bool
+        True outside the source or where the source is invalid.
+
+    Notes
+    -----
+    Uses a GDAL ``WarpedVRT`` with an alpha band, so that the source's
+    nodata, mask band and footprint all end up in `invalid`. Warping is done
+    in float32 so a cubic kernel does not round to the source's integer type.
+    """
+    name = name or _name(ds)
+    idx = _indexes(ds, bands, name)
+    dst_transform = grid.transform @ Affine.translation(*offset_px)
+    src_alpha = _alpha_band(ds)
+    # The warped alpha band says which output pixels have a valid source: it
+    # folds in nodata, mask bands and the source's footprint. A source alpha
+    # band is carried through as it is; otherwise one is added.
+    vrt_opts: dict[str, Any] = dict(
+        crs=grid.crs if grid.crs is not None else ds.crs,
+        transform=dst_transform, width=grid.width, height=grid.height,
+        resampling=resampling, add_alpha=src_alpha is None, dtype="float32")
+    if ds.nodata is None and any(np.dtype(d).kind == "f" for d in ds.dtypes):
+        vrt_opts["src_nodata"] = float("nan")
+    if grid.crs is None:
+        # Pixel space: give GDAL an arbitrary common frame to warp in.
+        vrt_opts.update(src_crs="EPSG:3857", crs="EPSG:3857",
+                        src_transform=Affine.identity())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with WarpedVRT(ds, **vrt_opts) as vrt:
+                data = vrt.read(idx, out_dtype="float32")
+                alpha = vrt.read(src_alpha or vrt.count)
+    except RasterioError as exc:
+        raise RasterReadError(f"{name}: could not read or reproject pixels, the file may "
+                              f"be truncated or corrupt ({_first_line(exc)})") from exc
+    invalid = (alpha < 255) | ~np.isfinite(data).all(axis=0)
+    data[:, invalid] = 0
+    return data, invalid
+
+
+def read_roi(path: str | os.PathLike) -> tuple[dict[str, Any], CRS]:
+    """Read a region of interest from a GeoJSON file.
+
+    Accepts a geometry, a Feature or a FeatureCollection; all polygons are
+    united. Coordinates are WGS84 lon/lat (RFC 7946) unless the file carries
+    a legacy ``crs`` member naming another CRS.
+
+    Returns
+    -------
+    geometry : dict
+        GeoJSON-like (multi)polygon.
+    crs : CRS
+        The CRS its coordinates are in.
+
+    Raises
+    ------
+    ROIError
+        If the file is missing, not JSON, or holds no polygon.
+    """
+    from shapely import union_all
+    from shapely.geometry import mapping, shape
+
+    name = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError as exc:
+        raise ROIError(f"{name}: no such file") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ROIError(f"{name}: not a readable GeoJSON file ({_first_line(exc)})") from exc
+    if not isinstance(obj, dict) or "type" not in obj:
+        raise ROIError(f"{name}: not a GeoJSON object")
+    crs = WGS84
+    legacy = obj.get("crs")
+    if isinstance(legacy, dict):
+        crs_name = (legacy.get("properties") or {}).get("name")
+        try:
+            crs = CRS.from_user_input(crs_name)
+        except (CRSError, TypeError) as exc:
+            raise ROIError(f"{name}: unrecognised crs member {crs_name!r}") from exc
+        if crs.to_epsg() == 4326 or "CRS84" in str(crs_name):
+            crs = WGS84
+    if obj["type"] == "FeatureCollection":
+        geoms = [f.get("geometry") for f in obj.get("features") or [] if isinstance(f, dict)]
+    elif obj["type"] == "Feature":
+        geoms = [obj.get("geometry")]
+    else:
+        geoms = [obj]
+    try:
+        shapes = [shape(g) for g in geoms if g]
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ROIError(f"{name}: malformed geometry ({_first_line(exc)})") from exc
+    polys = [s for s in shapes if s.geom_type in ("Polygon", "MultiPolygon") and not s.is_empty]
+    if not polys:
+        raise ROIError(f"{name}: holds no polygon")
+    geom = union_all([p if p.is_valid else p.buffer(0) for p in polys])
+    return mapping(geom), crs
+
+
+# -- outputs ---------------------------------------------------------------
+
+def check_output_path(path: str | os.PathLike, *, overwrite: bool = False,
+                      inputs: Iterable[Any] = ()) -> Path:
+    """Check that `path` can be written, before any work is done.
+
+    Raises
+    ------
+    OutputExistsError
+        If `path` exists and `overwrite` is false.
+    OutputError
+        If `path` is one of the `inputs`, is a folder, or its folder is
+        missing or not writable.
+    """
+    p = Path(path)
+    for src in inputs:
+        if isinstance(src, (str, os.PathLike)) and "://" not in os.fspath(src):
+            if os.path.abspath(src) == os.path.abspath(p) or (
+                    p.exists() and Path(src).exists() and p.samefile(src)):
+                raise OutputError(f"{p}: is also an input; choose another output path")
+    if p.is_dir():
+        raise OutputError(f"{p}: is a folder, not a file")
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{p}: already exists; use --overwrite to replace it")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{p}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{p}: folder {parent} is not writable")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, overwrite: bool = False,
+                  inputs: Iterable[Any] = ()) -> Iterator[str]:
+    """Yield a temporary path beside `path`; move it into place on success.
+
+    The temporary file is removed if the block raises, so a failed or
+    interrupted write leaves neither a partial file nor a changed `path`.
+    """
+    p = check_output_path(path, overwrite=overwrite, inputs=inputs)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent or ".")
+    os.close(fd)
+    try:
+        yield tmp
+        if p.exists() and not overwrite:
+            raise OutputExistsError(f"{p}: appeared while changedet was running; "
+                                    "use --overwrite to replace it")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str | os.PathLike, chunks: Iterable[str], *, overwrite: bool = False,
+               inputs: Iterable[Any] = ()) -> None:
+    """Write text chunks to `path` atomically (see :func:`atomic_output`)."""
+    try:
+        with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+                _write_chunks(f, chunks)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{path}: could not write ({exc.strerror or exc})") from exc
+
+
+def _write_chunks(f: IO[str], chunks: Iterable[str]) -> None:
+    for chunk in chunks:
+        f.write(chunk)
+
+
+def dumps_geojson(collection: dict[str, Any]) -> Iterator[str]:
+    """Serialise a FeatureCollection, one feature a line, deterministically.
+
+    Members other than ``features`` come first, then the features, so a
+    large collection can be written as it is produced.
+    """
+    head = {k: v for k, v in collection.items() if k != "features"}
+    text = json.dumps(head, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    yield text[:-1] + ',"features":['
+    for i, feat in enumerate(collection.get("features", [])):
+        yield ("\n" if i == 0 else ",\n") + json.dumps(
+            feat, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    yield "\n]}\n"
+
+
+def write_geojson(collection: dict[str, Any], path: str | os.PathLike, *,
+                  overwrite: bool = False, inputs: Iterable[Any] = ()) -> None:
+    """Write a GeoJSON FeatureCollection atomically."""
+    write_text(path, dumps_geojson(collection), overwrite=overwrite, inputs=inputs)
+
+
+def _cog_profile(grid: Grid, dtype: str, nodata: float | None) -> dict[str, Any]:
+    return dict(driver="GTiff", width=grid.width, height=grid.height, count=1,
+                dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=nodata)
+
+
+def _write_cog(array: NDArray[Any], grid: Grid, path: str | os.PathLike, *, nodata: float | None,
+               overwrite: bool, inputs: Iterable[Any], tags: dict[str, str] | None = None,
+               predictor: int = 2, resampling: str = "NEAREST") -> None:
+    try:
+        with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
+            with MemoryFile() as mem:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    with mem.open(**_cog_profile(grid, array.dtype.name, nodata)) as ds:
+                        ds.write(array, 1)
+                        if tags:
+                            ds.update_tags(**tags)
+                    with mem.open() as src:
+                        rasterio.shutil.copy(
+                            src, tmp, driver="COG", compress="DEFLATE", predictor=predictor,
+                            blocksize=512, overview_resampling=resampling,
+                            overviews="AUTO" if min(grid.shape) > 512 else "NONE")
+    except RasterioError as exc:
+        raise OutputError(f"{path}: could not write raster ({_first_line(exc)})") from exc
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{path}: could not write ({exc.strerror or exc})") from exc
+
+
+def write_class_raster(classes: NDArray[np.uint8], grid: Grid, path: str | os.PathLike, *,
+                       overwrite: bool = False, inputs: Iterable[Any] = ()) -> None:
+    """Write the class raster as a Cloud-Optimized GeoTIFF.
+
+    Values: 0 no change, 1 appeared, 2 disappeared, 3 changed, 255 nodata.
+    """
+    if classes.shape != grid.shape:
+        raise ValueError(f"classes shape {classes.shape} does not match grid {grid.shape}")
+    _write_cog(np.ascontiguousarray(classes, dtype=np.uint8), grid, path, nodata=255,
+               overwrite=overwrite, inputs=inputs, predictor=1, resampling="MODE",
+               tags={"CLASSES": "0=no change,1=appeared,2=disappeared,3=changed,255=nodata"})
+
+
+def write_float_raster(values: NDArray[np.float32], grid: Grid, path: str | os.PathLike, *,
+                       overwrite: bool = False, inputs: Iterable[Any] = ()) -> None:
+    """Write a float32 raster (e.g. the change score) as a COG, NaN = nodata."""
+    if values.shape != grid.shape:
+        raise ValueError(f"values shape {values.shape} does not match grid {grid.shape}")
+    _write_cog(np.ascontiguousarray(values, dtype=np.float32), grid, path,
+               nodata=math.nan, overwrite=overwrite, inputs=inputs, predictor=3,
+               resampling="AVERAGE")
