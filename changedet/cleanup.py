@@ -32,6 +32,14 @@ DEFAULT_MIN_AREA_M2 = 30.0
 CONNECTIVITY = np.ones((3, 3), bool)
 
 
+def _footprint(radius: int) -> NDArray[np.bool_]:
+    # A 3 x 3 square for radius 1 keeps the corners of rectangular objects
+    # (a cross would clip them); larger radii use a disk.
+    if radius == 1:
+        return np.ones((3, 3), bool)
+    return disk(radius).astype(bool)
+
+
 def label_components(mask: NDArray[np.bool_]) -> tuple[NDArray[np.int32], int]:
     """Label 8-connected components; returns ``(labels, count)``, 0 = background."""
     labels, n = ndimage.label(mask, structure=CONNECTIVITY)
@@ -131,11 +139,15 @@ def clean_mask(mask: NDArray[np.bool_], *, pixel_area_m2: float,
     if min_area_m2 < 0:
         raise ValueError("min_area_m2 must not be negative")
     out = mask.copy()
+    # Erosions treat the outside as set, so objects cut by the raster's edge
+    # keep their edge pixels.
     if open_radius > 0:
-        out = ndimage.binary_opening(out, structure=disk(open_radius))
+        fp = _footprint(open_radius)
+        out = ndimage.binary_dilation(
+            ndimage.binary_erosion(out, structure=fp, border_value=1), structure=fp)
+        out &= mask
     if close_radius > 0:
-        fp = disk(close_radius)
-        # Erode with a true border so objects touching the edge are not eaten.
+        fp = _footprint(close_radius)
         out = ndimage.binary_erosion(ndimage.binary_dilation(out, structure=fp),
                                      structure=fp, border_value=1)
     hole = min_area_m2 if max_hole_m2 is None else max_hole_m2

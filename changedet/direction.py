@@ -3,10 +3,13 @@
 A change polygon has the outline of the object that changed. The date that
 holds the object also holds its outline as an edge against the ground
 around it; the date without it shows only the ground's own texture along
-that line. Comparing the edge strength along each polygon's boundary in
-the two dates therefore tells whether the object appeared (edges only
-after), disappeared (edges only before) or changed in place (edges in both:
-a new roof, a different material).
+that line. In each date, the edge strength along the polygon's boundary is
+compared with the texture of the ground just outside it: an outline that
+stands out in the after image only is an object that appeared, in the
+before image only one that disappeared, and in both one that changed in
+place (a new roof, another material). The test is relative to each date's
+own local texture, so it does not depend on how bright or contrasted either
+image is.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ __all__ = [
 CLASS_NAMES: dict[int, str] = {0: "none", 1: "appeared", 2: "disappeared", 3: "changed"}
 NODATA_CLASS = 255
 
-#: Edge-strength ratio between dates beyond which a direction is called.
-EDGE_RATIO = 1.35
+#: An outline "is there" when its edges are this many times stronger than
+#: the texture of the ground around it.
+EDGE_PRESENT = 2.0
 
 
 @dataclass(frozen=True)
@@ -45,29 +49,38 @@ class Direction:
         1 appeared, 2 disappeared, 3 changed, for labels 1..n.
     confidence : (n,) ndarray of float32
         0 (the dates' outlines are alike) to 1 (one date has no outline).
-    log_ratio : (n,) ndarray of float32
-        log(after / before) of the boundary edge strength.
+    contrast_before, contrast_after : (n,) ndarray of float32
+        Edge strength along each outline relative to the local texture.
     """
 
     classes: NDArray[np.uint8]
     confidence: NDArray[np.float32]
-    log_ratio: NDArray[np.float32]
+    contrast_before: NDArray[np.float32]
+    contrast_after: NDArray[np.float32]
 
 
-def _boundary_labels(labels: NDArray[np.int32], width: int) -> NDArray[np.int32]:
-    # A band `width` pixels either side of each object's outline, labelled
-    # with the object's id.
-    outside = ndimage.grey_dilation(labels, size=(2 * width + 1,) * 2)
-    outside[labels > 0] = 0
-    eroded = ndimage.grey_erosion(labels, size=(2 * width + 1,) * 2)
-    inside = np.where((labels > 0) & (eroded != labels), labels, 0)
-    return np.where(inside > 0, inside, outside).astype(np.int32)
+def _spread(labels: NDArray[np.int32], size: int) -> NDArray[np.int32]:
+    # Each object's id carried `size // 2` pixels outwards (grey dilation).
+    return ndimage.grey_dilation(labels, size=(size, size)) if size > 1 else labels
+
+
+def _rings(labels: NDArray[np.int32], width: int, gap: int,
+           ) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
+    # The band `width` pixels either side of each outline, and the band of
+    # ground beyond it (after a `gap`), both labelled with the object's id.
+    outside = _spread(labels, 2 * width + 1)
+    inside = ndimage.grey_erosion(labels, size=(2 * width + 1,) * 2)
+    edge = np.where(labels > 0, np.where(inside != labels, labels, 0), outside)
+    near = _spread(labels, 2 * (width + gap) + 1)
+    far = _spread(labels, 2 * (width + gap + 2 * width) + 1)
+    ground = np.where((near == 0) & (far > 0), far, 0)
+    return edge.astype(np.int32), ground.astype(np.int32)
 
 
 def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating],
                        labels: NDArray[np.int32], n: int, *,
-                       invalid: NDArray[np.bool_] | None = None, width: int = 2,
-                       ratio: float = EDGE_RATIO) -> Direction:
+                       invalid: NDArray[np.bool_] | None = None, width: int = 1,
+                       present: float = EDGE_PRESENT) -> Direction:
     """Classify labelled changes as appeared, disappeared or changed.
 
     Parameters
@@ -80,35 +93,43 @@ def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating]
         Number of labels.
     invalid : (H, W) ndarray of bool, optional
     width : int, optional
-        Half-width in pixels of the boundary band examined.
-    ratio : float, optional
-        Edge-strength ratio beyond which a direction is called.
+        Half-width in pixels of the band along each outline.
+    present : float, optional
+        Outline-to-ground edge ratio above which an outline is present.
 
     Returns
     -------
     Direction
+        An outline present only after: appeared (1); only before:
+        disappeared (2); in both or in neither: changed (3).
     """
     if n == 0:
         empty = np.zeros(0, np.float32)
-        return Direction(np.zeros(0, np.uint8), empty, empty)
+        return Direction(np.zeros(0, np.uint8), empty, empty, empty)
     gb = gradient_magnitude(before, invalid)
     ga = gradient_magnitude(after, invalid)
-    # Blur or contrast may differ between dates: compare each object's
-    # edges relative to the image's typical edge strength.
-    valid = ~invalid if invalid is not None else np.ones(gb.shape, bool)
-    ref_b = float(np.median(gb[valid])) + 1e-6
-    ref_a = float(np.median(ga[valid])) + 1e-6
-    ring = _boundary_labels(labels, width)
+    edge, ground = _rings(labels, width, gap=2)
+    if invalid is not None:
+        edge[invalid] = 0
+        ground[invalid] = 0
     idx = np.arange(1, n + 1)
-    eb = np.asarray(ndimage.mean(gb, ring, idx), np.float64) / ref_b
-    ea = np.asarray(ndimage.mean(ga, ring, idx), np.float64) / ref_a
-    lr = np.log((ea + 1e-3) / (eb + 1e-3))
-    lr = np.nan_to_num(lr)
+    floor = 1e-3 + 0.05 * float(np.median(gb[gb > 0])) if (gb > 0).any() else 1e-3
+
+    def contrast(g: NDArray[np.float32]) -> NDArray[np.float64]:
+        on = np.nan_to_num(np.asarray(ndimage.mean(g, edge, idx), np.float64))
+        off = np.nan_to_num(np.asarray(ndimage.median(g, ground, idx), np.float64))
+        return on / np.maximum(off, floor)
+
+    cb, ca = contrast(gb), contrast(ga)
+    in_b, in_a = cb > present, ca > present
     classes = np.full(n, 3, np.uint8)
-    classes[lr > np.log(ratio)] = 1
-    classes[lr < -np.log(ratio)] = 2
-    confidence = np.clip(np.abs(lr) / np.log(4.0), 0, 1)
-    return Direction(classes, confidence.astype(np.float32), lr.astype(np.float32))
+    classes[in_a & ~in_b] = 1
+    classes[in_b & ~in_a] = 2
+    # Confidence: how clearly one date has the outline and the other not.
+    lr = np.abs(np.log(np.maximum(ca, 1e-3) / np.maximum(cb, 1e-3)))
+    confidence = np.where(classes == 3, 0.0, np.clip(lr / np.log(4.0), 0, 1))
+    return Direction(classes, confidence.astype(np.float32), cb.astype(np.float32),
+                     ca.astype(np.float32))
 
 
 def class_raster(labels: NDArray[np.int32], classes: NDArray[np.uint8],

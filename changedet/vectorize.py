@@ -105,8 +105,7 @@ def areas_m2(geoms: list[BaseGeometry], grid: Grid) -> NDArray[np.float64]:
         return np.full(len(geoms), np.nan)
     if grid.crs.is_geographic:
         laea = _local_equal_area(grid)
-        projected = transform_geom(grid.crs, laea, [mapping(g) for g in geoms],
-                                   antimeridian_cutting=False)
+        projected = transform_geom(grid.crs, laea, [mapping(g) for g in geoms])
         return shapely.area(np.asarray([shape(g) for g in projected], dtype=object))
     f = linear_unit_factor(grid.crs)
     return shapely.area(np.asarray(geoms, dtype=object)) * f * f

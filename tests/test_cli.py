@@ -1,0 +1,164 @@
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from shapely.geometry import mapping, shape
+
+import changedet
+from changedet.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def sample(sample_tiles):
+    return str(sample_tiles / "square_before.tif"), str(sample_tiles / "square_after.tif")
+
+
+def test_version(runner):
+    r = runner.invoke(main, ["--version"])
+    assert r.exit_code == 0
+    assert r.output.strip() == f"changedet {changedet.__version__}"
+
+
+def test_diff_writes_geojson(runner, sample, tmp_path):
+    out = tmp_path / "changes.geojson"
+    r = runner.invoke(main, ["diff", *sample, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    fc = json.loads(out.read_text())
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 10
+    assert "10 change(s)" in r.stderr
+    assert r.stdout == ""
+
+
+def test_diff_without_output_goes_to_stdout(runner, sample):
+    r = runner.invoke(main, ["diff", *sample, "-q"])
+    assert r.exit_code == 0
+    fc = json.loads(r.stdout)
+    assert len(fc["features"]) == 10
+    assert r.stderr == ""
+
+
+def test_mask_is_a_tiled_compressed_cog_with_classes(runner, sample, tmp_path):
+    out, mask = tmp_path / "c.geojson", tmp_path / "classes.tif"
+    r = runner.invoke(main, ["diff", *sample, "-o", str(out), "--mask", str(mask)])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(mask) as ds, rasterio.open(sample[0]) as before:
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 255
+        assert ds.crs == before.crs and ds.transform == before.transform
+        assert ds.profile["tiled"] and ds.compression is not None
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        classes = ds.read(1)
+    assert set(np.unique(classes)) <= {0, 1, 2, 3, 255}
+    assert (classes == 1).sum() > 0 and (classes == 2).sum() > 0
+    fc = json.loads(out.read_text())
+    n_appeared = sum(f["properties"]["change"] == "appeared" for f in fc["features"])
+    appeared_px = sum(f["properties"]["pixels"] for f in fc["features"]
+                      if f["properties"]["change"] == "appeared")
+    assert (classes == 1).sum() == appeared_px and n_appeared == 9
+
+
+def test_score_raster(runner, sample, tmp_path):
+    score = tmp_path / "score.tif"
+    r = runner.invoke(main, ["diff", *sample, "-q", "--score", str(score)])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(score) as ds:
+        s = ds.read(1)
+        assert ds.dtypes[0] == "float32"
+    assert np.nanmax(s) > 10
+
+
+def test_roi_file(runner, sample, tmp_path):
+    from tests.conftest import SAMPLE
+
+    truth = json.loads((SAMPLE / "square_truth.geojson").read_text())
+    big = next(f for f in truth["features"] if "podium" in f["properties"]["what"])
+    roi = tmp_path / "roi.geojson"
+    roi.write_text(json.dumps({"type": "Feature", "properties": {},
+                               "geometry": mapping(shape(big["geometry"]).buffer(0.0002))}))
+    r = runner.invoke(main, ["diff", *sample, "-q", "--roi", str(roi)])
+    assert r.exit_code == 0, r.output
+    fc = json.loads(r.stdout)
+    assert len(fc["features"]) == 1
+    assert fc["features"][0]["properties"]["change"] == "appeared"
+
+
+def test_roi_with_legacy_crs_member(runner, sample, tmp_path):
+    with rasterio.open(sample[0]) as ds:
+        left, bottom, right, top = ds.bounds
+    roi = tmp_path / "roi_utm.geojson"
+    # The north-east quarter, in UTM metres, named by a legacy crs member.
+    ring = [[left + 160, top - 128], [right, top - 128], [right, top], [left + 160, top],
+            [left + 160, top - 128]]
+    roi.write_text(json.dumps({
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32651"}},
+        "features": [{"type": "Feature", "properties": {},
+                      "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    r = runner.invoke(main, ["diff", *sample, "-q", "--roi", str(roi)])
+    assert r.exit_code == 0, r.output
+    changes = [f["properties"]["change"] for f in json.loads(r.stdout)["features"]]
+    assert changes == ["disappeared"]  # only the removed pavilion is there
+
+
+def test_bbox(runner, sample):
+    r = runner.invoke(main, ["diff", *sample, "-q", "--bbox", "125.7510", "39.0186",
+                             "125.7525", "39.0197"])
+    assert r.exit_code == 0, r.output
+    fc = json.loads(r.stdout)
+    for f in fc["features"]:
+        w, s, e, n = shape(f["geometry"]).bounds
+        assert w >= 125.7510 - 1e-6 and e <= 125.7525 + 1e-6
+
+
+def test_existing_output_is_kept_without_overwrite(runner, sample, tmp_path):
+    out = tmp_path / "changes.geojson"
+    out.write_text("precious")
+    r = runner.invoke(main, ["diff", *sample, "-o", str(out)])
+    assert r.exit_code == 1
+    assert "already exists" in r.stderr and "--overwrite" in r.stderr
+    assert out.read_text() == "precious"
+    r = runner.invoke(main, ["diff", *sample, "-o", str(out), "--overwrite"])
+    assert r.exit_code == 0
+    assert json.loads(out.read_text())["type"] == "FeatureCollection"
+
+
+def test_missing_input_is_exit_1_with_one_line(runner, tmp_path):
+    r = runner.invoke(main, ["diff", str(tmp_path / "nope.tif"), str(tmp_path / "b.tif")])
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope.tif" in lines[0] and "no such file" in lines[0]
+    assert "Traceback" not in r.output
+
+
+def test_output_equal_to_input_is_refused(runner, sample):
+    r = runner.invoke(main, ["diff", *sample, "--mask", sample[1]])
+    assert r.exit_code == 1
+    assert "is also an input" in r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["diff"],
+    ["diff", "a.tif"],
+    ["diff", "a.tif", "b.tif", "--min-area", "-5"],
+    ["diff", "a.tif", "b.tif", "--coreg", "sideways"],
+    ["diff", "a.tif", "b.tif", "--threshold", "lots"],
+    ["diff", "a.tif", "b.tif", "--bands", "red"],
+    ["diff", "a.tif", "b.tif", "--bbox", "1", "2", "3"],
+    ["diff", "a.tif", "b.tif", "--roi", "r.geojson", "--bbox", "1", "2", "3", "4"],
+    ["frobnicate"],
+])
+def test_usage_errors_exit_2(runner, args):
+    r = runner.invoke(main, args)
+    assert r.exit_code == 2, r.output
+
+
+def test_help_has_examples(runner):
+    r = runner.invoke(main, ["diff", "--help"])
+    assert r.exit_code == 0
+    assert "$ changedet diff before.tif after.tif -o changes.geojson" in r.output

@@ -1,0 +1,40 @@
+import numpy as np
+from scipy import ndimage
+
+from changedet.cleanup import label_components
+from changedet.direction import class_raster, classify_direction
+
+
+def _ground(seed):
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.normal(100, 8, (3, 96, 96)), (0, 1, 1)).astype(np.float32)
+
+
+def test_appeared_disappeared_and_changed_in_place():
+    before = _ground(0)
+    after = before + np.random.default_rng(1).normal(0, 1, before.shape).astype(np.float32)
+    after[:, 10:30, 10:30] = 200          # a bright roof appears
+    before[:, 50:70, 10:30] = 40          # a dark building is removed
+    before[:, 50:70, 60:80] = 180         # a roof changes colour in place
+    after[:, 50:70, 60:80] = 60
+    truth = np.zeros((96, 96), bool)
+    truth[10:30, 10:30] = truth[50:70, 10:30] = truth[50:70, 60:80] = True
+    labels, n = label_components(truth)
+    d = classify_direction(before, after, labels, n)
+    by_place = {labels[20, 20]: 1, labels[60, 20]: 2, labels[60, 70]: 3}
+    for lab, expected in by_place.items():
+        assert d.classes[lab - 1] == expected, (lab, d.contrast_before, d.contrast_after)
+    assert d.confidence[labels[20, 20] - 1] > 0.5
+
+
+def test_class_raster_marks_nodata():
+    labels = np.array([[0, 1], [2, 0]], np.int32)
+    inv = np.array([[False, False], [False, True]])
+    out = class_raster(labels, np.array([1, 2], np.uint8), inv)
+    np.testing.assert_array_equal(out, [[0, 1], [2, 255]])
+
+
+def test_no_objects():
+    d = classify_direction(np.zeros((3, 8, 8)), np.zeros((3, 8, 8)),
+                           np.zeros((8, 8), np.int32), 0)
+    assert d.classes.size == 0

@@ -1,0 +1,71 @@
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+from shapely.geometry import box, mapping
+
+from changedet.errors import InputError, NoOverlapError, ROIError
+from changedet.grid import Grid, linear_unit_factor, overlap_window, roi_window
+from tests.conftest import UTM, utm_transform
+
+
+@pytest.fixture
+def grid():
+    return Grid(utm_transform(), UTM, 200, 100)
+
+
+def test_bounds_res_and_area(grid):
+    left, bottom, right, top = grid.bounds
+    assert (right - left, top - bottom) == (100.0, 50.0)
+    assert grid.res == (0.5, 0.5)
+    assert grid.pixel_area_m2() == 0.25
+
+
+def test_overlap_window_same_crs(grid):
+    l, b, r, t = grid.bounds
+    w = overlap_window(grid, (l + 25, b - 10, r + 10, t - 5), UTM)
+    assert (w.col_off, w.row_off, w.width, w.height) == (50, 10, 150, 90)
+
+
+def test_overlap_window_other_crs(grid):
+    from rasterio.warp import transform_bounds
+
+    wgs = transform_bounds(UTM, "EPSG:4326", *grid.bounds)
+    w = overlap_window(grid, wgs, CRS.from_epsg(4326))
+    assert w.width >= 199 and w.height >= 99
+
+
+def test_no_and_too_small_overlap(grid):
+    l, b, r, t = grid.bounds
+    with pytest.raises(NoOverlapError, match="do not overlap"):
+        overlap_window(grid, (r + 1, b, r + 50, t), UTM)
+    with pytest.raises(NoOverlapError, match="only 4 x 100"):
+        overlap_window(grid, (r - 2, b, r + 50, t), UTM)
+
+
+def test_georeferenced_with_pixel_space_is_an_error(grid):
+    with pytest.raises(InputError, match="georeferenced"):
+        overlap_window(grid, (0, 0, 10, 10), None)
+
+
+def test_roi_window(grid):
+    l, b, r, t = grid.bounds
+    roi = mapping(box(l + 10, b + 10, l + 30, b + 20))
+    w, geom = roi_window(grid, roi, UTM)
+    assert (w.col_off, w.row_off, w.width, w.height) == (20, 60, 40, 20)
+    with pytest.raises(ROIError, match="outside"):
+        roi_window(grid, mapping(box(r + 10, b, r + 20, t)), UTM)
+    with pytest.raises(ROIError, match="polygon"):
+        roi_window(grid, {"type": "Point", "coordinates": [l + 1, b + 1]}, UTM)
+
+
+def test_feet_are_converted_to_metres():
+    assert linear_unit_factor(CRS.from_epsg(2277)) == pytest.approx(0.3048006)
+    g = Grid(Affine(2, 0, 0, 0, -2, 0), CRS.from_epsg(2277), 10, 10)
+    assert g.pixel_area_m2() == pytest.approx((2 * 0.3048006) ** 2)
+
+
+def test_geographic_pixel_area():
+    g = Grid(Affine(1e-5, 0, 125.75, 0, -1e-5, 39.02), CRS.from_epsg(4326), 100, 100)
+    # 1e-5 degree is about 1.11 m north-south and 0.86 m east-west at 39 N.
+    sx, sy = g.pixel_size_m()
+    assert sy == pytest.approx(1.11, abs=0.01) and sx == pytest.approx(0.865, abs=0.01)

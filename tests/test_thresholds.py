@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from changedet.thresholds import (
+    apply_threshold,
+    select_threshold,
+    threshold_chi2,
+    threshold_fixed,
+    threshold_otsu,
+)
+
+
+def test_chi2_thresholds_match_tail_probabilities():
+    t = threshold_chi2(4, p_seed=1e-6, p_grow=1e-2)
+    assert stats.chi2.sf(t.high ** 2, 4) == pytest.approx(1e-6)
+    assert stats.chi2.sf(t.low ** 2, 4) == pytest.approx(1e-2)
+
+
+def test_no_change_population_gives_almost_nothing():
+    rng = np.random.default_rng(0)
+    score = np.sqrt(rng.chisquare(3, (1000, 1000))).astype(np.float32)
+    mask = apply_threshold(score, threshold_chi2(3))
+    assert mask.sum() < 20  # a million no-change pixels
+
+
+def test_otsu_always_splits():
+    rng = np.random.default_rng(0)
+    score = np.sqrt(rng.chisquare(3, (200, 200))).astype(np.float32)
+    assert apply_threshold(score, threshold_otsu(score)).mean() > 0.1
+
+
+def test_hysteresis_grows_from_seeds_only():
+    score = np.zeros((20, 20), np.float32)
+    score[2:6, 2:6] = 5.0       # weak everywhere: not kept
+    score[10:15, 10:15] = 5.0
+    score[12, 12] = 9.0         # one strong seed: the whole blob is kept
+    t = threshold_chi2(3)
+    m = apply_threshold(score, t)
+    assert m[10:15, 10:15].all() and not m[2:6, 2:6].any()
+
+
+def test_invalid_pixels_are_never_change():
+    score = np.full((10, 10), 100.0, np.float32)
+    inv = np.zeros((10, 10), bool)
+    inv[:5] = True
+    m = apply_threshold(score, threshold_fixed(1.0), inv)
+    assert not m[:5].any() and m[5:].all()
+
+
+def test_select_threshold():
+    s = np.ones((4, 4), np.float32)
+    assert select_threshold(s, bands=3).method == "chi2"
+    assert select_threshold(s, bands=3, method=2.5).high == 2.5
+    with pytest.raises(ValueError, match="auto"):
+        select_threshold(s, bands=3, method="max")
+    assert not apply_threshold(s, threshold_otsu(s)).any()  # constant: nothing
