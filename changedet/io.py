@@ -304,6 +304,7 @@ def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | Non
 
 def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = None,
                 offset_px: tuple[float, float] = (0.0, 0.0),
+                pixel_transform: Affine | None = None,
                 resampling: Resampling = Resampling.cubic,
                 name: str | None = None) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """Resample a dataset onto `grid`, optionally displaced, in one warp.
@@ -318,6 +319,11 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
         ``(x, y)`` in pixels of `grid`: output pixel ``(col, row)`` takes the
         source's value at grid location ``(col + x, row + y)``. This is how a
         co-registration shift is removed without resampling twice.
+    pixel_transform : Affine, optional
+        A general version of `offset_px`: output pixel ``(col, row)`` takes
+        the source's value at grid location ``pixel_transform @ (col, row)``
+        (pixel coordinates of `grid`). Used for a fitted affine alignment;
+        `offset_px` is applied after it.
     resampling : Resampling, optional
         GDAL resampling kernel (cubic by default, to keep edges sharp).
 
@@ -335,7 +341,8 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
     """
     name = name or _name(ds)
     idx = _indexes(ds, bands, name)
-    dst_transform = grid.transform @ Affine.translation(*offset_px)
+    p = pixel_transform if pixel_transform is not None else Affine.identity()
+    dst_transform = grid.transform @ Affine.translation(*offset_px) @ p
     src_alpha = _alpha_band(ds)
     # The warped alpha band says which output pixels have a valid source: it
     # folds in nodata, mask bands and the source's footprint. A source alpha

@@ -232,3 +232,19 @@ def test_dumps_geojson_streams_members_first():
     assert json.loads(text)["features"] == [{"a": 1}, {"b": 2}]
     assert text.index('"bbox"') < text.index('"features"')
     assert len(chunks) == 4
+
+
+def test_read_warped_pixel_transform_rotates(tmp_path):
+    # A bright dot at (col 40, row 20); with a pixel transform that rotates
+    # by 90 degrees about (32, 32), output (col, row) samples grid location
+    # (64 - row, col), so the dot lands at col 20, row 24.
+    data = np.zeros((1, 64, 64), np.float32)
+    data[0, 20, 40] = 1.0
+    src = write_tif(tmp_path / "s.tif", data)
+    grid = Grid(utm_transform(), UTM, 64, 64)
+    rot = Affine.translation(32, 32) @ Affine.rotation(90) @ Affine.translation(-32, -32)
+    with rasterio.open(src) as ds:
+        out, invalid = io.read_warped(ds, grid, pixel_transform=rot)
+    row, col = np.unravel_index(np.argmax(out[0]), (64, 64))
+    assert rot @ (col + 0.5, row + 0.5) == pytest.approx((40.5, 20.5), abs=1)
+    assert not invalid[10:50, 10:50].any()
