@@ -32,14 +32,16 @@ from changedet.errors import (  # noqa: E402
 )
 from changedet.grid import Grid  # noqa: E402
 from changedet.io import Raster  # noqa: E402
-from changedet.pipeline import ChangeResult, detect  # noqa: E402
+from changedet.pipeline import ChangeResult, DiffSummary, detect, diff  # noqa: E402
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__",
     "detect",
+    "diff",
     "ChangeResult",
+    "DiffSummary",
     "Raster",
     "Grid",
     "Shift",

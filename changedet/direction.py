@@ -20,13 +20,14 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from changedet.features import gradient_magnitude
+from changedet.features import BandStats, gradient_magnitude
 
 __all__ = [
     "NODATA_CLASS",
     "CLASS_NAMES",
     "Direction",
     "classify_direction",
+    "default_gradient_floor",
     "class_raster",
 ]
 
@@ -80,7 +81,10 @@ def _rings(labels: NDArray[np.int32], width: int, gap: int,
 def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating],
                        labels: NDArray[np.int32], n: int, *,
                        invalid: NDArray[np.bool_] | None = None, width: int = 1,
-                       present: float = EDGE_PRESENT) -> Direction:
+                       present: float = EDGE_PRESENT,
+                       stats_before: BandStats | None = None,
+                       stats_after: BandStats | None = None,
+                       gradient_floor: float | None = None) -> Direction:
     """Classify labelled changes as appeared, disappeared or changed.
 
     Parameters
@@ -96,6 +100,12 @@ def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating]
         Half-width in pixels of the band along each outline.
     present : float, optional
         Outline-to-ground edge ratio above which an outline is present.
+    stats_before, stats_after : BandStats, optional
+        Global band statistics for the edge images (default: the arrays').
+    gradient_floor : float, optional
+        Smallest ground edge strength divided by (default: 5 % of the
+        median edge strength of `before`, plus 1e-3). Global values make the
+        result independent of the extent of the arrays given.
 
     Returns
     -------
@@ -106,14 +116,14 @@ def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating]
     if n == 0:
         empty = np.zeros(0, np.float32)
         return Direction(np.zeros(0, np.uint8), empty, empty, empty)
-    gb = gradient_magnitude(before, invalid)
-    ga = gradient_magnitude(after, invalid)
+    gb = gradient_magnitude(before, invalid, stats=stats_before)
+    ga = gradient_magnitude(after, invalid, stats=stats_after)
     edge, ground = _rings(labels, width, gap=2)
     if invalid is not None:
         edge[invalid] = 0
         ground[invalid] = 0
     idx = np.arange(1, n + 1)
-    floor = 1e-3 + 0.05 * float(np.median(gb[gb > 0])) if (gb > 0).any() else 1e-3
+    floor = gradient_floor if gradient_floor is not None else default_gradient_floor(gb)
 
     def contrast(g: NDArray[np.float32]) -> NDArray[np.float64]:
         on = np.nan_to_num(np.asarray(ndimage.mean(g, edge, idx), np.float64))
@@ -130,6 +140,12 @@ def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating]
     confidence = np.where(classes == 3, 0.0, np.clip(lr / np.log(4.0), 0, 1))
     return Direction(classes, confidence.astype(np.float32), cb.astype(np.float32),
                      ca.astype(np.float32))
+
+
+def default_gradient_floor(gradient: NDArray[np.float32]) -> float:
+    """5 % of the median non-zero edge strength, plus 1e-3."""
+    positive = gradient[gradient > 0]
+    return 1e-3 + 0.05 * float(np.median(positive)) if positive.size else 1e-3
 
 
 def class_raster(labels: NDArray[np.int32], classes: NDArray[np.uint8],

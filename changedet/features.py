@@ -6,15 +6,47 @@ date has the object's outline) and structure-aware scoring.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-__all__ = ["standardised_mean", "gradient_magnitude"]
+__all__ = ["BandStats", "band_stats", "standardised_mean", "gradient_magnitude"]
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Mean and standard deviation of each band, for standardising."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def band_stats(data: NDArray[np.floating], invalid: NDArray[np.bool_] | None = None,
+               ) -> BandStats:
+    """Per-band mean and standard deviation of the valid pixels.
+
+    Parameters
+    ----------
+    data : (bands, H, W) or (bands, n) ndarray
+    invalid : ndarray of bool, optional
+        Shaped like one band; True where pixels are invalid.
+    """
+    data = np.asarray(data)
+    if data.ndim == 2 and invalid is not None and invalid.ndim == 2:
+        data = data[np.newaxis]
+    valid = None if invalid is None else ~invalid
+    means, stds = [], []
+    for band in data:
+        v = band if valid is None else band[valid]
+        means.append(float(v.mean(dtype=np.float64)) if v.size else 0.0)
+        stds.append(float(v.std(dtype=np.float64)) if v.size else 0.0)
+    return BandStats(tuple(means), tuple(stds))
 
 
 def standardised_mean(data: NDArray[np.floating], invalid: NDArray[np.bool_] | None = None,
-                      ) -> NDArray[np.float32]:
+                      *, stats: BandStats | None = None) -> NDArray[np.float32]:
     """Mean of the bands after standardising each to zero mean, unit variance.
 
     Parameters
@@ -23,6 +55,10 @@ def standardised_mean(data: NDArray[np.floating], invalid: NDArray[np.bool_] | N
     invalid : (H, W) ndarray of bool, optional
         True where pixels are invalid: excluded from the statistics and set
         to 0 in the output.
+    stats : BandStats, optional
+        Statistics to standardise with (default: those of `data`). Giving
+        global statistics makes the result of a block independent of the
+        block.
 
     Returns
     -------
@@ -31,16 +67,12 @@ def standardised_mean(data: NDArray[np.floating], invalid: NDArray[np.bool_] | N
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[np.newaxis]
-    valid = None if invalid is None else ~invalid
+    if stats is None:
+        stats = band_stats(data, invalid)
     acc = np.zeros(data.shape[1:], np.float32)
-    for band in data:
-        v = band if valid is None else band[valid]
-        if v.size == 0:
-            break
-        std = float(v.std(dtype=np.float64))
+    for band, mean, std in zip(data, stats.mean, stats.std):
         if std > 0:
-            acc += (band.astype(np.float32, copy=False) - np.float32(v.mean(dtype=np.float64))) \
-                / np.float32(std)
+            acc += (band.astype(np.float32, copy=False) - np.float32(mean)) / np.float32(std)
     acc /= data.shape[0]
     if invalid is not None:
         acc[invalid] = 0
@@ -48,7 +80,7 @@ def standardised_mean(data: NDArray[np.floating], invalid: NDArray[np.bool_] | N
 
 
 def gradient_magnitude(data: NDArray[np.floating], invalid: NDArray[np.bool_] | None = None,
-                       ) -> NDArray[np.float32]:
+                       *, stats: BandStats | None = None) -> NDArray[np.float32]:
     """Sobel gradient magnitude of :func:`standardised_mean`.
 
     Edges keep the geometry of a scene and drop its absolute brightness, so
@@ -59,12 +91,14 @@ def gradient_magnitude(data: NDArray[np.floating], invalid: NDArray[np.bool_] | 
     ----------
     data : (bands, H, W) or (H, W) ndarray
     invalid : (H, W) ndarray of bool, optional
+    stats : BandStats, optional
+        See :func:`standardised_mean`.
 
     Returns
     -------
     (H, W) ndarray of float32
     """
-    img = standardised_mean(data, invalid)
+    img = standardised_mean(data, invalid, stats=stats)
     grad = np.hypot(ndimage.sobel(img, axis=0), ndimage.sobel(img, axis=1)).astype(np.float32)
     if invalid is not None and invalid.any():
         grad[ndimage.binary_dilation(invalid, iterations=2)] = 0

@@ -54,7 +54,9 @@ __all__ = [
     "image_info",
     "read_window",
     "read_warped",
+    "valid_fraction",
     "read_roi",
+    "raster_memfile",
     "check_output_path",
     "atomic_output",
     "write_text",
@@ -62,6 +64,8 @@ __all__ = [
     "write_class_raster",
     "write_float_raster",
     "dumps_geojson",
+    "RasterBlockWriter",
+    "GeoJSONWriter",
 ]
 
 log = logging.getLogger(__name__)
@@ -126,7 +130,7 @@ def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
         yield src
         return
     if isinstance(src, Raster):
-        with _raster_to_memfile(src) as mem, mem.open() as ds:
+        with raster_memfile(src) as mem, mem.open() as ds:
             yield ds
         return
     path = os.fspath(src)
@@ -161,7 +165,8 @@ def _check_dataset(ds: DatasetReader, name: str) -> None:
 
 
 @contextlib.contextmanager
-def _raster_to_memfile(r: Raster) -> Iterator[MemoryFile]:
+def raster_memfile(r: Raster) -> Iterator[MemoryFile]:
+    """An in-memory GeoTIFF holding a :class:`Raster`, reopenable by its name."""
     data = np.asarray(r.data)
     if data.ndim == 2:
         data = data[np.newaxis]
@@ -369,6 +374,17 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
     invalid = (alpha < 255) | ~np.isfinite(data).all(axis=0)
     data[:, invalid] = 0
     return data, invalid
+
+
+def valid_fraction(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = None,
+                   name: str | None = None) -> float:
+    """Share of `grid` where `ds` has valid pixels, from a cheap nearest warp.
+
+    Meant for a coarse `grid` (a few hundred pixels a side) to check that an
+    image has any data where it is needed before reading it in full.
+    """
+    _, invalid = read_warped(ds, grid, bands=bands, resampling=Resampling.nearest, name=name)
+    return float(1.0 - invalid.mean())
 
 
 def read_roi(path: str | os.PathLike) -> tuple[dict[str, Any], CRS]:
@@ -584,3 +600,197 @@ def write_float_raster(values: NDArray[np.float32], grid: Grid, path: str | os.P
     _write_cog(np.ascontiguousarray(values, dtype=np.float32), grid, path,
                nodata=math.nan, overwrite=overwrite, inputs=inputs, predictor=3,
                resampling="AVERAGE")
+
+
+class RasterBlockWriter:
+    """A single-band raster written window by window, published as a COG.
+
+    Windows go to a tiled, compressed temporary GeoTIFF beside the target;
+    :meth:`commit` turns it into a Cloud-Optimized GeoTIFF (also a temporary
+    file) and moves that into place. Nothing appears at `path` unless the
+    whole raster was written; :meth:`abort` (or an exception inside a
+    ``with`` block) removes every temporary file. Safe to call from several
+    threads: writes are serialised.
+
+    Parameters
+    ----------
+    path : path
+        Destination.
+    grid : Grid
+        Grid of the raster.
+    dtype : str
+        Pixel type.
+    nodata : float or None
+        Nodata value.
+    fill : float
+        Initial value of every pixel.
+    overwrite : bool
+        Whether an existing `path` may be replaced.
+    inputs : iterable
+        Paths that must not be overwritten.
+    tags : dict, optional
+        Metadata tags.
+    """
+
+    def __init__(self, path: str | os.PathLike, grid: Grid, *, dtype: str,
+                 nodata: float | None, fill: float = 0, overwrite: bool = False,
+                 inputs: Iterable[Any] = (), tags: dict[str, str] | None = None,
+                 predictor: int = 1, overview_resampling: str = "NEAREST") -> None:
+        import threading
+
+        self.path = check_output_path(path, overwrite=overwrite, inputs=inputs)
+        self.grid, self.overwrite = grid, overwrite
+        self._predictor, self._ovr = predictor, overview_resampling
+        self._lock = threading.Lock()
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part.tif",
+                                         dir=self.path.parent)
+        os.close(fd)
+        profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=1,
+                       dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=nodata,
+                       tiled=True, blockxsize=512, blockysize=512, compress="DEFLATE",
+                       zlevel=1, predictor=predictor, BIGTIFF="IF_SAFER",
+                       SPARSE_OK=(fill == 0))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(self._tmp, "w+", **profile)
+            if fill != 0:
+                self._fill(fill, dtype)
+            if tags:
+                self._ds.update_tags(**tags)
+        except (RasterioError, OSError) as exc:
+            self.abort()
+            raise OutputError(f"{self.path}: could not create raster ({_first_line(exc)})") \
+                from exc
+
+    def _fill(self, value: float, dtype: str) -> None:
+        for _, win in self._ds.block_windows(1):
+            self._ds.write(np.full((int(win.height), int(win.width)), value, dtype), 1,
+                           window=win)
+
+    def write(self, window: Window, array: NDArray[Any]) -> None:
+        """Write `array` at `window`."""
+        with self._lock:
+            self._ds.write(array, 1, window=window)
+
+    def update(self, window: Window, func: Any) -> None:
+        """Read `window`, replace it with ``func(current)``, all under the lock."""
+        with self._lock:
+            current = self._ds.read(1, window=window)
+            self._ds.write(func(current), 1, window=window)
+
+    def commit(self) -> None:
+        """Publish the raster at its path as a COG, atomically."""
+        ds, self._ds = self._ds, None
+        try:
+            ds.close()
+            with atomic_output(self.path, overwrite=self.overwrite) as out:
+                rasterio.shutil.copy(
+                    self._tmp, out, driver="COG", compress="DEFLATE",
+                    predictor=self._predictor, blocksize=512, BIGTIFF="IF_SAFER",
+                    overview_resampling=self._ovr,
+                    overviews="AUTO" if min(self.grid.shape) > 512 else "NONE")
+        except RasterioError as exc:
+            raise OutputError(f"{self.path}: could not write raster ({_first_line(exc)})") \
+                from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+
+    def abort(self) -> None:
+        """Drop everything written; the destination is untouched."""
+        ds, self._ds = getattr(self, "_ds", None), None
+        if ds is not None:
+            with contextlib.suppress(Exception):
+                ds.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> RasterBlockWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class GeoJSONWriter:
+    """Stream a FeatureCollection: members first, features as they come.
+
+    Writes to `path` atomically (a temporary file moved into place by
+    :meth:`close`) or to an open text `stream` such as stdout. The
+    collection's ``bbox`` is written last, once known. Memory does not grow
+    with the number of features.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, head: dict[str, Any], *,
+                 stream: IO[str] | None = None, overwrite: bool = False,
+                 inputs: Iterable[Any] = ()) -> None:
+        if (path is None) == (stream is None):
+            raise ValueError("give a path or a stream")
+        self._path = None if path is None else check_output_path(
+            path, overwrite=overwrite, inputs=inputs)
+        self._overwrite = overwrite
+        self._tmp: str | None = None
+        if self._path is not None:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".part",
+                                             dir=self._path.parent)
+            self._f: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        else:
+            self._f = stream  # type: ignore[assignment]
+        self.count = 0
+        self._bounds = [np.inf, np.inf, -np.inf, -np.inf]
+        text = json.dumps({"type": "FeatureCollection", **head}, ensure_ascii=False,
+                          separators=(",", ":"), allow_nan=False)
+        self._write(text[:-1] + ',"features":[')
+
+    def _write(self, text: str) -> None:
+        try:
+            self._f.write(text)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"{self._path or 'output'}: could not write "
+                              f"({exc.strerror or exc})") from exc
+
+    def write(self, feature: dict[str, Any], bounds: Sequence[float]) -> None:
+        """Append one feature whose geometry has the given lon/lat bounds."""
+        text = json.dumps(feature, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        self._write(("\n" if self.count == 0 else ",\n") + text)
+        self.count += 1
+        b = self._bounds
+        b[0], b[1] = min(b[0], bounds[0]), min(b[1], bounds[1])
+        b[2], b[3] = max(b[2], bounds[2]), max(b[3], bounds[3])
+
+    def close(self, decimals: int = 7) -> None:
+        """Finish the collection (with its bbox) and publish the file."""
+        tail = "\n]"
+        if self.count:
+            tail += ',"bbox":' + json.dumps([round(float(v), decimals) + 0.0
+                                             for v in self._bounds])
+        self._write(tail + "}\n")
+        if self._path is None:
+            self._f.flush()
+            return
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            if self._path.exists() and not self._overwrite:
+                raise OutputExistsError(f"{self._path}: appeared while changedet was running; "
+                                        "use --overwrite to replace it")
+            os.chmod(self._tmp, 0o666 & ~_umask())
+            os.replace(self._tmp, self._path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop a partial file; the destination is untouched."""
+        if self._tmp is not None:
+            with contextlib.suppress(Exception):
+                self._f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+            self._tmp = None

@@ -1,56 +1,68 @@
-"""``detect``: two images in, change polygons out.
+"""``detect`` and ``diff``: two images in, change polygons out.
 
-The pipeline composes the stages, each a pure function on arrays:
-read and align (:mod:`changedet.io`, :mod:`changedet.grid`), co-register
-(:mod:`changedet.coreg`), normalise (:mod:`changedet.radiometry`), score
-(:mod:`changedet.scores`), threshold (:mod:`changedet.thresholds`), clean
-(:mod:`changedet.cleanup`), label direction (:mod:`changedet.direction`),
-vectorise (:mod:`changedet.vectorize`, :mod:`changedet.geojson`).
+The pipeline composes the stages, each a pure function on arrays, in two
+halves. *Estimate globally*: read a few windows of both images, find the
+shift (:mod:`changedet.coreg`), the radiometric fit
+(:mod:`changedet.radiometry`), the no-change model (:mod:`changedet.scores`)
+and the threshold (:mod:`changedet.thresholds`), and freeze them in a
+:class:`changedet.blocks.Plan`. *Apply locally*: process the grid block by
+block (:mod:`changedet.runner`, :mod:`changedet.blocks`), on threads or a
+Dask cluster, into polygons (:mod:`changedet.vectorize`,
+:mod:`changedet.geojson`) and rasters.
+
+:func:`detect` returns everything in memory; :func:`diff` streams it to
+files, in memory that does not grow with the raster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+import rasterio
+from affine import Affine
 from numpy.typing import NDArray
 from rasterio.enums import Resampling
-from rasterio.features import geometry_mask
+from rasterio.io import DatasetReader
 from rasterio.windows import Window
-from shapely.geometry import box, mapping
+from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from changedet import io
-from changedet.cleanup import DEFAULT_MIN_AREA_M2, clean_mask, delineate, label_components
+from changedet.blocks import ChangeObject, Plan
+from changedet.cleanup import DEFAULT_MIN_AREA_M2
 from changedet.coreg import COREG_MODES, CoregMode, Shift, estimate_shift
-from changedet.direction import CLASS_NAMES, class_raster, classify_direction
+from changedet.direction import CLASS_NAMES, NODATA_CLASS, default_gradient_floor
 from changedet.errors import (
     BandMismatchError,
+    ChangeDetError,
     InputError,
     ROIError,
     UnreliableShiftWarning,
 )
+from changedet.features import band_stats, gradient_magnitude
 from changedet.geojson import feature, feature_collection, to_wgs84
 from changedet.grid import WGS84, Grid, overlap_window, roi_window
 from changedet.radiometry import (
     NORMALISE_METHODS,
     NormaliseMethod,
-    RadiometricFit,
     apply_normalisation,
     fit_normalisation,
 )
-from changedet.scores import SCORE_METHODS, NoiseModel, ScoreMethod, fit_noise, score_cva
-from changedet.thresholds import Threshold, ThresholdMethod, apply_threshold, select_threshold
-from changedet.vectorize import areas_m2, label_stats, polygons_from_labels, simplify_polygons
+from changedet.runner import DEFAULT_BLOCK_SIZE, BlockOutput, Sources, run_blocks
+from changedet.scores import SCORE_METHODS, ScoreMethod, fit_noise, score_cva
+from changedet.thresholds import Threshold, ThresholdMethod, select_threshold
 
-__all__ = ["ChangeResult", "detect", "PROPERTY_KEYS"]
+__all__ = ["ChangeResult", "DiffSummary", "detect", "diff", "PROPERTY_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +77,14 @@ CONTEXT_MARGIN_PX = 256
 
 #: Shifts smaller than this (pixels) are not worth a second resampling.
 _MIN_APPLIED_SHIFT = 0.02
+
+#: Estimation reads the whole context up to this many pixels a side;
+#: beyond, a central crop of this size (shift) and a lattice of sample
+#: windows (radiometry, noise, statistics) of about as many pixels. Memory
+#: for estimation is therefore the same for any raster size.
+_ESTIMATE_FULL_PX = 1024
+_SAMPLE_TILE_PX = 256
+_SAMPLE_TILES = 4  # per side
 
 
 @dataclass
@@ -128,7 +148,6 @@ class ChangeResult:
         bbox = None
         if feats:
             import shapely
-            from shapely.geometry import shape
 
             bbox = shapely.total_bounds([shape(f["geometry"]) for f in feats]).tolist()
         return feature_collection(feats, bbox=bbox, metadata=self.metadata)
@@ -158,6 +177,31 @@ class ChangeResult:
     def _inputs(self) -> list[str]:
         return [p for p in (self.metadata.get("before"), self.metadata.get("after"))
                 if isinstance(p, str)]
+
+
+@dataclass(frozen=True)
+class DiffSummary:
+    """What :func:`diff` wrote.
+
+    Attributes
+    ----------
+    count : int
+        Number of change polygons.
+    counts : dict
+        Number of polygons per class name.
+    shift : Shift
+        Shift found (and removed if reliable).
+    grid : Grid
+        The processing grid.
+    metadata : dict
+        The run's metadata (also in the GeoJSON).
+    """
+
+    count: int
+    counts: dict[str, int]
+    shift: Shift
+    grid: Grid
+    metadata: dict[str, Any]
 
 
 def _source_label(src: Any) -> str:
@@ -235,31 +279,339 @@ def _roi_geometry(roi: Any, bbox: Sequence[float] | None) -> tuple[dict | None, 
     raise ROIError("roi must be a GeoJSON file path, a GeoJSON geometry or a shapely polygon")
 
 
-def detect(before: io.RasterSource, after: io.RasterSource, *,
-           bands: Sequence[int] | None = None,
-           roi: Any = None,
-           bbox: Sequence[float] | None = None,
-           coreg: CoregMode = "global",
-           normalise: NormaliseMethod = "irmad",
-           method: ScoreMethod = "cva",
-           threshold: ThresholdMethod | float = "auto",
-           min_area: float = DEFAULT_MIN_AREA_M2,
-           open_radius: int = 1,
-           close_radius: int = 1,
-           simplify: float = 0.0,
-           tolerance: int | None = None,
-           progress: ProgressCallback | None = None) -> ChangeResult:
-    """Find what changed between two images of the same place.
+def default_tolerance(grid: Grid) -> int:
+    """Displacement tolerated by the change score: about 1 m, 1 to 3 pixels."""
+    if grid.crs is None:
+        return 1
+    return int(np.clip(round(1.0 / math.sqrt(grid.pixel_area_m2())), 1, 3))
 
-    Parameters
-    ----------
+
+def _roi_bounds(geom: dict[str, Any] | None) -> list[float] | None:
+    return None if geom is None else [round(v, 3) for v in shape(geom).bounds]
+
+
+def _window_origin(win: Window) -> tuple[int, int]:
+    return int(win.row_off), int(win.col_off)
+
+
+def _sub(win: Window, within: Window) -> Window:
+    """`win` (absolute) relative to `within`."""
+    return Window(win.col_off - within.col_off, win.row_off - within.row_off,
+                  win.width, win.height)
+
+
+def _central(win: Window, size: int) -> Window:
+    w, h = min(int(win.width), size), min(int(win.height), size)
+    return Window(int(win.col_off) + (int(win.width) - w) // 2,
+                  int(win.row_off) + (int(win.height) - h) // 2, w, h)
+
+
+def _coarse(grid: Grid, size: int = 512) -> Grid:
+    """`grid` resampled to at most `size` pixels a side (same extent)."""
+    f = max(1.0, max(grid.width, grid.height) / size)
+    return Grid(grid.transform @ Affine.scale(f), grid.crs,
+                max(1, math.ceil(grid.width / f)), max(1, math.ceil(grid.height / f)))
+
+
+def _sample_windows(win: Window) -> list[Window]:
+    """The whole window if small; otherwise a regular lattice of tiles."""
+    w, h = int(win.width), int(win.height)
+    if w * h <= _ESTIMATE_FULL_PX ** 2:
+        return [win]
+    t = _SAMPLE_TILE_PX
+    nr, nc = min(_SAMPLE_TILES, max(1, h // t)), min(_SAMPLE_TILES, max(1, w // t))
+    rows = np.linspace(0, h - min(t, h), nr).round().astype(int)
+    cols = np.linspace(0, w - min(t, w), nc).round().astype(int)
+    return [Window(int(win.col_off) + c, int(win.row_off) + r, min(t, w), min(t, h))
+            for r in rows for c in cols]
+
+
+@dataclass
+class _Opened:
+    before: DatasetReader
+    after: DatasetReader
+    binfo: io.ImageInfo
+    ainfo: io.ImageInfo
+    sources_paths: tuple[str, str]
+
+
+#: GDAL's block cache, MB, unless the user sets GDAL_CACHEMAX: GDAL's own
+#: default (5 % of RAM) lets memory grow with the raster read.
+GDAL_CACHE_MB = 256
+
+
+@contextlib.contextmanager
+def _open(before: io.RasterSource, after: io.RasterSource) -> Iterator[_Opened]:
+    # Blocks reopen the images (one handle per thread or worker), so every
+    # input needs a name rasterio.open understands: a path, a dataset's own
+    # name, or an in-memory file for arrays.
+    with contextlib.ExitStack() as stack:
+        if "GDAL_CACHEMAX" not in os.environ:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        paths = []
+        datasets = []
+        for src in (before, after):
+            if isinstance(src, io.Raster):
+                mem = stack.enter_context(io.raster_memfile(src))
+                ds = stack.enter_context(mem.open())
+                paths.append(mem.name)
+            else:
+                ds = stack.enter_context(io.open_raster(src))
+                paths.append(os.fspath(src) if isinstance(src, (str, os.PathLike)) else ds.name)
+            datasets.append(ds)
+        bds, ads = datasets
+        binfo = io.image_info(bds, _source_label(before))
+        ainfo = io.image_info(ads, _source_label(after))
+        yield _Opened(bds, ads, binfo, ainfo, (paths[0], paths[1]))
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    plan: Plan
+    sources: Sources
+    shift: Shift
+    applied: bool
+    metadata: dict[str, Any]
+
+
+def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
+             bbox: Sequence[float] | None, coreg: str, normalise: str, method: str,
+             threshold: ThresholdMethod | float, min_area: float, open_radius: int,
+             close_radius: int, simplify: float, tolerance: int | None,
+             report: Callable[[str], None]) -> _Prepared:
+    """Estimate globally: read sample windows and fit the run's parameters."""
+    binfo, ainfo, bds, ads = opened.binfo, opened.ainfo, opened.before, opened.after
+    use_bands = _pick_bands(binfo, ainfo, bands)
+    roi_geom, roi_crs = _roi_geometry(roi, bbox)
+    grid = binfo.grid
+    overlap = overlap_window(grid, ainfo.grid.bounds, ainfo.grid.crs)
+    window = overlap
+    if roi_geom is not None:
+        rwin, roi_geom = roi_window(grid, roi_geom, roi_crs if grid.crs else None)
+        window = _intersect(overlap, rwin)
+        if window is None:
+            raise ROIError("the region of interest lies outside the area the two "
+                           "images share")
+    # Parameters are estimated on a context around a small region of
+    # interest: a few dozen metres hold too little to co-register or to
+    # model what "unchanged" looks like.
+    context = window if roi_geom is None else _expand(window, overlap, CONTEXT_MARGIN_PX)
+    wgrid = grid.window_grid(window)
+    resampling = _resampling_for(grid, ainfo.grid)
+
+    def read(win: Window, offset: tuple[float, float] = (0.0, 0.0),
+             ) -> tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.float32],
+                        NDArray[np.bool_]]:
+        b, ib = io.read_window(bds, win, bands=use_bands, name=binfo.name)
+        a, ia = io.read_warped(ads, grid.window_grid(win), bands=use_bands, offset_px=offset,
+                               resampling=resampling, name=ainfo.name)
+        return b, ib, a, ia
+
+    coarse = _coarse(grid.window_grid(context))
+    if io.valid_fraction(bds, coarse, bands=use_bands, name=binfo.name) == 0:
+        raise InputError(f"{binfo.name}: has no valid pixels where the images overlap")
+    if io.valid_fraction(ads, coarse, bands=use_bands, name=ainfo.name) == 0:
+        raise InputError(f"{ainfo.name}: has no valid pixels where the images overlap")
+
+    report("co-registering" if coreg != "none" else "reading")
+    shift, applied = Shift(), False
+    if coreg == "global":
+        b, ib, a, ia = read(_central(context, _ESTIMATE_FULL_PX))
+        shift = estimate_shift(b, a, invalid_before=ib, invalid_after=ia)
+        del b, a
+        if not shift.reliable:
+            warnings.warn(
+                f"co-registration found no reliable shift between {binfo.name} and "
+                f"{ainfo.name} (peak-to-sidelobe ratio {shift.psr:.1f}); "
+                "continuing without one", UnreliableShiftWarning, stacklevel=4)
+        elif math.hypot(shift.x, shift.y) >= _MIN_APPLIED_SHIFT:
+            applied = True
+    offset = (shift.x, shift.y) if applied else (0.0, 0.0)
+
+    report("normalising")
+    samples = [(b, a, ib | ia) for b, ib, a, ia in
+               (read(win, offset) for win in _sample_windows(context))]
+    inv_s = np.concatenate([s[2].ravel() for s in samples])[np.newaxis]
+    if inv_s.all():
+        raise InputError(f"{binfo.name} and {ainfo.name} have no valid pixels in common")
+    b_s = np.concatenate([s[0].reshape(s[0].shape[0], -1) for s in samples], axis=1)[:, None]
+    a_s = np.concatenate([s[1].reshape(s[1].shape[0], -1) for s in samples], axis=1)[:, None]
+    fit = fit_normalisation(b_s, a_s, inv_s, method=normalise)
+    a_s = apply_normalisation(a_s, fit)
+    noise = fit_noise(b_s, a_s, inv_s)
+    stats_b, stats_a = band_stats(b_s, inv_s), band_stats(a_s, inv_s)
+    grads = np.concatenate([gradient_magnitude(s[0], s[2], stats=stats_b).ravel()
+                            for s in samples])
+    floor = default_gradient_floor(grads)
+    if tolerance is None:
+        tolerance = default_tolerance(wgrid)
+    if isinstance(threshold, str) and threshold == "otsu":
+        scores = np.concatenate([
+            score_cva(s[0], apply_normalisation(s[1], fit), noise, tolerance=tolerance)[~s[2]]
+            for s in samples])
+        thr = select_threshold(scores, bands=b_s.shape[0], method=threshold)
+    else:
+        thr = select_threshold(np.zeros(1, np.float32), bands=b_s.shape[0], method=threshold)
+    del samples, b_s, a_s, inv_s, grads
+
+    pixel_area = wgrid.pixel_area_m2()
+    simplify_crs = simplify / math.sqrt(pixel_area) * wgrid.res[0] if simplify > 0 else 0.0
+    plan = Plan(grid=wgrid, bands=tuple(use_bands) if use_bands else None,
+                offset_px=offset, pixel_transform=None, resampling=resampling.name, fit=fit,
+                noise=noise, threshold=thr, tolerance=int(tolerance), stats_before=stats_b,
+                stats_after=stats_a, gradient_floor=floor, min_area_m2=float(min_area),
+                pixel_area_m2=pixel_area, max_hole_m2=float(min_area),
+                open_radius=int(open_radius), close_radius=int(close_radius),
+                simplify=simplify_crs, roi=roi_geom)
+    sources = Sources(opened.sources_paths[0], opened.sources_paths[1], binfo.name,
+                      ainfo.name, _window_origin(window))
+
+    from changedet import __version__
+
+    metadata = {
+        "version": __version__,
+        "before": binfo.name,
+        "after": ainfo.name,
+        "coordinates": "lon/lat WGS84" if wgrid.crs is not None else "pixels (col, row)",
+        "grid": wgrid.to_dict(),
+        "coregistration": {"mode": coreg, "applied": applied, **shift.to_dict(wgrid)},
+        "normalisation": fit.to_dict(),
+        "method": method,
+        "noise": noise.to_dict(),
+        "threshold": thr.to_dict(),
+        "options": {
+            "bands": list(use_bands) if use_bands else None,
+            "roi": _roi_bounds(roi_geom),
+            "min_area_m2": float(min_area),
+            "open_radius_px": int(open_radius),
+            "close_radius_px": int(close_radius),
+            "simplify_m": float(simplify),
+            "tolerance_px": int(tolerance),
+            "resampling": resampling.name,
+        },
+        "classes": {str(k): v for k, v in CLASS_NAMES.items()},
+    }
+    return _Prepared(plan, sources, shift, applied, metadata)
+
+
+def _check_options(coreg: str, normalise: str, method: str, min_area: Any, simplify: float,
+                   tolerance: int | None) -> None:
+    _check_choice("coreg", coreg, COREG_MODES)
+    _check_choice("normalise", normalise, NORMALISE_METHODS)
+    _check_choice("method", method, SCORE_METHODS)
+    if not (isinstance(min_area, (int, float)) and math.isfinite(min_area) and min_area >= 0):
+        raise ValueError(f"min_area must be a non-negative number of square metres, "
+                         f"not {min_area!r}")
+    if simplify < 0:
+        raise ValueError("simplify must not be negative")
+    if tolerance is not None and not (isinstance(tolerance, int) and 0 <= tolerance <= 10):
+        raise ValueError(f"tolerance must be a whole number of pixels from 0 to 10, "
+                         f"not {tolerance!r}")
+
+
+@contextlib.contextmanager
+def _cluster(scheduler: Any, workers: int | None) -> Iterator[Any]:
+    """A Dask client for `scheduler` (address or Client) or `workers` local processes."""
+    if scheduler is None and not workers:
+        yield None
+        return
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ChangeDetError("the Dask path needs the 'dask' extra: "
+                             "pip install 'changedet[dask]'") from exc
+    if scheduler is not None and not isinstance(scheduler, str):
+        yield scheduler
+        return
+    with contextlib.ExitStack() as stack:
+        if scheduler is not None:
+            try:
+                client = stack.enter_context(Client(scheduler, timeout="10s"))
+            except OSError as exc:
+                raise ChangeDetError(f"could not reach the Dask scheduler at {scheduler} "
+                                     f"({exc})") from exc
+        else:
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=int(workers), threads_per_worker=1, processes=True,
+                dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        yield client
+
+
+def _check_dask_sources(sources: Sources) -> None:
+    for path, name in ((sources.before, sources.before_name),
+                       (sources.after, sources.after_name)):
+        if path.startswith("/vsimem/"):
+            raise InputError(f"{name}: the Dask path reads the images on the workers, so it "
+                             "needs files (paths or URLs), not in-memory arrays")
+
+
+class _MemorySink:
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.classes = np.zeros(shape, np.uint8)
+        self.score = np.zeros(shape, np.float32)
+        self.objects: list[ChangeObject] = []
+
+    def block(self, out: BlockOutput) -> None:
+        rows = slice(int(out.core.row_off), int(out.core.row_off + out.core.height))
+        cols = slice(int(out.core.col_off), int(out.core.col_off + out.core.width))
+        self.score[rows, cols] = np.where(out.invalid, np.nan, out.score)
+        current = self.classes[rows, cols]
+        self.classes[rows, cols] = _merge_background(current, out.invalid)
+
+    def object(self, obj: ChangeObject) -> None:
+        h, w = obj.mask.shape
+        region = self.classes[obj.row_off:obj.row_off + h, obj.col_off:obj.col_off + w]
+        region[obj.mask] = obj.change
+        self.objects.append(obj)
+
+
+def _merge_background(current: NDArray[np.uint8], invalid: NDArray[np.bool_],
+                      ) -> NDArray[np.uint8]:
+    # Object pixels (1-3) may arrive before or after their block's
+    # background: keep them whatever the order.
+    is_object = (current >= 1) & (current <= 3)
+    return np.where(is_object, current, np.where(invalid, NODATA_CLASS, 0)).astype(np.uint8)
+
+
+class _FileSink:
+    def __init__(self, grid: Grid, features: io.GeoJSONWriter,
+                 classes: io.RasterBlockWriter | None,
+                 score: io.RasterBlockWriter | None) -> None:
+        self.grid, self.features, self.classes, self.score = grid, features, classes, score
+        self.counts: Counter[str] = Counter()
+
+    def block(self, out: BlockOutput) -> None:
+        if self.classes is not None:
+            self.classes.update(out.core, lambda cur: _merge_background(cur, out.invalid))
+        if self.score is not None:
+            self.score.write(out.core, np.where(out.invalid, np.nan, out.score))
+
+    def object(self, obj: ChangeObject) -> None:
+        (geom,) = to_wgs84([obj.geometry], self.grid.crs)
+        self.features.write(feature(self.features.count + 1, geom, obj.properties),
+                            geom.bounds)
+        self.counts[obj.properties["change"]] += 1
+        if self.classes is not None:
+            h, w = obj.mask.shape
+            self.classes.update(Window(obj.col_off, obj.row_off, w, h),
+                                lambda cur: np.where(obj.mask, obj.change, cur))
+
+
+def _run_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in ("bands", "roi", "bbox", "coreg", "normalise", "method",
+                                   "threshold", "min_area", "open_radius", "close_radius",
+                                   "simplify", "tolerance")}
+
+
+_DETECT_DOC_PARAMETERS = """
     before, after : path, rasterio dataset or Raster
         The two dates. Anything GDAL reads, in any CRS, pixel size, extent,
         band count and data type. The before image's grid is the reference:
         the after image is resampled onto it and only the overlap is used.
     bands : sequence of int, optional
-        1-based band indexes to use in both images (default: all; the two
-        images must then have the same band count).
+        1-based band indexes to use in both images (default: all data bands;
+        the two images must then have the same number).
     roi : path, GeoJSON-like dict or shapely polygon, optional
         Region of interest, WGS84 lon/lat (a file may name another CRS in a
         legacy ``crs`` member). Only it is processed and reported.
@@ -285,12 +637,48 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         Differences that a displacement of up to this many pixels explains
         are not change (moving shadow edges, parallax, residual
         misregistration). Default: about 1 m, at least 1 and at most 3 px.
+    block_size : int, optional
+        Side of the blocks processed at a time, pixels (default 1024). The
+        result does not depend on it; memory does.
+    threads : int, optional
+        Threads for the block stage (default: all cores).
+    scheduler : str or dask.distributed.Client, optional
+        Run the block stage as tasks on a Dask cluster (its address, or a
+        client). The images must then be files the workers can read.
+    workers : int, optional
+        Start a local Dask cluster of this many worker processes instead.
     progress : callable, optional
-        Called as ``progress(stage, done, total)``.
+        Called as ``progress(stage, done, total)``."""
+
+
+def detect(before: io.RasterSource, after: io.RasterSource, *,
+           bands: Sequence[int] | None = None,
+           roi: Any = None,
+           bbox: Sequence[float] | None = None,
+           coreg: CoregMode = "global",
+           normalise: NormaliseMethod = "irmad",
+           method: ScoreMethod = "cva",
+           threshold: ThresholdMethod | float = "auto",
+           min_area: float = DEFAULT_MIN_AREA_M2,
+           open_radius: int = 1,
+           close_radius: int = 1,
+           simplify: float = 0.0,
+           tolerance: int | None = None,
+           block_size: int = DEFAULT_BLOCK_SIZE,
+           threads: int | None = None,
+           scheduler: Any = None,
+           workers: int | None = None,
+           progress: ProgressCallback | None = None) -> ChangeResult:
+    """Find what changed between two images of the same place, in memory.
+
+    Parameters
+    ----------{params}
 
     Returns
     -------
     ChangeResult
+        Class and score rasters of the whole processing grid, the polygons
+        (ordered by their first pixel) and the run's metadata.
 
     Raises
     ------
@@ -314,8 +702,9 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
 
     Notes
     -----
-    Memory: the overlap of both images as float32, plus a few single-band
-    float32 rasters of the same size.
+    Memory: a byte and a float32 per pixel of the processing grid for the
+    returned rasters, plus the blocks in flight. For rasters larger than
+    memory use :func:`diff`, which streams its outputs to files.
 
     Examples
     --------
@@ -324,168 +713,137 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
     ...                           "sample_tiles/square_after.tif")  # doctest: +SKIP
     >>> result.to_geojson("changes.geojson")  # doctest: +SKIP
     """
-    _check_choice("coreg", coreg, COREG_MODES)
-    _check_choice("normalise", normalise, NORMALISE_METHODS)
-    _check_choice("method", method, SCORE_METHODS)
-    if not (isinstance(min_area, (int, float)) and math.isfinite(min_area) and min_area >= 0):
-        raise ValueError(f"min_area must be a non-negative number of square metres, not {min_area!r}")
-    if simplify < 0:
-        raise ValueError("simplify must not be negative")
-    if tolerance is not None and not (isinstance(tolerance, int) and 0 <= tolerance <= 10):
-        raise ValueError(f"tolerance must be a whole number of pixels from 0 to 10, not {tolerance!r}")
-    roi_geom, roi_crs = _roi_geometry(roi, bbox)
+    opts = _run_options(locals())
+    _check_options(coreg, normalise, method, min_area, simplify, tolerance)
 
-    def report(stage: str, done: int = 1, total: int = 1) -> None:
+    def report(stage: str) -> None:
         log.info("%s", stage)
         if progress is not None:
-            progress(stage, done, total)
+            progress(stage, 0, 1)
 
-    with io.open_raster(before) as bds, io.open_raster(after) as ads:
-        binfo = io.image_info(bds, _source_label(before) if isinstance(before, io.Raster)
-                              else None)
-        ainfo = io.image_info(ads, _source_label(after) if isinstance(after, io.Raster)
-                              else None)
-        use_bands = _pick_bands(binfo, ainfo, bands)
-        grid = binfo.grid
-        overlap = overlap_window(grid, ainfo.grid.bounds, ainfo.grid.crs)
-        window = overlap
-        if roi_geom is not None:
-            rwin, roi_geom = roi_window(grid, roi_geom, roi_crs if grid.crs else None)
-            window = _intersect(overlap, rwin)
-            if window is None:
-                raise ROIError("the region of interest lies outside the area the two "
-                               "images share")
-        # Parameters (shift, radiometry, noise) are estimated on a context
-        # around a small region of interest: a few dozen metres hold too
-        # little to co-register or to model what "unchanged" looks like.
-        ctx_window = window if roi_geom is None else _expand(window, overlap, CONTEXT_MARGIN_PX)
-        cgrid = grid.window_grid(ctx_window)
-        wgrid = grid.window_grid(window)
-        resampling = _resampling_for(grid, ainfo.grid)
-
-        report("reading")
-        b, inv_b = io.read_window(bds, ctx_window, bands=use_bands, name=binfo.name)
-        a, inv_a = io.read_warped(ads, cgrid, bands=use_bands, resampling=resampling,
-                                  name=ainfo.name)
-        if inv_b.all():
-            raise InputError(f"{binfo.name}: has no valid pixels where the images overlap")
-        if inv_a.all():
-            raise InputError(f"{ainfo.name}: has no valid pixels where the images overlap")
-
-        shift = Shift()
-        applied = False
-        if coreg == "global":
-            report("co-registering")
-            shift = estimate_shift(b, a, invalid_before=inv_b, invalid_after=inv_a)
-            if not shift.reliable:
-                warnings.warn(
-                    f"co-registration found no reliable shift between {binfo.name} and "
-                    f"{ainfo.name} (peak-to-sidelobe ratio {shift.psr:.1f}); "
-                    "continuing without one", UnreliableShiftWarning, stacklevel=2)
-            elif math.hypot(shift.x, shift.y) >= _MIN_APPLIED_SHIFT:
-                a, inv_a = io.read_warped(ads, cgrid, bands=use_bands, resampling=resampling,
-                                          offset_px=(shift.x, shift.y), name=ainfo.name)
-                applied = True
-    invalid = inv_b | inv_a
-    if invalid.all():
-        raise InputError(f"{binfo.name} and {ainfo.name} have no valid pixels in common")
-
-    report("normalising")
-    fit: RadiometricFit = fit_normalisation(b, a, invalid, method=normalise)
-    a = apply_normalisation(a, fit)
-    noise: NoiseModel = fit_noise(b, a, invalid)
-
-    # From here on, only the processing window.
-    rows = slice(int(window.row_off - ctx_window.row_off),
-                 int(window.row_off - ctx_window.row_off + window.height))
-    cols = slice(int(window.col_off - ctx_window.col_off),
-                 int(window.col_off - ctx_window.col_off + window.width))
-    b, a, invalid = b[:, rows, cols], a[:, rows, cols], invalid[rows, cols]
-    if roi_geom is not None:
-        invalid = invalid | geometry_mask([roi_geom], out_shape=wgrid.shape,
-                                          transform=wgrid.transform)
-        if invalid.all():
-            raise ROIError("the images have no valid pixels in common inside the region "
-                           "of interest")
-
-    report("scoring")
-    if tolerance is None:
-        tolerance = default_tolerance(wgrid)
-    score = score_cva(b, a, noise, tolerance=tolerance)
-    score[invalid] = 0
-    thr = select_threshold(score, bands=b.shape[0], method=threshold, invalid=invalid)
-    raw = apply_threshold(score, thr, invalid)
-    raw = delineate(score, raw, floor=thr.low)
-
-    report("cleaning")
-    pixel_area = wgrid.pixel_area_m2()
-    cleaned = clean_mask(raw, pixel_area_m2=pixel_area, min_area_m2=min_area,
-                         open_radius=open_radius, close_radius=close_radius, invalid=invalid)
-    labels, n = label_components(cleaned)
-    direction = classify_direction(b, a, labels, n, invalid=invalid)
-    classes = class_raster(labels, direction.classes, invalid)
-
-    report("vectorising")
-    geoms = polygons_from_labels(labels, n, wgrid.transform)
-    if simplify > 0:
-        tol = simplify / math.sqrt(pixel_area) * wgrid.res[0]
-        geoms = simplify_polygons(geoms, tol)
-    areas = areas_m2(geoms, wgrid)
-    stats = label_stats(score, labels, n)
-    props = [
-        {
-            "change": CLASS_NAMES[int(direction.classes[i])],
-            "area_m2": None if math.isnan(areas[i]) else round(float(areas[i]), 2),
-            "pixels": int(stats["pixels"][i]),
-            "score_mean": round(float(stats["score_mean"][i]), 3),
-            "score_max": round(float(stats["score_max"][i]), 3),
-            "confidence": round(float(direction.confidence[i]), 3),
-        }
-        for i in range(n)
-    ]
-    score[invalid] = np.nan
-
-    from changedet import __version__
-
-    metadata = {
-        "version": __version__,
-        "before": _source_label(before),
-        "after": _source_label(after),
-        "coordinates": "lon/lat WGS84" if wgrid.crs is not None else "pixels (col, row)",
-        "grid": wgrid.to_dict(),
-        "coregistration": {"mode": coreg, "applied": applied, **shift.to_dict(wgrid)},
-        "normalisation": fit.to_dict(),
-        "method": method,
-        "noise": noise.to_dict(),
-        "threshold": thr.to_dict(),
-        "options": {
-            "bands": list(use_bands) if use_bands else None,
-            "roi": mapping_or_none(roi_geom, wgrid),
-            "min_area_m2": float(min_area),
-            "open_radius_px": int(open_radius),
-            "close_radius_px": int(close_radius),
-            "simplify_m": float(simplify),
-            "tolerance_px": int(tolerance),
-            "resampling": resampling.name,
-        },
-        "classes": {str(k): v for k, v in CLASS_NAMES.items()},
-    }
+    with _open(before, after) as opened:
+        prep = _prepare(opened, report=report, **opts)
+        plan = prep.plan
+        sink = _MemorySink(plan.grid.shape)
+        with _cluster(scheduler, workers) as client:
+            if client is not None:
+                _check_dask_sources(prep.sources)
+            report("detecting")
+            run_blocks(prep.sources, plan, sink, block_size=block_size, threads=threads,
+                       client=client, progress=progress)
+    objects = sorted(sink.objects, key=lambda o: o.anchor)
     report("done")
-    return ChangeResult(classes=classes, score=score, grid=wgrid, shift=shift, threshold=thr,
-                        geometries=geoms, properties=props, metadata=metadata)
+    return ChangeResult(classes=sink.classes, score=sink.score, grid=plan.grid,
+                        shift=prep.shift, threshold=plan.threshold,
+                        geometries=[o.geometry for o in objects],
+                        properties=[o.properties for o in objects], metadata=prep.metadata)
 
 
-def default_tolerance(grid: Grid) -> int:
-    """Displacement tolerated by the change score: about 1 m, 1 to 3 pixels."""
-    if grid.crs is None:
-        return 1
-    return int(np.clip(round(1.0 / math.sqrt(grid.pixel_area_m2())), 1, 3))
+def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathLike | None = None,
+         *, mask: str | os.PathLike | None = None, score: str | os.PathLike | None = None,
+         stream: IO[str] | None = None, overwrite: bool = False,
+         bands: Sequence[int] | None = None,
+         roi: Any = None,
+         bbox: Sequence[float] | None = None,
+         coreg: CoregMode = "global",
+         normalise: NormaliseMethod = "irmad",
+         method: ScoreMethod = "cva",
+         threshold: ThresholdMethod | float = "auto",
+         min_area: float = DEFAULT_MIN_AREA_M2,
+         open_radius: int = 1,
+         close_radius: int = 1,
+         simplify: float = 0.0,
+         tolerance: int | None = None,
+         block_size: int = DEFAULT_BLOCK_SIZE,
+         threads: int | None = None,
+         scheduler: Any = None,
+         workers: int | None = None,
+         progress: ProgressCallback | None = None) -> DiffSummary:
+    """Find what changed and write it to files, in bounded memory.
+
+    The same analysis as :func:`detect`, streamed: features are written as
+    they are found, rasters window by window, so memory depends on the
+    block size, not on the raster. Every output is written to a temporary
+    file beside it and moved into place only when complete.
+
+    Parameters
+    ----------
+    output : path, optional
+        GeoJSON to write.
+    mask : path, optional
+        Class raster (uint8 COG: 0 none, 1 appeared, 2 disappeared,
+        3 changed, 255 nodata).
+    score : path, optional
+        Change score (float32 COG, NaN = nodata).
+    stream : text stream, optional
+        Where to write the GeoJSON when `output` is not given (e.g.
+        ``sys.stdout``).
+    overwrite : bool, optional
+        Replace outputs that exist.{params}
+
+    Returns
+    -------
+    DiffSummary
+
+    Raises
+    ------
+    OutputExistsError
+        An output exists and `overwrite` is false (checked before any work).
+    OutputError
+        An output cannot be written there.
+    ChangeDetError
+        As :func:`detect`.
+    """
+    opts = _run_options(locals())
+    _check_options(coreg, normalise, method, min_area, simplify, tolerance)
+    if output is None and stream is None:
+        raise ValueError("give an output path or a stream")
+    inputs = [p for p in (before, after) if isinstance(p, (str, os.PathLike))]
+    outputs = [os.path.abspath(p) for p in (output, mask, score) if p is not None]
+    if len(set(outputs)) < len(outputs):
+        raise io.OutputError("the same path is given for two outputs; give each its own")
+    for path in (output, mask, score):
+        if path is not None:
+            io.check_output_path(path, overwrite=overwrite, inputs=inputs)
+
+    def report(stage: str) -> None:
+        log.info("%s", stage)
+        if progress is not None:
+            progress(stage, 0, 1)
+
+    with _open(before, after) as opened:
+        prep = _prepare(opened, report=report, **opts)
+        plan = prep.plan
+        with contextlib.ExitStack() as stack:
+            classes_w = score_w = None
+            if mask is not None:
+                classes_w = stack.enter_context(io.RasterBlockWriter(
+                    mask, plan.grid, dtype="uint8", nodata=NODATA_CLASS, overwrite=overwrite,
+                    inputs=inputs, overview_resampling="MODE",
+                    tags={"CLASSES": "0=no change,1=appeared,2=disappeared,3=changed,"
+                                     "255=nodata"}))
+            if score is not None:
+                score_w = stack.enter_context(io.RasterBlockWriter(
+                    score, plan.grid, dtype="float32", nodata=math.nan, overwrite=overwrite,
+                    inputs=inputs, predictor=3, overview_resampling="AVERAGE"))
+            writer = io.GeoJSONWriter(output, {"changedet": prep.metadata}, stream=stream,
+                                      overwrite=overwrite, inputs=inputs)
+            try:
+                sink = _FileSink(plan.grid, writer, classes_w, score_w)
+                with _cluster(scheduler, workers) as client:
+                    if client is not None:
+                        _check_dask_sources(prep.sources)
+                    report("detecting")
+                    run_blocks(prep.sources, plan, sink, block_size=block_size,
+                               threads=threads, client=client, progress=progress)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+    report("done")
+    return DiffSummary(count=writer.count, counts=dict(sink.counts), shift=prep.shift,
+                       grid=plan.grid, metadata=prep.metadata)
 
 
-def mapping_or_none(geom: dict[str, Any] | None, grid: Grid) -> list[float] | None:
-    """Bounds of the region of interest on the grid's CRS, for metadata."""
-    if geom is None:
-        return None
-    from shapely.geometry import shape
-
-    return [round(v, 3) for v in shape(geom).bounds]
+detect.__doc__ = detect.__doc__.replace("{params}", _DETECT_DOC_PARAMETERS)
+diff.__doc__ = diff.__doc__.replace("{params}", _DETECT_DOC_PARAMETERS)

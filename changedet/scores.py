@@ -128,22 +128,16 @@ def fit_noise(before: NDArray[np.floating], after: NDArray[np.floating],
                       float(keep.mean()))
 
 
-def _whiten(data: NDArray[np.floating], w: NDArray[np.float32],
-            centre: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
-    out = np.tensordot(w, np.asarray(data, np.float32), axes=1)
-    if centre is not None:
-        out -= (w @ centre)[:, None, None]
-    return out.astype(np.float32, copy=False)
-
-
-def _tolerant_distance(wa: NDArray[np.float32], wb: NDArray[np.float32],
+def _tolerant_distance(before: NDArray[np.floating], after: NDArray[np.floating],
+                       w: NDArray[np.float32], centre: NDArray[np.float32],
                        rows: NDArray[np.intp], cols: NDArray[np.intp], radius: int,
                        ) -> NDArray[np.float32]:
-    # For each candidate pixel: the smallest distance between after(p) and any
-    # before pixel within `radius`, and vice versa; the larger of the two.
-    h, w = wa.shape[1:]
-    a_c = wa[:, rows, cols]
-    b_c = wb[:, rows, cols]
+    # For each candidate pixel: the smallest whitened distance between
+    # after(p) and any before pixel within `radius`, and vice versa; the
+    # larger of the two. Only the candidates' neighbourhoods are gathered.
+    h, wd = before.shape[1:]
+    a_c = after[:, rows, cols].astype(np.float32) - centre[:, None]
+    b_c = before[:, rows, cols].astype(np.float32)
     best_ab = np.full(rows.size, np.inf, np.float32)
     best_ba = np.full(rows.size, np.inf, np.float32)
     for dy in range(-radius, radius + 1):
@@ -151,9 +145,11 @@ def _tolerant_distance(wa: NDArray[np.float32], wb: NDArray[np.float32],
         for dx in range(-radius, radius + 1):
             if dx * dx + dy * dy > radius * radius + radius:
                 continue
-            cc = np.clip(cols + dx, 0, w - 1)
-            np.minimum(best_ab, ((a_c - wb[:, rr, cc]) ** 2).sum(axis=0), out=best_ab)
-            np.minimum(best_ba, ((wa[:, rr, cc] - b_c) ** 2).sum(axis=0), out=best_ba)
+            cc = np.clip(cols + dx, 0, wd - 1)
+            ab = w @ (a_c - before[:, rr, cc])
+            ba = w @ (after[:, rr, cc] - centre[:, None] - b_c)
+            np.minimum(best_ab, (ab * ab).sum(axis=0), out=best_ab)
+            np.minimum(best_ba, (ba * ba).sum(axis=0), out=best_ba)
     return np.sqrt(np.maximum(best_ab, best_ba))
 
 
@@ -193,9 +189,9 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating], noise: 
 
     Notes
     -----
-    Memory: two whitened float32 copies of the stack plus the score. The
-    neighbourhood search costs ``2 (2r + 1)^2`` distance evaluations per
-    candidate pixel only.
+    Memory: two float32 copies of the stack (the difference and its
+    whitened version) plus the score. The neighbourhood search costs about
+    ``2 (2r + 1)^2`` distance evaluations per candidate pixel only.
 
     References
     ----------
@@ -218,15 +214,18 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating], noise: 
     if tolerance < 0:
         raise ValueError("tolerance must not be negative")
     w = noise.whitening()
-    wa = _whiten(after, w, np.asarray(noise.mean, np.float32))
-    wb = _whiten(before, w)
-    diff = wa - wb
-    np.square(diff, out=diff)
-    score = np.sqrt(diff.sum(axis=0, dtype=np.float32))
-    del diff
+    centre = np.asarray(noise.mean, np.float32)
+    d = np.subtract(after, before, dtype=np.float32)
+    d -= centre[:, None, None]
+    white = np.tensordot(w, d, axes=1)
+    del d
+    np.square(white, out=white)
+    score = np.sqrt(white.sum(axis=0, dtype=np.float32))
+    del white
     if tolerance > 0:
         cut = float(np.sqrt(stats.chi2.isf(candidate_p, noise.bands)))
         rows, cols = np.nonzero(score > cut)
         if rows.size:
-            score[rows, cols] = _tolerant_distance(wa, wb, rows, cols, tolerance)
+            score[rows, cols] = _tolerant_distance(before, after, w, centre, rows, cols,
+                                                   tolerance)
     return score

@@ -162,3 +162,34 @@ def test_help_has_examples(runner):
     r = runner.invoke(main, ["diff", "--help"])
     assert r.exit_code == 0
     assert "$ changedet diff before.tif after.tif -o changes.geojson" in r.output
+
+
+def test_scale_options_give_the_same_result(runner, sample, tmp_path):
+    a, b = tmp_path / "a.geojson", tmp_path / "b.geojson"
+    r1 = runner.invoke(main, ["diff", *sample, "-o", str(a), "-q"])
+    r2 = runner.invoke(main, ["diff", *sample, "-o", str(b), "-q", "--threads", "1",
+                              "--block-size", "128"])
+    assert r1.exit_code == r2.exit_code == 0
+    fa, fb = (json.loads(p.read_text()) for p in (a, b))
+    assert sorted(json.dumps(f["geometry"]) for f in fa["features"]) == \
+        sorted(json.dumps(f["geometry"]) for f in fb["features"])
+
+
+def test_progress_reports_blocks_and_time_left():
+    import io as _io
+
+    from click.testing import CliRunner as _R
+
+    from changedet.cli.options import Progress
+
+    with _R().isolation() as (out, err, _):
+        p = Progress(enabled=True)
+        p("co-registering", 0, 1)
+        for i in range(1, 5):
+            p("blocks", i, 4)
+        text = err.getvalue().decode() if err is not None else out.getvalue().decode()
+    assert "co-registering..." in text
+    assert "blocks 4/4 (100%)" in text and "left" in text and "elapsed" in text
+    silent = Progress(enabled=False)
+    silent("blocks", 1, 2)  # nothing to assert but that it is quiet and does not fail
+    assert not silent.enabled and _io is not None

@@ -24,6 +24,8 @@ __all__ = [
     "bbox_opt",
     "coreg_opt",
     "threshold_opt",
+    "scale_opts",
+    "Progress",
     "configure_logging",
     "handle_errors",
 ]
@@ -106,6 +108,69 @@ threshold_opt = click.option(
     metavar="[auto|chi2|otsu|NUMBER]",
     help="Threshold on the change score (in no-change standard deviations): auto "
          "(chi-square hysteresis), chi2, otsu, or a number.")
+
+
+def scale_opts(f: F) -> F:
+    """``--threads``, ``--block-size``, ``--scheduler`` and ``--workers``."""
+    f = click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Start a local Dask cluster of N worker processes for the "
+                          "block stage (needs the 'dask' extra).")(f)
+    f = click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Run the block stage on the Dask cluster at ADDRESS "
+                          "(e.g. tcp://10.0.0.5:8786); the workers must be able to read "
+                          "the input paths.")(f)
+    f = click.option("--block-size", type=click.IntRange(min=64), default=1024,
+                     show_default=True, metavar="PX",
+                     help="Side of the blocks processed at a time; results do not depend "
+                          "on it, memory does.")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Threads for the block stage (default: all cores).")(f)
+    return f
+
+
+class Progress:
+    """Progress on stderr: a stage line, then blocks done, elapsed and left.
+
+    Silent when `enabled` is false (``-q``, or stderr is not a terminal).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        import time
+
+        self.enabled = enabled
+        self._clock = time.monotonic
+        self._start = self._clock()
+        self._stage_start = self._start
+        self._open = False
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = self._clock()
+        if stage != "blocks":
+            self._end_line()
+            if stage != "done":
+                click.echo(f"{stage}...", err=True)
+            self._stage_start = now
+            return
+        elapsed = now - self._stage_start
+        left = elapsed / done * (total - done) if done else 0.0
+        msg = (f"\rblocks {done}/{total} ({100 * done // max(total, 1)}%), "
+               f"{_duration(elapsed)} elapsed, ~{_duration(left)} left ")
+        click.echo(msg, err=True, nl=False)
+        self._open = True
+        if done == total:
+            self._end_line()
+
+    def _end_line(self) -> None:
+        if self._open:
+            click.echo("", err=True)
+            self._open = False
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class _StderrFormatter(logging.Formatter):

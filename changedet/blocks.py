@@ -1,0 +1,334 @@
+"""Block-wise change detection: the "apply locally" half of the pipeline.
+
+The global parameters of a run (shift, radiometric fit, noise model,
+threshold, band statistics) are estimated once and frozen in a
+:class:`Plan`. The processing grid is then cut into blocks, each read with a
+halo, and :func:`process_window` turns a block into change objects.
+
+Everything a change object becomes (hysteresis, delineation, clean-up,
+direction, polygon, attributes) depends only on its own pixels and those
+within a few pixels of it. Change pixels are therefore *grouped*: pixels
+above the lower threshold, dilated by :attr:`Plan.link_radius`, form groups
+such that two objects that could influence each other always share a group.
+A group that stays clear of the window's inner edges (the edges that are not
+edges of the processing grid) is *complete*: every result inside it is
+exactly what processing the whole raster at once would give. Each complete
+group is emitted by exactly one block, the one whose core holds the group's
+first pixel in raster order (its *anchor*); a group that is too large for
+its anchor block's halo is reported as incomplete and is processed again in
+a window grown to hold it (see :mod:`changedet.runner`). The result is the
+same for any block size, on one thread, several, or a Dask cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from numpy.typing import NDArray
+from scipy import ndimage
+from shapely.geometry.base import BaseGeometry
+
+from changedet.cleanup import CONNECTIVITY, clean_mask, delineate, label_components
+from changedet.direction import CLASS_NAMES, classify_direction
+from changedet.features import BandStats
+from changedet.grid import Grid
+from changedet.radiometry import RadiometricFit
+from changedet.scores import NoiseModel, score_cva
+from changedet.thresholds import Threshold
+from changedet.vectorize import areas_m2, label_stats, polygons_from_labels, simplify_polygons
+
+__all__ = [
+    "Plan",
+    "Edges",
+    "ChangeObject",
+    "WindowResult",
+    "Selector",
+    "process_window",
+    "threshold_masks",
+]
+
+#: Pixels kept clear between a complete group and a window's inner edge.
+SAFE_MARGIN = 2
+
+#: Reach, in pixels beyond an object, of the direction test's rings
+#: (edge band, gap, ground band) plus the Sobel kernel.
+_DIRECTION_REACH = 6
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything fixed for a run before its blocks are processed.
+
+    Attributes
+    ----------
+    grid : Grid
+        The processing grid: the before image's grid cropped to the overlap
+        (and the region of interest).
+    bands : tuple of int or None
+        1-based bands read from both images (None: all data bands).
+    offset_px : (float, float)
+        Shift of the after image removed when reading it (pixels of `grid`).
+    pixel_transform : Affine or None
+        A general alignment of the after image in `grid` pixel coordinates
+        (see :func:`changedet.io.read_warped`); None for a pure shift.
+    resampling : str
+        GDAL resampling kernel name for the after image.
+    fit : RadiometricFit
+        Radiometric normalisation of the after image.
+    noise : NoiseModel
+        No-change model of the difference.
+    threshold : Threshold
+        Hysteresis thresholds on the score.
+    tolerance : int
+        Displacement, in pixels, that the score tolerates.
+    stats_before, stats_after : BandStats
+        Global band statistics (the after image's after normalisation).
+    gradient_floor : float
+        Global floor of ground edge strength for the direction test.
+    min_area_m2, pixel_area_m2, max_hole_m2 : float
+        Minimum mapping unit, area of a pixel and largest hole filled.
+    open_radius, close_radius : int
+        Morphological clean-up radii in pixels.
+    simplify : float
+        Simplification tolerance in CRS units (0: pixel edges).
+    roi : dict or None
+        Region of interest on the grid's CRS.
+    """
+
+    grid: Grid
+    bands: tuple[int, ...] | None
+    offset_px: tuple[float, float]
+    pixel_transform: Affine | None
+    resampling: str
+    fit: RadiometricFit
+    noise: NoiseModel
+    threshold: Threshold
+    tolerance: int
+    stats_before: BandStats
+    stats_after: BandStats
+    gradient_floor: float
+    min_area_m2: float
+    pixel_area_m2: float
+    max_hole_m2: float
+    open_radius: int = 1
+    close_radius: int = 1
+    simplify: float = 0.0
+    roi: dict[str, Any] | None = None
+
+    @property
+    def link_radius(self) -> int:
+        """Dilation radius that groups pixels whose objects can interact."""
+        return max(self.open_radius + self.close_radius, _DIRECTION_REACH + 1) + 1
+
+    @property
+    def halo(self) -> int:
+        """Smallest useful halo: the score's reach plus a group's dilation."""
+        return self.tolerance + 2 + self.link_radius + SAFE_MARGIN
+
+
+@dataclass(frozen=True)
+class Edges:
+    """Which sides of a window are edges of the processing grid itself."""
+
+    top: bool = True
+    left: bool = True
+    bottom: bool = True
+    right: bool = True
+
+
+@dataclass
+class ChangeObject:
+    """One change polygon with its pixels.
+
+    Attributes
+    ----------
+    anchor : (int, int)
+        Global (row, col) of its first pixel in raster order: a stable,
+        block-independent key for ordering.
+    row_off, col_off : int
+        Global position of `mask`'s upper-left pixel.
+    mask : (h, w) ndarray of bool
+        The object's pixels within its bounding box.
+    change : int
+        1 appeared, 2 disappeared, 3 changed.
+    properties : dict
+        GeoJSON properties.
+    geometry : shapely geometry
+        Outline on the grid's CRS.
+    """
+
+    anchor: tuple[int, int]
+    row_off: int
+    col_off: int
+    mask: NDArray[np.bool_]
+    change: int
+    properties: dict[str, Any]
+    geometry: BaseGeometry
+
+
+@dataclass
+class WindowResult:
+    """What :func:`process_window` found in a window.
+
+    Attributes
+    ----------
+    score : (h, w) ndarray of float32
+        Change score of the window (0 where invalid).
+    objects : list of ChangeObject
+        Objects of the complete groups the selector accepted, by anchor.
+    incomplete : (n, 6) ndarray of int64
+        Groups that touch an inner edge: anchor row, anchor col, and global
+        bounding box row0, col0, row1, col1 (end exclusive).
+    """
+
+    score: NDArray[np.float32]
+    objects: list[ChangeObject] = field(default_factory=list)
+    incomplete: NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros((0, 6), np.int64))
+
+
+#: Chooses, among complete groups, those to emit: called with their global
+#: anchors (n, 2) and bounding boxes (n, 4), returns a boolean (n,) array.
+Selector = Callable[[NDArray[np.int64], NDArray[np.int64]], NDArray[np.bool_]]
+
+
+def threshold_masks(score: NDArray[np.float32], threshold: Threshold,
+                    invalid: NDArray[np.bool_]) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Candidate pixels (above the lower threshold) and seeds (above the upper)."""
+    if not np.isfinite(threshold.high):
+        empty = np.zeros(score.shape, bool)
+        return empty, empty
+    if threshold.low >= threshold.high:
+        cand = score > threshold.high
+        cand &= ~invalid
+        return cand, cand
+    cand = score > threshold.low
+    cand &= ~invalid
+    return cand, cand & (score > threshold.high)
+
+
+def _hysteresis(cand: NDArray[np.bool_], seeds: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    # 8-connected components of the candidates that hold at least one seed.
+    labels, n = label_components(cand)
+    if n == 0:
+        return cand.copy()
+    keep = np.bincount(labels[seeds], minlength=n + 1) > 0
+    keep[0] = False
+    return keep[labels]
+
+
+def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
+                   invalid: NDArray[np.bool_], plan: Plan, *, row_off: int, col_off: int,
+                   edges: Edges = Edges(), select: Selector | None = None) -> WindowResult:
+    """Detect change objects in one window of the processing grid.
+
+    Parameters
+    ----------
+    before, after : (bands, h, w) ndarray of float32
+        The window of both images; `after` aligned and normalised.
+    invalid : (h, w) ndarray of bool
+        True where either image is invalid or outside the region of interest.
+    plan : Plan
+        The run's global parameters.
+    row_off, col_off : int
+        Position of the window in the processing grid.
+    edges : Edges, optional
+        Which sides of the window are the processing grid's own edges
+        (default: all, i.e. the window is the whole grid).
+    select : callable, optional
+        Which complete groups to emit (default: all).
+
+    Returns
+    -------
+    WindowResult
+
+    Notes
+    -----
+    Memory: about six float32 copies of one band of the window, plus the
+    score's two whitened copies of the stack.
+    """
+    h, w = invalid.shape
+    score = score_cva(before, after, plan.noise, tolerance=plan.tolerance)
+    score[invalid] = 0
+    cand, seeds = threshold_masks(score, plan.threshold, invalid)
+    if not cand.any():
+        return WindowResult(score)
+
+    k = plan.link_radius
+    grouped = ndimage.maximum_filter(cand.view(np.uint8), size=2 * k + 1) > 0
+    glabels, ng = ndimage.label(grouped, structure=CONNECTIVITY)
+    ids = np.arange(1, ng + 1)
+    slices = ndimage.find_objects(glabels)
+    bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in slices],
+                    np.int64).reshape(-1, 4)
+    first = np.asarray(ndimage.minimum(np.arange(h * w, dtype=np.int64).reshape(h, w),
+                                       glabels, ids), np.int64)
+    anchors = np.stack([first // w, first % w], axis=1)
+    m = SAFE_MARGIN
+    complete = ((edges.top | (bbox[:, 0] >= m)) & (edges.left | (bbox[:, 1] >= m))
+                & (edges.bottom | (bbox[:, 2] <= h - m)) & (edges.right | (bbox[:, 3] <= w - m)))
+    offset = np.array([row_off, col_off], np.int64)
+    g_anchor = anchors + offset
+    g_bbox = bbox + np.concatenate([offset, offset])
+    has_seed = np.bincount(glabels[seeds], minlength=ng + 1)[1:] > 0
+    emit = complete & has_seed
+    if select is not None and emit.any():
+        chosen = np.zeros(ng, bool)
+        chosen[emit] = select(g_anchor[emit], g_bbox[emit])
+        emit = chosen
+    incomplete = np.concatenate([g_anchor, g_bbox], axis=1)[~complete]
+    if not emit.any():
+        return WindowResult(score, [], incomplete)
+
+    lut = np.concatenate([[False], emit])
+    region = lut[glabels]
+    kept = _hysteresis(cand & region, seeds & region)
+    kept = delineate(score, kept, floor=plan.threshold.low)
+    cleaned = clean_mask(kept, pixel_area_m2=plan.pixel_area_m2, min_area_m2=plan.min_area_m2,
+                         open_radius=plan.open_radius, close_radius=plan.close_radius,
+                         max_hole_m2=plan.max_hole_m2, invalid=invalid)
+    labels, n = label_components(cleaned)
+    objects = _objects(before, after, invalid, score, labels, n, plan, row_off, col_off)
+    return WindowResult(score, objects, incomplete)
+
+
+def _objects(before: NDArray[np.float32], after: NDArray[np.float32],
+             invalid: NDArray[np.bool_], score: NDArray[np.float32],
+             labels: NDArray[np.int32], n: int, plan: Plan, row_off: int, col_off: int,
+             ) -> list[ChangeObject]:
+    if n == 0:
+        return []
+    direction = classify_direction(before, after, labels, n, invalid=invalid,
+                                   stats_before=plan.stats_before,
+                                   stats_after=plan.stats_after,
+                                   gradient_floor=plan.gradient_floor)
+    transform = plan.grid.transform @ Affine.translation(col_off, row_off)
+    geoms = polygons_from_labels(labels, n, transform)
+    if plan.simplify > 0:
+        geoms = simplify_polygons(geoms, plan.simplify)
+    areas = areas_m2(geoms, plan.grid)
+    stats = label_stats(score, labels, n)
+    h, w = labels.shape
+    first = np.asarray(ndimage.minimum(np.arange(h * w, dtype=np.int64).reshape(h, w),
+                                       labels, np.arange(1, n + 1)), np.int64)
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(labels)):
+        cls = int(direction.classes[i])
+        props = {
+            "change": CLASS_NAMES[cls],
+            "area_m2": None if np.isnan(areas[i]) else round(float(areas[i]), 2),
+            "pixels": int(stats["pixels"][i]),
+            "score_mean": round(float(stats["score_mean"][i]), 3),
+            "score_max": round(float(stats["score_max"][i]), 3),
+            "confidence": round(float(direction.confidence[i]), 3),
+        }
+        out.append(ChangeObject(
+            anchor=(int(first[i] // w) + row_off, int(first[i] % w) + col_off),
+            row_off=sl[0].start + row_off, col_off=sl[1].start + col_off,
+            mask=labels[sl] == i + 1, change=cls, properties=props, geometry=geoms[i]))
+    out.sort(key=lambda o: o.anchor)
+    return out

@@ -1,0 +1,362 @@
+"""Running the block stage: on a thread pool here, or as tasks on a Dask cluster.
+
+Blocks are read with a halo, processed by
+:func:`changedet.blocks.process_window`, and handed back in block order, so
+outputs are the same whatever finishes first. Groups of change too large
+for their block's halo are processed again afterwards in a window grown to
+hold them. Memory stays bounded: at most ``2 * threads`` blocks are in
+flight at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from numpy.typing import NDArray
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.features import geometry_mask
+from rasterio.windows import Window
+
+from changedet import io
+from changedet.blocks import (
+    SAFE_MARGIN,
+    ChangeObject,
+    Edges,
+    Plan,
+    WindowResult,
+    process_window,
+)
+from changedet.errors import InputError
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "Block",
+    "Sources",
+    "BlockOutput",
+    "layout",
+    "read_block",
+    "run_block",
+    "run_blocks",
+]
+
+log = logging.getLogger(__name__)
+
+#: Side of a block's core, pixels.
+DEFAULT_BLOCK_SIZE = 1024
+
+#: Default halo, pixels: structures up to about this size are finished in
+#: the first pass.
+DEFAULT_HALO = 96
+
+#: Largest side of the window grown for an oversized change; beyond it the
+#: change is processed as cut and a warning says so.
+MAX_GROWN_WINDOW = 4096
+
+
+@dataclass(frozen=True)
+class Block:
+    """A core window of the processing grid, and the halo'd window read for it."""
+
+    core: Window
+    window: Window
+    edges: Edges
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where to read the two images: anything ``rasterio.open`` opens.
+
+    Picklable, so Dask workers can open the files themselves.
+    """
+
+    before: str
+    after: str
+    before_name: str
+    after_name: str
+    origin: tuple[int, int]
+
+
+@dataclass
+class BlockOutput:
+    """What a block sends back: its core's score and validity, its objects."""
+
+    core: Window
+    score: NDArray[np.float32]
+    invalid: NDArray[np.bool_]
+    objects: list[ChangeObject] = field(default_factory=list)
+    deferred: NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 6), np.int64))
+
+
+def layout(shape: tuple[int, int], block_size: int, halo: int) -> list[Block]:
+    """Tile a ``(height, width)`` grid into blocks, row by row."""
+    h, w = shape
+    out = []
+    for r0 in range(0, h, block_size):
+        for c0 in range(0, w, block_size):
+            r1, c1 = min(r0 + block_size, h), min(c0 + block_size, w)
+            wr0, wc0 = max(0, r0 - halo), max(0, c0 - halo)
+            wr1, wc1 = min(h, r1 + halo), min(w, c1 + halo)
+            out.append(Block(Window(c0, r0, c1 - c0, r1 - r0),
+                             Window(wc0, wr0, wc1 - wc0, wr1 - wr0),
+                             Edges(top=wr0 == 0, left=wc0 == 0, bottom=wr1 == h, right=wc1 == w)))
+    return out
+
+
+def _edges(window: Window, shape: tuple[int, int]) -> Edges:
+    r0, c0 = int(window.row_off), int(window.col_off)
+    return Edges(top=r0 == 0, left=c0 == 0, bottom=r0 + int(window.height) == shape[0],
+                 right=c0 + int(window.width) == shape[1])
+
+
+def read_block(sources: Sources, plan: Plan, window: Window,
+               ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
+    """Read a window of both images, the after image aligned and normalised.
+
+    Returns
+    -------
+    before, after : (bands, h, w) ndarray of float32
+    invalid : (h, w) ndarray of bool
+        Invalid in either image, or outside the region of interest.
+    """
+    r0, c0 = int(window.row_off), int(window.col_off)
+    grid = plan.grid.window_grid(window)
+    src_window = Window(c0 + sources.origin[1], r0 + sources.origin[0],
+                        window.width, window.height)
+    p = plan.pixel_transform
+    local = None if p is None else Affine.translation(-c0, -r0) @ p @ Affine.translation(c0, r0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(sources.before) as bds, rasterio.open(sources.after) as ads:
+            b, inv_b = io.read_window(bds, src_window, bands=plan.bands,
+                                      name=sources.before_name)
+            a, inv_a = io.read_warped(ads, grid, bands=plan.bands, offset_px=plan.offset_px,
+                                      pixel_transform=local,
+                                      resampling=Resampling[plan.resampling],
+                                      name=sources.after_name)
+    invalid = inv_b | inv_a
+    if plan.roi is not None:
+        invalid |= geometry_mask([plan.roi], out_shape=grid.shape, transform=grid.transform)
+    # `a` is ours: normalise it in place rather than holding a second copy.
+    a *= np.asarray(plan.fit.gain, np.float32)[:, None, None]
+    a += np.asarray(plan.fit.offset, np.float32)[:, None, None]
+    return b, a, invalid
+
+
+def _inside(rows: NDArray[np.int64], cols: NDArray[np.int64], win: Window) -> NDArray[np.bool_]:
+    r0, c0 = int(win.row_off), int(win.col_off)
+    return ((rows >= r0) & (rows < r0 + int(win.height))
+            & (cols >= c0) & (cols < c0 + int(win.width)))
+
+
+def run_block(sources: Sources, plan: Plan, block: Block) -> BlockOutput:
+    """Process one block: the unit of work sent to a thread or a Dask worker."""
+    b, a, invalid = read_block(sources, plan, block.window)
+    r0, c0 = int(block.window.row_off), int(block.window.col_off)
+
+    def in_core(anchors: NDArray[np.int64], bbox: NDArray[np.int64]) -> NDArray[np.bool_]:
+        return _inside(anchors[:, 0], anchors[:, 1], block.core)
+
+    res = process_window(b, a, invalid, plan, row_off=r0, col_off=c0, edges=block.edges,
+                         select=in_core)
+    core = (slice(int(block.core.row_off) - r0, int(block.core.row_off + block.core.height) - r0),
+            slice(int(block.core.col_off) - c0, int(block.core.col_off + block.core.width) - c0))
+    inc = res.incomplete
+    deferred = inc[_inside(inc[:, 0], inc[:, 1], block.core)]
+    return BlockOutput(block.core, res.score[core].copy(), invalid[core].copy(), res.objects,
+                       deferred)
+
+
+class _Sink:
+    """Where block outputs go (arrays in memory, or files)."""
+
+    def block(self, out: BlockOutput) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def object(self, obj: ChangeObject) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _ordered(items: list[Block], func: Callable[[Block], BlockOutput], threads: int,
+             ) -> Iterator[BlockOutput]:
+    # Results in submission order, with a bounded number in flight.
+    if threads <= 1:
+        for item in items:
+            yield func(item)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="changedet") as pool:
+        pending: deque = deque()
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= 2 * threads:
+                break
+        while pending:
+            fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(func, nxt))
+            try:
+                yield fut.result()
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+
+
+def _ordered_dask(items: list[Block], sources: Sources, plan: Plan, client: Any,
+                  ) -> Iterator[BlockOutput]:
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    in_flight = 2 * n_workers
+    plan_f = client.scatter(plan, broadcast=True)
+    pending: deque = deque()
+    it = iter(items)
+    for item in it:
+        pending.append(client.submit(run_block, sources, plan_f, item, pure=False))
+        if len(pending) >= in_flight:
+            break
+    while pending:
+        fut = pending.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(client.submit(run_block, sources, plan_f, nxt, pure=False))
+        yield fut.result()
+
+
+def _merge_boxes(boxes: list[tuple[int, int, int, int]], pad: int,
+                 ) -> list[tuple[int, int, int, int]]:
+    # Union boxes that overlap once padded, until none do.
+    merged = [list(b) for b in boxes]
+    changed = True
+    while changed:
+        changed = False
+        out: list[list[int]] = []
+        for b in merged:
+            for o in out:
+                if (b[0] - pad < o[2] and o[0] - pad < b[2]
+                        and b[1] - pad < o[3] and o[1] - pad < b[3]):
+                    o[0], o[1] = min(o[0], b[0]), min(o[1], b[1])
+                    o[2], o[3] = max(o[2], b[2]), max(o[3], b[3])
+                    changed = True
+                    break
+            else:
+                out.append(b)
+        merged = out
+    return sorted(tuple(b) for b in merged)  # type: ignore[misc]
+
+
+def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
+               block_size: int = DEFAULT_BLOCK_SIZE, halo: int = DEFAULT_HALO,
+               threads: int | None = None, client: Any = None,
+               progress: Callable[[str, int, int], None] | None = None) -> None:
+    """Process every block and hand the outputs to `sink`, in block order.
+
+    Parameters
+    ----------
+    sources : Sources
+        The two images.
+    plan : Plan
+        Global parameters.
+    sink : object
+        Receives ``sink.block(BlockOutput)`` for each block in order, then
+        ``sink.object(ChangeObject)`` for each object.
+    block_size, halo : int, optional
+        Core side and halo of the blocks, pixels.
+    threads : int, optional
+        Threads for the local path (default: all cores).
+    client : dask.distributed.Client, optional
+        Run the blocks as tasks on this cluster instead.
+    progress : callable, optional
+        ``progress("blocks", done, total)``.
+    """
+    if block_size < 64:
+        raise ValueError("block_size must be at least 64 pixels")
+    halo = max(halo, plan.halo)
+    blocks = layout(plan.grid.shape, block_size, halo)
+    threads = threads or os.cpu_count() or 1
+    if client is not None:
+        outputs = _ordered_dask(blocks, sources, plan, client)
+    else:
+        outputs = _ordered(blocks, lambda blk: run_block(sources, plan, blk), threads)
+    deferred: list[NDArray[np.int64]] = []
+    for i, out in enumerate(outputs, start=1):
+        sink.block(out)
+        for obj in out.objects:
+            sink.object(obj)
+        if len(out.deferred):
+            deferred.append(out.deferred)
+        if progress is not None:
+            progress("blocks", i, len(blocks))
+    if deferred:
+        _resolve_deferred(np.concatenate(deferred), sources, plan, sink, blocks, block_size,
+                          halo)
+
+
+def _complete_in(bbox: NDArray[np.int64], block: Block) -> bool:
+    w, e, m = block.window, block.edges, SAFE_MARGIN
+    r0, c0 = int(w.row_off), int(w.col_off)
+    r1, c1 = r0 + int(w.height), c0 + int(w.width)
+    return bool((e.top or bbox[0] >= r0 + m) and (e.left or bbox[1] >= c0 + m)
+                and (e.bottom or bbox[2] <= r1 - m) and (e.right or bbox[3] <= c1 - m))
+
+
+def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
+                      blocks: list[Block], block_size: int, halo: int) -> None:
+    """Second pass: groups too large for their block, in grown windows."""
+    h, w = plan.grid.shape
+    per_row = math.ceil(w / block_size)
+    emitted: set[tuple[int, int]] = set()
+    lock = threading.Lock()
+
+    def anchor_block(anchor: NDArray[np.int64]) -> Block:
+        return blocks[int(anchor[0]) // block_size * per_row + int(anchor[1]) // block_size]
+
+    boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
+    for region in _merge_boxes(boxes, halo):  # type: ignore[arg-type]
+        r0, c0, r1, c1 = region
+        while True:
+            win = Window(max(0, c0 - halo), max(0, r0 - halo),
+                         min(w, c1 + halo) - max(0, c0 - halo),
+                         min(h, r1 + halo) - max(0, r0 - halo))
+            too_big = max(win.width, win.height) > MAX_GROWN_WINDOW
+            edges = Edges() if too_big else _edges(win, (h, w))
+            chosen: list[tuple[int, int]] = []
+
+            def select(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
+                       ) -> NDArray[np.bool_]:
+                keep = np.array([tuple(a) not in emitted and not _complete_in(b, anchor_block(a))
+                                 for a, b in zip(anchors, bbox)], bool)
+                chosen.extend(tuple(int(v) for v in a) for a in anchors[keep])
+                return keep
+
+            b, a, invalid = read_block(sources, plan, win)
+            res: WindowResult = process_window(
+                b, a, invalid, plan, row_off=int(win.row_off), col_off=int(win.col_off),
+                edges=edges, select=select)
+            inc = res.incomplete
+            touching = inc[(inc[:, 2] < r1) & (inc[:, 4] > r0) & (inc[:, 3] < c1) & (inc[:, 5] > c0)]
+            if len(touching) and not too_big:
+                r0, c0 = min(r0, int(touching[:, 2].min())), min(c0, int(touching[:, 3].min()))
+                r1, c1 = max(r1, int(touching[:, 4].max())), max(c1, int(touching[:, 5].max()))
+                continue
+            if too_big:
+                warnings.warn(
+                    f"a change larger than {MAX_GROWN_WINDOW} pixels across was processed in "
+                    "pieces; its outline may be cut", RuntimeWarning, stacklevel=2)
+            with lock:
+                emitted.update(chosen)
+            for obj in res.objects:
+                sink.object(obj)
+            break

@@ -1,0 +1,140 @@
+"""Block-wise processing gives exactly the in-memory result."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from shapely import wkb
+
+import changedet
+from changedet.runner import layout
+from changedet.synthetic import SceneObject, Sensor, Sun, quantise, rect, render, textured_ground
+from tests.conftest import write_tif
+
+SHAPE = (301, 437)  # odd on purpose
+
+
+def _scene():
+    """Structures on block seams (64, 100, 128 px), at the raster's edges,
+    at a four-block corner, and one far larger than a block's halo."""
+    rng = np.random.default_rng(7)
+    s = 2
+    ground = textured_ground((SHAPE[0] * s, SHAPE[1] * s), "pavement", rng=rng,
+                             texture=0.02, grain=4.0)
+    static = [SceneObject(rect(20, 20, 30, 25), "roof_grey"),
+              SceneObject(rect(300, 230, 40, 30), "roof_red")]
+    new = [
+        SceneObject(rect(90, 40, 24, 20), "white"),         # across col 100 and 128
+        SceneObject(rect(56, 120, 20, 18), "blue"),         # across col 64, row 128
+        SceneObject(rect(120, 92, 22, 20), "metal"),        # corner of four 128-blocks
+        SceneObject(rect(417, 150, 20, 30), "red"),         # on the right edge
+        SceneObject(rect(200, 283, 30, 18), "white"),       # on the bottom edge
+        SceneObject(rect(180, 140, 200, 120), "concrete"),  # larger than any halo
+    ]
+    gone = [SceneObject(rect(250, 20, 30, 40), "roof_green"),  # across 256
+            SceneObject(rect(0, 200, 26, 24), "roof_red")]      # on the left edge
+    before = render(ground, static + gone, sun=Sun(), sensor=Sensor(noise=0.006),
+                    pixel_size=0.5, supersample=s, rng=rng)
+    after = render(ground, static + new, sun=Sun(), sensor=Sensor(
+        gain=(1.1, 1.05, 1.0, 1.0), offset=(0.02, 0.02, 0.03, 0), noise=0.008, shift=(1.3, -0.6)),
+        pixel_size=0.5, supersample=s, rng=rng)
+    return quantise(before, "uint16", full_scale=1.0), quantise(after, "uint16", full_scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    d = tmp_path_factory.mktemp("blocks")
+    b, a = _scene()
+    return write_tif(d / "before.tif", b), write_tif(d / "after.tif", a)
+
+
+@pytest.fixture(scope="module")
+def reference(scene):
+    return changedet.detect(*scene, block_size=4096, threads=1)
+
+
+def _features(result):
+    return sorted((wkb.dumps(g, hex=True), json.dumps(p, sort_keys=True))
+                  for g, p in zip(result.geometries, result.properties))
+
+
+def test_reference_finds_all_eight_structures(reference):
+    assert len(reference) == 8
+    assert sorted(p["change"] for p in reference.properties) == ["appeared"] * 6 + \
+        ["disappeared"] * 2
+    big = max(reference.properties, key=lambda p: p["area_m2"])
+    assert big["area_m2"] == pytest.approx(200 * 120 * 0.25, rel=0.1)
+
+
+@pytest.mark.parametrize("block_size, threads", [(64, 1), (100, 2), (128, 2), (257, 1)])
+def test_blockwise_equals_in_memory(scene, reference, block_size, threads):
+    r = changedet.detect(*scene, block_size=block_size, threads=threads)
+    np.testing.assert_array_equal(r.classes, reference.classes)
+    np.testing.assert_array_equal(r.score, reference.score)
+    assert _features(r) == _features(reference)
+
+
+def test_the_large_structure_needs_the_second_pass(reference):
+    # With 64-pixel blocks and the default halo, the 200 x 120 px structure
+    # cannot be finished by the block that holds its first pixel.
+    from changedet.runner import DEFAULT_HALO
+
+    blocks = layout(SHAPE, 64, DEFAULT_HALO)
+    r0, c0 = 140, 180
+    anchor_block = next(b for b in blocks if b.core.row_off <= r0 < b.core.row_off + 64
+                        and b.core.col_off <= c0 < b.core.col_off + 64)
+    assert anchor_block.window.col_off + anchor_block.window.width < c0 + 200
+
+
+def test_streamed_files_equal_the_in_memory_result(scene, reference, tmp_path):
+    out, mask, score = tmp_path / "c.geojson", tmp_path / "m.tif", tmp_path / "s.tif"
+    summary = changedet.diff(*scene, out, mask=mask, score=score, block_size=64, threads=2)
+    assert summary.count == len(reference)
+    fc = json.loads(out.read_text())
+    assert sorted(json.dumps(f["geometry"]) for f in fc["features"]) == \
+        sorted(json.dumps(f["geometry"]) for f in reference.features)
+    assert [f["id"] for f in fc["features"]] == list(range(1, len(reference) + 1))
+    assert fc["bbox"] == reference.to_geojson()["bbox"]
+    with rasterio.open(mask) as ds:
+        np.testing.assert_array_equal(ds.read(1), reference.classes)
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    with rasterio.open(score) as ds:
+        np.testing.assert_array_equal(ds.read(1), reference.score)
+
+
+def test_streamed_output_is_deterministic(scene, tmp_path):
+    for name in ("a", "b"):
+        changedet.diff(*scene, tmp_path / f"{name}.geojson", mask=tmp_path / f"{name}.tif",
+                       block_size=100, threads=2)
+    assert (tmp_path / "a.geojson").read_bytes() == (tmp_path / "b.geojson").read_bytes()
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+
+
+def test_failure_mid_run_leaves_no_output(scene, tmp_path, monkeypatch):
+    import changedet.runner as runner
+
+    calls = {"n": 0}
+    real = runner.run_block
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_block", failing)
+    out, mask = tmp_path / "c.geojson", tmp_path / "m.tif"
+    with pytest.raises(OSError, match="disk went away"):
+        changedet.diff(*scene, out, mask=mask, block_size=64, threads=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_layout_covers_the_grid_once():
+    blocks = layout((301, 437), 100, 20)
+    cover = np.zeros((301, 437), int)
+    for b in blocks:
+        cover[int(b.core.row_off):int(b.core.row_off + b.core.height),
+              int(b.core.col_off):int(b.core.col_off + b.core.width)] += 1
+        assert b.window.row_off == max(0, b.core.row_off - 20)
+    assert (cover == 1).all()

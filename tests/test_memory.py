@@ -1,0 +1,58 @@
+"""Memory does not grow with the raster (peak RSS of a subprocess)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+MAKE_AND_RUN = textwrap.dedent("""
+    import resource, sys
+    import numpy as np, rasterio
+    from affine import Affine
+    from scipy import ndimage
+    import changedet
+
+    n, out = int(sys.argv[1]), sys.argv[2]
+    rng = np.random.default_rng(0)
+    tile = ndimage.gaussian_filter(rng.random((3, 256, 256), dtype=np.float32), (0, 2, 2))
+    profile = dict(driver="GTiff", width=n, height=n, count=3, dtype="uint16",
+                   crs="EPSG:32633", transform=Affine(0.5, 0, 5e5, 0, -0.5, 5e6),
+                   tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    for name, add in (("b", 0), ("a", 12000)):
+        with rasterio.open(f"{out}/{name}.tif", "w", **profile) as ds:
+            for _, win in ds.block_windows(1):
+                data = tile * 20000 + 8000
+                r, c = int(win.row_off), int(win.col_off)
+                if add and (r // 256 + c // 256) % 5 == 0:
+                    data[:, 100:140, 90:150] += add  # a structure every fifth tile
+                ds.write(data.astype("uint16"), window=win)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    s = changedet.diff(f"{out}/b.tif", f"{out}/a.tif", f"{out}/c.geojson", block_size=256,
+                       threads=2)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(s.count, before, peak)
+""")
+
+
+def _run(n, tmp_path):
+    out = tmp_path / str(n)
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-c", MAKE_AND_RUN, str(n), str(out)],
+                       capture_output=True, text=True, check=True,
+                       env={"GDAL_CACHEMAX": "64", "PATH": "/usr/bin:/bin"})
+    count, _, peak = (int(v) for v in r.stdout.split())
+    return count, peak / 1024  # MB
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_raster(tmp_path):
+    # Both sizes exceed the fixed-size windows that parameters are estimated
+    # on (1024 px), so any growth is the block stage's.
+    small_count, small = _run(1280, tmp_path)
+    big_count, big = _run(2560, tmp_path)   # 4 times the pixels
+    assert big_count > 3 * small_count      # the big one really was processed
+    # An in-memory pipeline holds several float32 copies of both images; one
+    # float32 copy of ONE image grows by 3 x (2560^2 - 1280^2) x 4 B = 59 MB.
+    one_copy = 3 * (2560 ** 2 - 1280 ** 2) * 4 / 2 ** 20
+    assert big - small < one_copy, (small, big)
