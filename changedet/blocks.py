@@ -211,16 +211,6 @@ def threshold_masks(score: NDArray[np.float32], threshold: Threshold,
     return cand, cand & (score > threshold.high)
 
 
-def _hysteresis(cand: NDArray[np.bool_], seeds: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    # 8-connected components of the candidates that hold at least one seed.
-    labels, n = label_components(cand)
-    if n == 0:
-        return cand.copy()
-    keep = np.bincount(labels[seeds], minlength=n + 1) > 0
-    keep[0] = False
-    return keep[labels]
-
-
 def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
                    invalid: NDArray[np.bool_], plan: Plan, *, row_off: int, col_off: int,
                    edges: Edges = Edges(), select: Selector | None = None) -> WindowResult:
@@ -258,8 +248,29 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     if not cand.any():
         return WindowResult(score)
 
+    m = SAFE_MARGIN
+    # Only candidate components that can become change are grouped: those
+    # holding a seed, and those touching an inner edge (their seed may lie
+    # beyond it). Grouping every seedless speck of noise would join them
+    # all into one group spanning the image.
+    clabels, nc = label_components(cand)
+    seeded = np.bincount(clabels[seeds], minlength=nc + 1) > 0
+    band = np.zeros((h, w), bool)
+    if not edges.top:
+        band[:m] = True
+    if not edges.bottom:
+        band[h - m:] = True
+    if not edges.left:
+        band[:, :m] = True
+    if not edges.right:
+        band[:, w - m:] = True
+    seeded[np.unique(clabels[band])] = True
+    seeded[0] = False
+    live = seeded[clabels]
+    if not live.any():
+        return WindowResult(score)
     k = plan.link_radius
-    grouped = ndimage.maximum_filter(cand.view(np.uint8), size=2 * k + 1) > 0
+    grouped = ndimage.maximum_filter(live.view(np.uint8), size=2 * k + 1) > 0
     glabels, ng = ndimage.label(grouped, structure=CONNECTIVITY)
     ids = np.arange(1, ng + 1)
     slices = ndimage.find_objects(glabels)
@@ -268,7 +279,6 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     first = np.asarray(ndimage.minimum(np.arange(h * w, dtype=np.int64).reshape(h, w),
                                        glabels, ids), np.int64)
     anchors = np.stack([first // w, first % w], axis=1)
-    m = SAFE_MARGIN
     complete = ((edges.top | (bbox[:, 0] >= m)) & (edges.left | (bbox[:, 1] >= m))
                 & (edges.bottom | (bbox[:, 2] <= h - m)) & (edges.right | (bbox[:, 3] <= w - m)))
     offset = np.array([row_off, col_off], np.int64)
@@ -285,9 +295,9 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
         return WindowResult(score, [], incomplete)
 
     lut = np.concatenate([[False], emit])
-    region = lut[glabels]
-    kept = _hysteresis(cand & region, seeds & region)
-    kept = delineate(score, kept, floor=plan.threshold.low)
+    # In a complete group every candidate component holds a seed, so the
+    # hysteresis result there is simply the live candidates.
+    kept = delineate(score, live & lut[glabels], floor=plan.threshold.low)
     cleaned = clean_mask(kept, pixel_area_m2=plan.pixel_area_m2, min_area_m2=plan.min_area_m2,
                          open_radius=plan.open_radius, close_radius=plan.close_radius,
                          max_hole_m2=plan.max_hole_m2, invalid=invalid)

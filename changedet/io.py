@@ -54,7 +54,6 @@ __all__ = [
     "image_info",
     "read_window",
     "read_warped",
-    "valid_fraction",
     "read_roi",
     "raster_memfile",
     "check_output_path",
@@ -374,17 +373,6 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
     invalid = (alpha < 255) | ~np.isfinite(data).all(axis=0)
     data[:, invalid] = 0
     return data, invalid
-
-
-def valid_fraction(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = None,
-                   name: str | None = None) -> float:
-    """Share of `grid` where `ds` has valid pixels, from a cheap nearest warp.
-
-    Meant for a coarse `grid` (a few hundred pixels a side) to check that an
-    image has any data where it is needed before reading it in full.
-    """
-    _, invalid = read_warped(ds, grid, bands=bands, resampling=Resampling.nearest, name=name)
-    return float(1.0 - invalid.mean())
 
 
 def read_roi(path: str | os.PathLike) -> tuple[dict[str, Any], CRS]:

@@ -306,13 +306,6 @@ def _central(win: Window, size: int) -> Window:
                   int(win.row_off) + (int(win.height) - h) // 2, w, h)
 
 
-def _coarse(grid: Grid, size: int = 512) -> Grid:
-    """`grid` resampled to at most `size` pixels a side (same extent)."""
-    f = max(1.0, max(grid.width, grid.height) / size)
-    return Grid(grid.transform @ Affine.scale(f), grid.crs,
-                max(1, math.ceil(grid.width / f)), max(1, math.ceil(grid.height / f)))
-
-
 def _sample_windows(win: Window) -> list[Window]:
     """The whole window if small; otherwise a regular lattice of tiles."""
     w, h = int(win.width), int(win.height)
@@ -336,7 +329,8 @@ class _Opened:
 
 
 #: GDAL's block cache, MB, unless the user sets GDAL_CACHEMAX: GDAL's own
-#: default (5 % of RAM) lets memory grow with the raster read.
+#: default (5 % of RAM) lets memory grow with the raster read. (rasterio
+#: passes an integer GDAL_CACHEMAX to GDAL in bytes, not megabytes.)
 GDAL_CACHE_MB = 256
 
 
@@ -347,7 +341,7 @@ def _open(before: io.RasterSource, after: io.RasterSource) -> Iterator[_Opened]:
     # name, or an in-memory file for arrays.
     with contextlib.ExitStack() as stack:
         if "GDAL_CACHEMAX" not in os.environ:
-            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2 ** 20))
         paths = []
         datasets = []
         for src in (before, after):
@@ -407,12 +401,6 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
                                resampling=resampling, name=ainfo.name)
         return b, ib, a, ia
 
-    coarse = _coarse(grid.window_grid(context))
-    if io.valid_fraction(bds, coarse, bands=use_bands, name=binfo.name) == 0:
-        raise InputError(f"{binfo.name}: has no valid pixels where the images overlap")
-    if io.valid_fraction(ads, coarse, bands=use_bands, name=ainfo.name) == 0:
-        raise InputError(f"{ainfo.name}: has no valid pixels where the images overlap")
-
     report("co-registering" if coreg != "none" else "reading")
     shift, applied = Shift(), False
     if coreg == "global":
@@ -429,8 +417,13 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     offset = (shift.x, shift.y) if applied else (0.0, 0.0)
 
     report("normalising")
-    samples = [(b, a, ib | ia) for b, ib, a, ia in
-               (read(win, offset) for win in _sample_windows(context))]
+    raw = [read(win, offset) for win in _sample_windows(context)]
+    for k, info in ((1, binfo), (3, ainfo)):
+        if all(r[k].all() for r in raw):
+            raise InputError(f"{info.name}: has no valid pixels where the images overlap "
+                             "(all nodata or masked)")
+    samples = [(b, a, ib | ia) for b, ib, a, ia in raw]
+    del raw
     inv_s = np.concatenate([s[2].ravel() for s in samples])[np.newaxis]
     if inv_s.all():
         raise InputError(f"{binfo.name} and {ainfo.name} have no valid pixels in common")
