@@ -18,12 +18,14 @@ from changedet.cli.options import (
     handle_errors,
     output_opt,
     overwrite_opt,
+    progress_reporter,
+    rgb_opt,
     roi_opt,
     threshold_opt,
     verbosity_opt,
 )
 from changedet.errors import OutputError
-from changedet.pipeline import detect
+from changedet.pipeline import ChangeResult, detect
 
 
 @click.command(short_help="Find what changed between two images.")
@@ -36,6 +38,15 @@ from changedet.pipeline import detect
                    "2 disappeared, 3 changed, 255 nodata).")
 @click.option("--score", "score_path", type=click.Path(dir_okay=False), default=None,
               metavar="SCORE.tif", help="Also write the change score (float32 COG).")
+@click.option("--quicklook", "quicklook_path", type=click.Path(dir_okay=False), default=None,
+              metavar="OUT.png",
+              help="Also draw a picture: before | after | after with the changes outlined "
+                   "(legend, scale bar, north arrow).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              metavar="OUT.html",
+              help="Also write a self-contained HTML report (pictures, a map of the "
+                   "changes, a table, the run metadata); it works offline.")
+@rgb_opt
 @click.option("--min-area", type=click.FloatRange(min=0), default=DEFAULT_MIN_AREA_M2,
               show_default=True, metavar="M2",
               help="Minimum mapping unit in square metres; smaller changes are dropped.")
@@ -51,7 +62,8 @@ from changedet.pipeline import detect
 @verbosity_opt
 @handle_errors
 def diff(before: str, after: str, output: str | None, mask_path: str | None,
-         score_path: str | None, min_area: float, roi: str | None,
+         score_path: str | None, quicklook_path: str | None, report_path: str | None,
+         rgb: list[int] | None, min_area: float, roi: str | None,
          bbox: tuple[float, float, float, float] | None, bands: list[int] | None,
          coreg: str, threshold: str | float, simplify: float, overwrite: bool) -> None:
     """Find what changed between BEFORE and AFTER and write it as GeoJSON.
@@ -67,20 +79,28 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
     $ changedet diff before.tif after.tif -o changes.geojson
     $ changedet diff before.tif after.tif --mask classes.tif --min-area 50 > changes.geojson
     $ changedet diff before.tif after.tif --bbox 125.75 39.01 125.76 39.02 -o square.geojson
+    $ changedet diff before.tif after.tif -o changes.geojson --quicklook look.png --report r.html
+    $ changedet diff naip_2018.tif naip_2020.tif --rgb 4,1,2 --quicklook false_colour.png
     """
     if roi and bbox:
         raise click.UsageError("give --roi or --bbox, not both")
     inputs = [before, after]
-    outputs = [p for p in (output, mask_path, score_path) if p]
+    outputs = [p for p in (output, mask_path, score_path, quicklook_path, report_path) if p]
     if len({os.path.abspath(p) for p in outputs}) < len(outputs):
         raise OutputError("the same path is given for two outputs; give each its own")
     # Refuse before working for minutes, not after.
     for path in outputs:
         io.check_output_path(path, overwrite=overwrite, inputs=inputs)
 
-    with rasterio.Env():
-        result = detect(before, after, bands=bands, roi=roi, bbox=bbox, coreg=coreg,
-                        threshold=threshold, min_area=min_area, simplify=simplify)
+    progress = progress_reporter()
+    try:
+        with rasterio.Env():
+            result = detect(before, after, bands=bands, roi=roi, bbox=bbox, coreg=coreg,
+                            threshold=threshold, min_area=min_area, simplify=simplify,
+                            progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     fc = result.to_geojson()
     if output:
         io.write_geojson(fc, output, overwrite=overwrite, inputs=inputs)
@@ -92,6 +112,10 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
         result.write_mask(mask_path, overwrite=overwrite)
     if score_path:
         result.write_score(score_path, overwrite=overwrite)
+    if quicklook_path or report_path:
+        _write_pictures(result, before, after, quicklook_path, report_path, rgb=rgb,
+                        geojson_name=os.path.basename(output) if output else "changes.geojson",
+                        overwrite=overwrite)
 
     counts = Counter(p["change"] for p in result.properties)
     parts = ", ".join(f"{counts[k]} {k}" for k in ("appeared", "disappeared", "changed")
@@ -102,3 +126,26 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
     if click.get_current_context().find_object(dict).get("quiet", 0) == 0:
         click.echo(f"{len(result)} change(s){': ' + parts if parts else ''}; {shift}"
                    f"{'; wrote ' + output if output else ''}", err=True)
+
+
+def _write_pictures(result: ChangeResult, before: str, after: str, quicklook_path: str | None,
+                    report_path: str | None, *, rgb: list[int] | None, geojson_name: str,
+                    overwrite: bool) -> None:
+    from changedet import __version__
+    from changedet.quicklook import quicklook, read_previews
+    from changedet.report import report
+    from changedet.series import acquisition_date
+
+    inputs = [before, after]
+    with rasterio.Env():
+        dates = (acquisition_date(before), acquisition_date(after))
+        previews = read_previews(result, before, after, rgb=rgb, max_size=1600)
+    figure = quicklook(result, before, after, dates=dates, previews=previews)
+    if quicklook_path:
+        io.write_png(figure, quicklook_path, overwrite=overwrite, inputs=inputs,
+                     text={"Software": f"changedet {__version__}",
+                           "Source": f"{before} -> {after}"})
+    if report_path:
+        html = report(result, before, after, dates=dates, previews=previews, figure=figure,
+                      geojson_name=geojson_name)
+        io.write_text(report_path, [html], overwrite=overwrite, inputs=inputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,6 +25,8 @@ __all__ = [
     "bbox_opt",
     "coreg_opt",
     "threshold_opt",
+    "rgb_opt",
+    "progress_reporter",
     "configure_logging",
     "handle_errors",
 ]
@@ -106,6 +109,63 @@ threshold_opt = click.option(
     metavar="[auto|chi2|otsu|NUMBER]",
     help="Threshold on the change score (in no-change standard deviations): auto "
          "(chi-square hysteresis), chi2, otsu, or a number.")
+
+
+def _parse_rgb(ctx: click.Context, param: click.Parameter, value: str | None,
+               ) -> list[int] | None:
+    bands = _parse_bands(ctx, param, value)
+    if bands is not None and len(bands) not in (1, 3):
+        raise click.BadParameter("give three bands for red, green, blue (e.g. 3,2,1) or one "
+                                 "for grey")
+    return bands
+
+
+rgb_opt = click.option(
+    "--rgb", callback=_parse_rgb, default=None, metavar="R,G,B",
+    help="Bands shown as red, green, blue in pictures, e.g. 3,2,1 (default: bands "
+         "flagged or named red/green/blue, else the first three).")
+
+
+class _Progress:
+    """One self-overwriting status line on a terminal: stage, count, elapsed."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.start = time.monotonic()
+        self.width = 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        elapsed = time.monotonic() - self.start
+        count = f" {done}/{total}" if total > 1 else ""
+        text = f"[{elapsed:6.1f}s] {stage}{count}"
+        pad = max(0, self.width - len(text))
+        self.width = len(text)
+        end = "\n" if stage == "done" else ""
+        self.stream.write(f"\r{text}{' ' * pad}{end}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the status line (if one is showing)."""
+        if self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
+
+
+def progress_reporter(stream: Any = None) -> _Progress | None:
+    """A ``progress(stage, done, total)`` callable for the library, or None.
+
+    Progress goes to stderr, only when it is a terminal and neither ``-q``
+    nor ``-v`` was given: logs and pipes stay clean.
+    """
+    stream = stream if stream is not None else sys.stderr
+    ctx = click.get_current_context(silent=True)
+    obj = (ctx.find_object(dict) or {}) if ctx else {}
+    isatty = getattr(stream, "isatty", None)
+    # -v logs each stage on its own line already; a status line would garble it.
+    if obj.get("quiet", 0) or obj.get("verbose", 0) or not (callable(isatty) and isatty()):
+        return None
+    return _Progress(stream)
 
 
 class _StderrFormatter(logging.Formatter):
