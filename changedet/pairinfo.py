@@ -188,7 +188,7 @@ def estimate_pair_shift(before: DatasetReader, after: DatasetReader, grid: Grid,
     -----
     Memory: two float32 copies of `grid` per band.
     """
-    origin = ~before.transform * (grid.transform.c, grid.transform.f)
+    origin = ~before.transform @ (grid.transform.c, grid.transform.f)
     win = Window(round(origin[0]), round(origin[1]), grid.width, grid.height)
     b, inv_b = io.read_window(before, win, bands=bands)
     kernel = _resampling(grid, after_grid) if after_grid is not None else Resampling.cubic

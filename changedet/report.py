@@ -56,6 +56,10 @@ def encode_jpeg(image: NDArray[np.uint8], quality: int = 88) -> bytes:
     return buf.getvalue()
 
 
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
 def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
@@ -146,7 +150,8 @@ def _meta_rows(result: ChangeResult, dates: Sequence[str | None]) -> list[tuple[
     if s.reliable:
         shift = f"{s.x:+.2f}, {s.y:+.2f} px (x right, y down)"
         if "shift_m" in coreg:
-            shift += f" = {coreg['shift_m']['x']:+.2f} m east, {coreg['shift_m']['y']:+.2f} m north"
+            east, north = coreg["shift_m"]["x"], coreg["shift_m"]["y"]
+            shift += f" = {east:+.2f} m east, {north:+.2f} m north"
         shift += f"; reliability {s.reliability:.2f}; " + (
             "removed" if coreg.get("applied") else "too small to remove")
     else:
@@ -245,9 +250,9 @@ _JS = r"""
     style: function (f) { return style(f, false); },
     onEachFeature: function (f, layer) {
       layers[f.id] = layer;
+      var area = f.properties.area_m2;
       layer.bindTooltip("#" + f.id + " " + f.properties.change +
-                        (f.properties.area_m2 != null ? ", " + Math.round(f.properties.area_m2) + " m²" : ""),
-                        {sticky: true});
+                        (area != null ? ", " + Math.round(area) + " m²" : ""), {sticky: true});
       layer.on("click", function () { select(f.id, false); });
     }});
   var group = L.layerGroup([halo, changes]).addTo(map);
@@ -295,7 +300,8 @@ _JS = r"""
       if (!zoom && rows[id].scrollIntoView) { rows[id].scrollIntoView({block: "nearest"}); }
     }
     if (zoom) {
-      map.fitBounds(layer.getBounds().pad(1.5), {maxZoom: Math.max(map.getZoom(), 2)});
+      map.fitBounds(layer.getBounds().pad(1.5),
+                    {maxZoom: Math.max(map.getZoom(), 2), animate: false});
     }
     root.setAttribute("data-selected", String(id));
   }
@@ -415,11 +421,11 @@ def build_report(result: ChangeResult, *, before_image: bytes, after_image: byte
         "before": _data_uri(before_image, _mime(before_image)),
         "after": _data_uri(after_image, _mime(after_image)),
         "pixels": pixels,
-        "colours": {k: "#%02x%02x%02x" % v for k, v in CHANGE_COLOURS.items()},
+        "colours": {k: _hex(v) for k, v in CHANGE_COLOURS.items()},
         "metres_per_pixel": metres_per_pixel,
         "geojson_name": geojson_name,
     }
-    css = _CSS % {k: "#%02x%02x%02x" % v for k, v in CHANGE_COLOURS.items()}
+    css = _CSS % {k: _hex(v) for k, v in CHANGE_COLOURS.items()}
     fig = ""
     if figure is not None:
         fig = (f'<figure><img alt="Before, after, and after with the changes outlined" '

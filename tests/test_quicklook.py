@@ -3,7 +3,7 @@ import pytest
 from affine import Affine
 from PIL import Image
 from scipy import ndimage
-from shapely.geometry import Point, Polygon
+from shapely.geometry import Point, Polygon, box
 
 import changedet
 from changedet.cli import main
@@ -18,7 +18,6 @@ from changedet.quicklook import (
     render_quicklook,
     stretch,
 )
-from shapely.geometry import box
 
 # -- stretch ---------------------------------------------------------------
 
@@ -195,8 +194,8 @@ def test_previews_remove_the_shift_and_respect_max_size(sample_tiles):
 
 
 def test_rgb_choice(tmp_path):
-    from tests.conftest import write_tif
     import changedet.io as cio
+    from tests.conftest import write_tif
 
     data = np.zeros((4, 32, 32), np.uint8)
     p = write_tif(tmp_path / "rgbn.tif", data)

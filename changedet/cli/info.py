@@ -25,7 +25,8 @@ def _image_lines(label: str, s: ImageSummary) -> list[str]:
         f"  CRS          {s.crs or 'none (pixel space)'}",
         f"  size         {s.width} x {s.height} px",
         f"  pixel size   {_num(px)} x {_num(py)}{unit}",
-        "  extent       " + ", ".join(f"{v:.10g}" for v in s.bounds) + "  (left, bottom, right, top)",
+        "  extent       " + ", ".join(f"{v:.10g}" for v in s.bounds)
+        + "  (left, bottom, right, top)",
     ]
     if s.bounds_lonlat:
         w, so, e, n = s.bounds_lonlat
@@ -46,11 +47,13 @@ def format_info(info: PairInfo) -> str:
         lines.append("overlap      none")
     else:
         bw, aw = o.before_window, o.after_window
-        lines.append(f"overlap      {bw[2]} x {bw[3]} px of before ({100 * o.before_fraction:.1f} %), "
+        lines.append(f"overlap      {bw[2]} x {bw[3]} px of before "
+                     f"({100 * o.before_fraction:.1f} %), "
                      f"{aw[2]} x {aw[3]} px of after ({100 * o.after_fraction:.1f} %)")
     s = info.shift
     if s is not None:
-        text = f"shift        x {s.x:+.2f}, y {s.y:+.2f} px (after relative to before; x right, y down)"
+        text = (f"shift        x {s.x:+.2f}, y {s.y:+.2f} px "
+                "(after relative to before; x right, y down)")
         if info.shift_m is not None:
             text += f" = {info.shift_m[0]:+.2f} m east, {info.shift_m[1]:+.2f} m north"
         lines.append(text)

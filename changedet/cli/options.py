@@ -143,6 +143,8 @@ class _Progress:
         end = "\n" if stage == "done" else ""
         self.stream.write(f"\r{text}{' ' * pad}{end}")
         self.stream.flush()
+        if end:
+            self.width = 0
 
     def close(self) -> None:
         """End the status line (if one is showing)."""
