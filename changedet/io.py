@@ -609,19 +609,28 @@ def _umask() -> int:
     return mask
 
 
-def write_text(path: str | os.PathLike, chunks: Iterable[str], *, overwrite: bool = False,
-               inputs: Iterable[Any] = ()) -> None:
-    """Write text chunks to `path` atomically (see :func:`atomic_output`)."""
+@contextlib.contextmanager
+def _open_atomic(path: str | os.PathLike, mode: str, *, overwrite: bool,
+                 inputs: Iterable[Any]) -> Iterator[IO[Any]]:
+    """An open temporary file moved to `path` once written and synced."""
     try:
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-                _write_chunks(f, chunks)
+            text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+            with open(tmp, mode, **text) as f:
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
         raise OutputError(f"{path}: could not write ({exc.strerror or exc})") from exc
+
+
+def write_text(path: str | os.PathLike, chunks: Iterable[str], *, overwrite: bool = False,
+               inputs: Iterable[Any] = ()) -> None:
+    """Write text chunks to `path` atomically (see :func:`atomic_output`)."""
+    with _open_atomic(path, "w", overwrite=overwrite, inputs=inputs) as f:
+        _write_chunks(f, chunks)
 
 
 def write_png(image: NDArray[np.uint8], path: str | os.PathLike, *, overwrite: bool = False,
@@ -638,16 +647,8 @@ def write_png(image: NDArray[np.uint8], path: str | os.PathLike, *, overwrite: b
     info = PngImagePlugin.PngInfo()
     for k, v in (text or {}).items():
         info.add_text(k, v)
-    try:
-        with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
-            with open(tmp, "wb") as f:
-                Image.fromarray(arr, "RGB").save(f, format="PNG", optimize=True, pnginfo=info)
-                f.flush()
-                os.fsync(f.fileno())
-    except OSError as exc:
-        if isinstance(exc, OutputError):
-            raise
-        raise OutputError(f"{path}: could not write ({exc.strerror or exc})") from exc
+    with _open_atomic(path, "wb", overwrite=overwrite, inputs=inputs) as f:
+        Image.fromarray(arr, "RGB").save(f, format="PNG", optimize=True, pnginfo=info)
 
 
 def _write_chunks(f: IO[str], chunks: Iterable[str]) -> None:

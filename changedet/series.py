@@ -30,7 +30,6 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import shapely
@@ -40,7 +39,6 @@ from shapely.geometry.base import BaseGeometry
 from changedet import io
 from changedet.coreg import Shift
 from changedet.errors import BandMismatchError, InputError, UnreliableShiftWarning
-from changedet.geojson import feature, feature_collection, to_wgs84
 from changedet.grid import Grid, overlap_window
 from changedet.pairinfo import central_window, estimate_pair_shift
 from changedet.pipeline import ChangeResult, detect
@@ -226,30 +224,14 @@ class SeriesResult:
     def __len__(self) -> int:
         return len(self.geometries)
 
-    @cached_property
-    def features(self) -> list[dict[str, Any]]:
-        """GeoJSON features in WGS84."""
-        geoms = to_wgs84(self.geometries, self.grid.crs)
-        return [feature(i + 1, g, p) for i, (g, p) in enumerate(zip(geoms, self.properties))]
+    # The same RFC 7946 output as a pair's result: WGS84 features with ids, a
+    # bbox and the run metadata as the ``changedet`` member.
+    features = ChangeResult.features
+    __geo_interface__ = ChangeResult.__geo_interface__
+    to_geojson = ChangeResult.to_geojson
 
-    @property
-    def __geo_interface__(self) -> dict[str, Any]:
-        """The structures as an RFC 7946 FeatureCollection dict."""
-        feats = self.features
-        bbox = None
-        if feats:
-            from shapely.geometry import shape
-
-            bbox = shapely.total_bounds([shape(f["geometry"]) for f in feats]).tolist()
-        return feature_collection(feats, bbox=bbox, metadata=self.metadata)
-
-    def to_geojson(self, path: str | os.PathLike | None = None, *,
-                   overwrite: bool = False) -> dict[str, Any]:
-        """Return the FeatureCollection, and write it (atomically) to `path` if given."""
-        fc = self.__geo_interface__
-        if path is not None:
-            io.write_geojson(fc, path, overwrite=overwrite, inputs=self.sources)
-        return fc
+    def _inputs(self) -> list[str]:
+        return list(self.sources)
 
 
 def _label(src: io.RasterSource) -> str:

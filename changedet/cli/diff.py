@@ -10,12 +10,12 @@ import click
 import rasterio
 
 from changedet import io
-from changedet.cleanup import DEFAULT_MIN_AREA_M2
 from changedet.cli.options import (
     bands_opt,
     bbox_opt,
     coreg_opt,
     handle_errors,
+    min_area_opt,
     output_opt,
     overwrite_opt,
     progress_reporter,
@@ -47,9 +47,7 @@ from changedet.pipeline import ChangeResult, detect
               help="Also write a self-contained HTML report (pictures, a map of the "
                    "changes, a table, the run metadata); it works offline.")
 @rgb_opt
-@click.option("--min-area", type=click.FloatRange(min=0), default=DEFAULT_MIN_AREA_M2,
-              show_default=True, metavar="M2",
-              help="Minimum mapping unit in square metres; smaller changes are dropped.")
+@min_area_opt
 @roi_opt
 @bbox_opt
 @bands_opt

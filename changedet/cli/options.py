@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from changedet.cleanup import DEFAULT_MIN_AREA_M2
 from changedet.coreg import COREG_MODES
 from changedet.errors import ChangeDetError
 from changedet.thresholds import THRESHOLD_METHODS
@@ -25,6 +26,7 @@ __all__ = [
     "bbox_opt",
     "coreg_opt",
     "threshold_opt",
+    "min_area_opt",
     "rgb_opt",
     "progress_reporter",
     "configure_logging",
@@ -109,6 +111,12 @@ threshold_opt = click.option(
     metavar="[auto|chi2|otsu|NUMBER]",
     help="Threshold on the change score (in no-change standard deviations): auto "
          "(chi-square hysteresis), chi2, otsu, or a number.")
+
+
+min_area_opt = click.option(
+    "--min-area", type=click.FloatRange(min=0), default=DEFAULT_MIN_AREA_M2,
+    show_default=True, metavar="M2",
+    help="Minimum mapping unit in square metres; smaller changes are dropped.")
 
 
 def _parse_rgb(ctx: click.Context, param: click.Parameter, value: str | None,

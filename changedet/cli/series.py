@@ -10,11 +10,11 @@ import click
 import rasterio
 
 from changedet import io
-from changedet.cleanup import DEFAULT_MIN_AREA_M2
 from changedet.cli.options import (
     bands_opt,
     coreg_opt,
     handle_errors,
+    min_area_opt,
     output_opt,
     overwrite_opt,
     progress_reporter,
@@ -41,9 +41,7 @@ def _parse_dates(ctx: click.Context, param: click.Parameter, value: str | None,
 @click.option("--dates", callback=_parse_dates, default=None, metavar="D1,D2,...",
               help="One date per image, in the order given (YYYY-MM-DD, YYYY-MM or YYYY). "
                    "Default: each file's metadata, else a date in its name (e.g. _20090818).")
-@click.option("--min-area", type=click.FloatRange(min=0), default=DEFAULT_MIN_AREA_M2,
-              show_default=True, metavar="M2",
-              help="Minimum mapping unit in square metres; smaller changes are dropped.")
+@min_area_opt
 @bands_opt
 @coreg_opt
 @threshold_opt
