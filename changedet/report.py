@@ -119,14 +119,19 @@ def _rows(result: ChangeResult) -> str:
     cents = centroids_lonlat(result)
     for i, (props, c) in enumerate(zip(result.properties, cents), start=1):
         change = str(props["change"])
+        area = props.get("area_m2")
+        mean, top = props.get("score_mean", 0), props.get("score_max", 0)
+        conf = props.get("confidence", 0)
+        # data-v holds the raw value the table sorts on.
         out.append(
             f'<tr data-id="{i}" tabindex="0" class="c-{html.escape(change)}">'
-            f"<td class=num>{i}</td>"
-            f'<td><span class="swatch" aria-hidden="true"></span>{html.escape(change)}</td>'
-            f"<td class=num>{_fmt_area(props.get('area_m2'))}</td>"
-            f'<td class=num title="mean {props.get("score_mean", 0):.2f}, '
-            f'max {props.get("score_max", 0):.2f}">{props.get("score_mean", 0):.1f}</td>'
-            f"<td class=num>{props.get('confidence', 0):.2f}</td>"
+            f'<td class=num data-v="{i}">{i}</td>'
+            f'<td data-v="{html.escape(change)}"><span class="swatch" aria-hidden="true">'
+            f"</span>{html.escape(change)}</td>"
+            f'<td class=num data-v="{area if area is not None else -1}">{_fmt_area(area)}</td>'
+            f'<td class=num data-v="{mean}" title="mean {mean:.2f}, max {top:.2f}">'
+            f"{mean:.1f}</td>"
+            f'<td class=num data-v="{conf}">{conf:.2f}</td>'
             f'<td class="ll">{_fmt_centroid(c, georef)}</td></tr>')
     return "\n".join(out)
 
@@ -194,6 +199,9 @@ figcaption{color:var(--muted);font-size:13px;padding:6px 4px 0}
 .tablewrap{height:620px;overflow:auto;border:1px solid var(--line);border-radius:6px;
  background:#fff}
 table{border-collapse:collapse;width:100%%;font-size:14px}
+th[data-sort]{cursor:pointer;user-select:none}
+th[aria-sort=ascending]::after{content:" \\25B2";font-size:10px}
+th[aria-sort=descending]::after{content:" \\25BC";font-size:10px}
 th{position:sticky;top:0;background:#f1f3f4;text-align:left;font-weight:600;
  padding:8px 7px;white-space:nowrap;border-bottom:1px solid var(--line)}
 td{padding:6px 7px;border-bottom:1px solid #eee;white-space:nowrap}
@@ -305,6 +313,24 @@ _JS = r"""
     }
     root.setAttribute("data-selected", String(id));
   }
+  // Sortable columns: click a header (again to reverse).
+  var heads = document.querySelectorAll("#changes th[data-sort]");
+  Array.prototype.forEach.call(heads, function (th, col) {
+    th.addEventListener("click", function () {
+      var desc = th.getAttribute("aria-sort") !== "descending";
+      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", desc ? "descending" : "ascending");
+      var body = document.querySelector("#changes tbody");
+      var trs = Array.prototype.slice.call(body.rows);
+      var num = th.getAttribute("data-sort") === "num";
+      trs.sort(function (a, b) {
+        var x = a.cells[col].getAttribute("data-v"), y = b.cells[col].getAttribute("data-v");
+        var d = num ? Number(x) - Number(y) : (x < y ? -1 : x > y ? 1 : 0);
+        return desc ? -d : d;
+      });
+      trs.forEach(function (tr) { body.appendChild(tr); });
+    });
+  });
   var dl = document.getElementById("download");
   if (dl) {
     dl.addEventListener("click", function () {
@@ -325,6 +351,14 @@ _JS = r"""
            rows[id].classList.contains("selected") &&
            map.getBounds().intersects(layers[id].getBounds());
     });
+    if (heads.length > 2) {
+      heads[2].click();  // area, largest first
+      var first = document.querySelector("#changes tbody tr");
+      var areas = Object.keys(rows).map(function (k) {
+        return Number(rows[k].cells[2].getAttribute("data-v"));
+      });
+      ok = ok && Number(first.cells[2].getAttribute("data-v")) === Math.max.apply(null, areas);
+    }
     root.setAttribute("data-selftest", ok ? "ok" : "failed");
   }
   root.setAttribute("data-ready", "1");
@@ -433,10 +467,11 @@ def build_report(result: ChangeResult, *, before_image: bytes, after_image: byte
                "<figcaption>Before · after · after with the changes outlined "
                "(orange appeared, blue disappeared, purple changed).</figcaption></figure>")
     if result.geometries:
-        table = ("<table id=changes><thead><tr><th class=num>#</th><th>Change</th>"
-                 "<th class=num>Area m²</th><th class=num title=\"mean change score, "
-                 "in no-change standard deviations\">Score</th>"
-                 "<th class=num title=\"confidence in the class, 0-1\">Conf.</th>"
+        table = ("<table id=changes><thead><tr><th class=num data-sort=num>#</th>"
+                 "<th data-sort=text>Change</th>"
+                 "<th class=num data-sort=num>Area m²</th><th class=num data-sort=num "
+                 "title=\"mean change score, in no-change standard deviations\">Score</th>"
+                 "<th class=num data-sort=num title=\"confidence in the class, 0-1\">Conf.</th>"
                  f"<th>Centroid ({'lat, lon' if result.grid.crs is not None else 'col, row'})"
                  "</th></tr></thead><tbody>\n"
                  f"{_rows(result)}\n</tbody></table>")

@@ -227,3 +227,14 @@ def test_cli_rgb_option_is_checked(sample_tiles, tmp_path):
     assert r.exit_code == 0, r.output
     with Image.open(out) as im:
         assert im.size[0] == 1800
+
+
+def test_pixel_space_gets_no_scale_bar_and_no_north_arrow():
+    b, a = _scene()
+    plain = render_quicklook(b, a, OUTLINES, metres_per_pixel=None, north=None)
+    marked = render_quicklook(b, a, OUTLINES, metres_per_pixel=0.5, north=0.0)
+    lay = quicklook_layout((300, 400), title=False, subtitle=False, credit=False)
+    x2 = lay.panels[2][0]
+    foot = lay.panels[2][1] + lay.panel_size[1]
+    ink = lambda pic: (pic[foot + 2:, x2:] < 128).all(axis=2).sum()  # noqa: E731
+    assert ink(plain) == 0 and ink(marked) > 200
