@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, NamedTuple, Union
 
 import numpy as np
 import rasterio
@@ -54,6 +54,10 @@ __all__ = [
     "image_info",
     "read_window",
     "read_warped",
+    "read_preview",
+    "Preview",
+    "rgb_bands",
+    "date_tags",
     "read_roi",
     "raster_memfile",
     "check_output_path",
@@ -62,9 +66,11 @@ __all__ = [
     "write_geojson",
     "write_class_raster",
     "write_float_raster",
+    "write_png",
     "dumps_geojson",
     "RasterBlockWriter",
     "GeoJSONWriter",
+    "package_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -375,6 +381,117 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
     return data, invalid
 
 
+def rgb_bands(ds: DatasetReader) -> tuple[int, ...]:
+    """The bands to show as red, green and blue (or one grey band).
+
+    Bands flagged red, green and blue (colour interpretation) or named so
+    (band descriptions) win; otherwise the first three data bands, the
+    order of NAIP, most aerial RGBN products and the usual 3-band exports;
+    a 1- or 2-band image is shown in grey from its first band.
+    """
+    data = [i for i in range(1, ds.count + 1) if i != _alpha_band(ds)]
+    found: dict[str, int] = {}
+    for i in data:
+        ci = ds.colorinterp[i - 1]
+        desc = (ds.descriptions[i - 1] or "").strip().lower()
+        for colour in ("red", "green", "blue"):
+            if colour not in found and (ci == getattr(ColorInterp, colour) or desc == colour):
+                found[colour] = i
+    if len(found) == 3:
+        return (found["red"], found["green"], found["blue"])
+    return tuple(data[:3]) if len(data) >= 3 else (data[0],)
+
+
+class Preview(NamedTuple):
+    """A decimated picture of an image on a grid (see :func:`read_preview`)."""
+
+    #: (bands, h, w) float32 pixel values; invalid pixels hold 0.
+    data: NDArray[np.float32]
+    #: (h, w) bool, True outside the image or where it is nodata.
+    invalid: NDArray[np.bool_]
+    #: Preview pixels per grid pixel (at most 1).
+    scale: float
+
+
+def read_preview(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = None,
+                 max_size: int = 1024, offset_px: tuple[float, float] = (0.0, 0.0),
+                 resampling: Resampling = Resampling.average, name: str | None = None,
+                 ) -> Preview:
+    """Read a decimated picture of a dataset on `grid`, for display.
+
+    Parameters
+    ----------
+    ds : DatasetReader
+        The image, in any CRS.
+    grid : Grid
+        The extent to show (e.g. a result's grid); the preview covers it
+        exactly, at a coarser pixel if `grid` is larger than `max_size`.
+    bands : sequence of int, optional
+        1-based bands to read (default :func:`rgb_bands`).
+    max_size : int, optional
+        Longest side of the preview in pixels; a smaller grid is read at its
+        own resolution.
+    offset_px : (float, float), optional
+        As in :func:`read_warped`: removes a co-registration shift so the
+        preview lines up with the result.
+    resampling : Resampling, optional
+        Averaging by default, so decimation does not alias.
+
+    Returns
+    -------
+    Preview
+        ``data`` (bands, h, w) float32 with invalid pixels 0, ``invalid``
+        (h, w) bool, and ``scale``, preview pixels per `grid` pixel (<= 1).
+
+    Notes
+    -----
+    One GDAL ``WarpedVRT`` straight onto the coarse grid: memory is the
+    preview only, whatever the size of the image (GDAL warps in chunks).
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be a positive number of pixels, not {max_size!r}")
+    name = name or _name(ds)
+    idx = list(bands) if bands is not None else list(rgb_bands(ds))
+    idx = _indexes(ds, idx, name)
+    scale = min(1.0, max_size / max(grid.width, grid.height))
+    w = max(1, round(grid.width * scale))
+    h = max(1, round(grid.height * scale))
+    coarse = Grid(grid.transform @ Affine.scale(grid.width / w, grid.height / h),
+                  grid.crs, w, h)
+    # Offsets are in pixels of `grid`; read_warped applies them in `coarse`
+    # pixels, so convert.
+    off = (offset_px[0] * w / grid.width, offset_px[1] * h / grid.height)
+    data, invalid = read_warped(ds, coarse, bands=idx, offset_px=off,
+                                resampling=resampling, name=name)
+    return Preview(data, invalid, w / grid.width)
+
+
+#: Tags that may hold an acquisition date, most specific first.
+_DATE_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATETIME", "ACQUISITIONDATE",
+              "ACQUISITION_DATE", "DATE_ACQUIRED", "SENSING_TIME", "DATETIME",
+              "TIFFTAG_DATETIME")
+
+
+def date_tags(ds: DatasetReader) -> dict[str, str]:
+    """Metadata items that may hold the acquisition date, in order of trust.
+
+    Looks in the default and ``IMAGERY`` metadata domains for the usual
+    names (``ACQUISITIONDATETIME``, ``ACQUISITION_DATE``, ``DATE_ACQUIRED``,
+    ``TIFFTAG_DATETIME``...). Parsing them is the caller's business.
+    """
+    found: dict[str, str] = {}
+    for ns in (None, "IMAGERY"):
+        try:
+            tags = ds.tags(ns=ns) if ns else ds.tags()
+        except RasterioError:
+            continue
+        upper = {k.upper(): v for k, v in tags.items()}
+        for key in _DATE_TAGS:
+            if key in upper and key not in found and str(upper[key]).strip():
+                found[key] = str(upper[key]).strip()
+    return {k: found[k] for k in _DATE_TAGS if k in found}
+
+
 def read_roi(path: str | os.PathLike) -> tuple[dict[str, Any], CRS]:
     """Read a region of interest from a GeoJSON file.
 
@@ -496,19 +613,46 @@ def _umask() -> int:
     return mask
 
 
-def write_text(path: str | os.PathLike, chunks: Iterable[str], *, overwrite: bool = False,
-               inputs: Iterable[Any] = ()) -> None:
-    """Write text chunks to `path` atomically (see :func:`atomic_output`)."""
+@contextlib.contextmanager
+def _open_atomic(path: str | os.PathLike, mode: str, *, overwrite: bool,
+                 inputs: Iterable[Any]) -> Iterator[IO[Any]]:
+    """An open temporary file moved to `path` once written and synced."""
     try:
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-                _write_chunks(f, chunks)
+            text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+            with open(tmp, mode, **text) as f:
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
         raise OutputError(f"{path}: could not write ({exc.strerror or exc})") from exc
+
+
+def write_text(path: str | os.PathLike, chunks: Iterable[str], *, overwrite: bool = False,
+               inputs: Iterable[Any] = ()) -> None:
+    """Write text chunks to `path` atomically (see :func:`atomic_output`)."""
+    with _open_atomic(path, "w", overwrite=overwrite, inputs=inputs) as f:
+        _write_chunks(f, chunks)
+
+
+def write_png(image: NDArray[np.uint8], path: str | os.PathLike, *, overwrite: bool = False,
+              inputs: Iterable[Any] = (), text: dict[str, str] | None = None) -> None:
+    """Write an ``(H, W, 3)`` uint8 RGB picture as a PNG, atomically.
+
+    `text` becomes PNG ``tEXt`` chunks (e.g. ``{"Software": "changedet"}``).
+    """
+    from PIL import Image, PngImagePlugin
+
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {arr.shape} {arr.dtype}")
+    info = PngImagePlugin.PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, v)
+    with _open_atomic(path, "wb", overwrite=overwrite, inputs=inputs) as f:
+        Image.fromarray(arr, "RGB").save(f, format="PNG", optimize=True, pnginfo=info)
 
 
 def _write_chunks(f: IO[str], chunks: Iterable[str]) -> None:
@@ -756,7 +900,7 @@ class GeoJSONWriter:
         tail = "\n]"
         if self.count:
             tail += ',"bbox":' + json.dumps([round(float(v), decimals) + 0.0
-                                             for v in self._bounds])
+                                             for v in self._bounds], separators=(",", ":"))
         self._write(tail + "}\n")
         if self._path is None:
             self._f.flush()
@@ -782,3 +926,8 @@ class GeoJSONWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._tmp)
             self._tmp = None
+def package_text(relpath: str) -> str:
+    """Text of a file shipped inside the changedet package (e.g. vendored JS)."""
+    from importlib.resources import files
+
+    return files("changedet").joinpath(relpath).read_text(encoding="utf-8")

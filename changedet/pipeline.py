@@ -87,8 +87,53 @@ _SAMPLE_TILE_PX = 256
 _SAMPLE_TILES = 4  # per side
 
 
+class _Features:
+    """GeoJSON views (shared by the results of detect, diff and series) of `geometries` and `properties` on `grid`, with `metadata`."""
+
+    geometries: list[BaseGeometry]
+    properties: list[dict[str, Any]]
+    grid: Grid
+    metadata: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.geometries)
+
+    @cached_property
+    def features(self) -> list[dict[str, Any]]:
+        """GeoJSON features in WGS84 (pixel coordinates in pixel space)."""
+        geoms = to_wgs84(self.geometries, self.grid.crs)
+        return [feature(i + 1, g, p) for i, (g, p) in enumerate(zip(geoms, self.properties))]
+
+    @property
+    def __geo_interface__(self) -> dict[str, Any]:
+        """The result as an RFC 7946 FeatureCollection dict."""
+        feats = self.features
+        bbox = None
+        if feats:
+            import shapely
+
+            bbox = shapely.total_bounds([shape(f["geometry"]) for f in feats]).tolist()
+        return feature_collection(feats, bbox=bbox, metadata=self.metadata)
+
+    def to_geojson(self, path: str | os.PathLike | None = None, *,
+                   overwrite: bool = False) -> dict[str, Any]:
+        """Return the FeatureCollection, and write it to `path` if given.
+
+        The file is written atomically; an existing file is only replaced
+        with ``overwrite=True``.
+        """
+        fc = self.__geo_interface__
+        if path is not None:
+            io.write_geojson(fc, path, overwrite=overwrite, inputs=self._inputs())
+        return fc
+
+    def _inputs(self) -> list[str]:
+        return [p for p in (self.metadata.get("before"), self.metadata.get("after"))
+                if isinstance(p, str)]
+
+
 @dataclass
-class ChangeResult:
+class ChangeResult(_Features):
     """What :func:`detect` found.
 
     Attributes
@@ -132,38 +177,6 @@ class ChangeResult:
         """CRS of `classes`, `score` and `geometries`."""
         return self.grid.crs
 
-    def __len__(self) -> int:
-        return len(self.geometries)
-
-    @cached_property
-    def features(self) -> list[dict[str, Any]]:
-        """GeoJSON features in WGS84 (pixel coordinates in pixel space)."""
-        geoms = to_wgs84(self.geometries, self.grid.crs)
-        return [feature(i + 1, g, p) for i, (g, p) in enumerate(zip(geoms, self.properties))]
-
-    @property
-    def __geo_interface__(self) -> dict[str, Any]:
-        """The result as an RFC 7946 FeatureCollection dict."""
-        feats = self.features
-        bbox = None
-        if feats:
-            import shapely
-
-            bbox = shapely.total_bounds([shape(f["geometry"]) for f in feats]).tolist()
-        return feature_collection(feats, bbox=bbox, metadata=self.metadata)
-
-    def to_geojson(self, path: str | os.PathLike | None = None, *,
-                   overwrite: bool = False) -> dict[str, Any]:
-        """Return the FeatureCollection, and write it to `path` if given.
-
-        The file is written atomically; an existing file is only replaced
-        with ``overwrite=True``.
-        """
-        fc = self.__geo_interface__
-        if path is not None:
-            io.write_geojson(fc, path, overwrite=overwrite, inputs=self._inputs())
-        return fc
-
     def write_mask(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the class raster as a Cloud-Optimized GeoTIFF on the grid."""
         io.write_class_raster(self.classes, self.grid, path, overwrite=overwrite,
@@ -174,13 +187,9 @@ class ChangeResult:
         io.write_float_raster(self.score, self.grid, path, overwrite=overwrite,
                               inputs=self._inputs())
 
-    def _inputs(self) -> list[str]:
-        return [p for p in (self.metadata.get("before"), self.metadata.get("after"))
-                if isinstance(p, str)]
 
-
-@dataclass(frozen=True)
-class DiffSummary:
+@dataclass
+class DiffSummary(_Features):
     """What :func:`diff` wrote.
 
     Attributes
@@ -195,6 +204,10 @@ class DiffSummary:
         The processing grid.
     metadata : dict
         The run's metadata (also in the GeoJSON).
+    geometries, properties : list
+        The polygons (on the grid's CRS) and their attributes, in the order
+        written, when :func:`diff` was asked to ``collect`` them (for
+        pictures and reports); empty otherwise.
     """
 
     count: int
@@ -202,6 +215,8 @@ class DiffSummary:
     shift: Shift
     grid: Grid
     metadata: dict[str, Any]
+    geometries: list[BaseGeometry] = field(default_factory=list)
+    properties: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _source_label(src: Any) -> str:
@@ -570,9 +585,12 @@ def _merge_background(current: NDArray[np.uint8], invalid: NDArray[np.bool_],
 class _FileSink:
     def __init__(self, grid: Grid, features: io.GeoJSONWriter,
                  classes: io.RasterBlockWriter | None,
-                 score: io.RasterBlockWriter | None) -> None:
+                 score: io.RasterBlockWriter | None, collect: bool = False) -> None:
         self.grid, self.features, self.classes, self.score = grid, features, classes, score
         self.counts: Counter[str] = Counter()
+        self.collect = collect
+        self.geometries: list[BaseGeometry] = []
+        self.properties: list[dict[str, Any]] = []
 
     def block(self, out: BlockOutput) -> None:
         if self.classes is not None:
@@ -585,6 +603,9 @@ class _FileSink:
         self.features.write(feature(self.features.count + 1, geom, obj.properties),
                             geom.bounds)
         self.counts[obj.properties["change"]] += 1
+        if self.collect:
+            self.geometries.append(obj.geometry)
+            self.properties.append(obj.properties)
         if self.classes is not None:
             h, w = obj.mask.shape
             self.classes.update(Window(obj.col_off, obj.row_off, w, h),
@@ -735,6 +756,7 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
 def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathLike | None = None,
          *, mask: str | os.PathLike | None = None, score: str | os.PathLike | None = None,
          stream: IO[str] | None = None, overwrite: bool = False,
+         collect: bool = False, extra_outputs: Sequence[str | os.PathLike] = (),
          bands: Sequence[int] | None = None,
          roi: Any = None,
          bbox: Sequence[float] | None = None,
@@ -772,7 +794,12 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
         Where to write the GeoJSON when `output` is not given (e.g.
         ``sys.stdout``).
     overwrite : bool, optional
-        Replace outputs that exist.{params}
+        Replace outputs that exist.
+    collect : bool, optional
+        Also keep the polygons in the returned summary (for pictures and
+        reports); memory then grows with their number.
+    extra_outputs : sequence of paths, optional
+        Other files the caller will write (checked to differ from these).{params}
 
     Returns
     -------
@@ -792,7 +819,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
     if output is None and stream is None:
         raise ValueError("give an output path or a stream")
     inputs = [p for p in (before, after) if isinstance(p, (str, os.PathLike))]
-    outputs = [os.path.abspath(p) for p in (output, mask, score) if p is not None]
+    outputs = [os.path.abspath(p) for p in (output, mask, score, *extra_outputs)
+               if p is not None]
     if len(set(outputs)) < len(outputs):
         raise io.OutputError("the same path is given for two outputs; give each its own")
     for path in (output, mask, score):
@@ -822,7 +850,7 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
             writer = io.GeoJSONWriter(output, {"changedet": prep.metadata}, stream=stream,
                                       overwrite=overwrite, inputs=inputs)
             try:
-                sink = _FileSink(plan.grid, writer, classes_w, score_w)
+                sink = _FileSink(plan.grid, writer, classes_w, score_w, collect=collect)
                 with _cluster(scheduler, workers) as client:
                     if client is not None:
                         _check_dask_sources(prep.sources)
@@ -835,7 +863,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
                 raise
     report("done")
     return DiffSummary(count=writer.count, counts=dict(sink.counts), shift=prep.shift,
-                       grid=plan.grid, metadata=prep.metadata)
+                       grid=plan.grid, metadata=prep.metadata, geometries=sink.geometries,
+                       properties=sink.properties)
 
 
 detect.__doc__ = detect.__doc__.replace("{params}", _DETECT_DOC_PARAMETERS)

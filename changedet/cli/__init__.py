@@ -11,11 +11,13 @@ import click
 
 from changedet import __version__
 from changedet.cli.diff import diff
+from changedet.cli.info import info
+from changedet.cli.series import series
 
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="changedet", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="changedet",
                       message="%(prog)s %(version)s")
 def main() -> None:
@@ -23,7 +25,13 @@ def main() -> None:
 
     \b
     $ changedet diff before.tif after.tif -o changes.geojson
+    $ changedet info before.tif after.tif
+    $ changedet series 2019.tif 2021.tif 2023.tif -o site.geojson
+
+    Also available as a rasterio plugin: rio changedet diff ...
     """
 
 
 main.add_command(diff)
+main.add_command(info)
+main.add_command(series)

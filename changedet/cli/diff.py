@@ -1,26 +1,31 @@
-"""``changedet diff``: two images in, change polygons out."""
+"""``changedet diff``: two images in, change polygons (and pictures) out."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 import rasterio
 
-from changedet.cleanup import DEFAULT_MIN_AREA_M2
+from changedet import io
 from changedet.cli.options import (
     bands_opt,
     bbox_opt,
     coreg_opt,
     handle_errors,
-    Progress,
+    min_area_opt,
     output_opt,
     overwrite_opt,
+    progress_reporter,
+    rgb_opt,
     roi_opt,
     scale_opts,
     threshold_opt,
     verbosity_opt,
 )
+from changedet.errors import OutputError
+from changedet.pipeline import DiffSummary
 from changedet.pipeline import diff as changedet_diff
 
 
@@ -34,9 +39,16 @@ from changedet.pipeline import diff as changedet_diff
                    "2 disappeared, 3 changed, 255 nodata).")
 @click.option("--score", "score_path", type=click.Path(dir_okay=False), default=None,
               metavar="SCORE.tif", help="Also write the change score (float32 COG).")
-@click.option("--min-area", type=click.FloatRange(min=0), default=DEFAULT_MIN_AREA_M2,
-              show_default=True, metavar="M2",
-              help="Minimum mapping unit in square metres; smaller changes are dropped.")
+@click.option("--quicklook", "quicklook_path", type=click.Path(dir_okay=False), default=None,
+              metavar="OUT.png",
+              help="Also draw a picture: before | after | after with the changes outlined "
+                   "(legend, scale bar, north arrow).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              metavar="OUT.html",
+              help="Also write a self-contained HTML report (pictures, a map of the "
+                   "changes, a table, the run metadata); it works offline.")
+@rgb_opt
+@min_area_opt
 @roi_opt
 @bbox_opt
 @bands_opt
@@ -50,7 +62,8 @@ from changedet.pipeline import diff as changedet_diff
 @verbosity_opt
 @handle_errors
 def diff(before: str, after: str, output: str | None, mask_path: str | None,
-         score_path: str | None, min_area: float, roi: str | None,
+         score_path: str | None, quicklook_path: str | None, report_path: str | None,
+         rgb: list[int] | None, min_area: float, roi: str | None,
          bbox: tuple[float, float, float, float] | None, bands: list[int] | None,
          coreg: str, threshold: str | float, simplify: float, threads: int | None,
          block_size: int, scheduler: str | None, workers: int | None,
@@ -69,27 +82,69 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
     $ changedet diff before.tif after.tif -o changes.geojson
     $ changedet diff before.tif after.tif --mask classes.tif --min-area 50 > changes.geojson
     $ changedet diff before.tif after.tif --bbox 125.75 39.01 125.76 39.02 -o square.geojson
+    $ changedet diff before.tif after.tif -o changes.geojson --quicklook look.png --report r.html
+    $ changedet diff naip_2018.tif naip_2020.tif --rgb 4,1,2 --quicklook false_colour.png
     $ changedet diff big_before.tif big_after.tif -o c.geojson --scheduler tcp://head:8786
     """
     if roi and bbox:
         raise click.UsageError("give --roi or --bbox, not both")
     if scheduler and workers:
         raise click.UsageError("give --scheduler or --workers, not both")
-    obj = click.get_current_context().find_object(dict) or {}
-    quiet = obj.get("quiet", 0) > 0
-    progress = Progress(enabled=not quiet and sys.stderr.isatty())
-    with rasterio.Env():
-        summary = changedet_diff(
-            before, after, output, mask=mask_path, score=score_path,
-            stream=None if output else sys.stdout, overwrite=overwrite, bands=bands, roi=roi,
-            bbox=bbox, coreg=coreg, threshold=threshold, min_area=min_area, simplify=simplify,
-            block_size=block_size, threads=threads, scheduler=scheduler, workers=workers,
-            progress=progress)
-    if not quiet:
-        parts = ", ".join(f"{summary.counts[k]} {k}" for k in ("appeared", "disappeared",
-                                                               "changed")
-                          if summary.counts.get(k))
+    inputs = [before, after]
+    outputs = [p for p in (output, mask_path, score_path, quicklook_path, report_path) if p]
+    if len({os.path.abspath(p) for p in outputs}) < len(outputs):
+        raise OutputError("the same path is given for two outputs; give each its own")
+    # Refuse before working for minutes, not after (diff() checks its own).
+    for path in (quicklook_path, report_path):
+        if path:
+            io.check_output_path(path, overwrite=overwrite, inputs=inputs)
+    pictures = bool(quicklook_path or report_path)
+    progress = progress_reporter()
+    try:
+        with rasterio.Env():
+            summary = changedet_diff(
+                before, after, output, mask=mask_path, score=score_path,
+                stream=None if output else sys.stdout, overwrite=overwrite,
+                extra_outputs=[p for p in (quicklook_path, report_path) if p],
+                collect=pictures, bands=bands, roi=roi, bbox=bbox, coreg=coreg,
+                threshold=threshold, min_area=min_area, simplify=simplify,
+                block_size=block_size, threads=threads, scheduler=scheduler, workers=workers,
+                progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    if pictures:
+        _write_pictures(summary, before, after, quicklook_path, report_path, rgb=rgb,
+                        geojson_name=os.path.basename(output) if output else "changes.geojson",
+                        overwrite=overwrite)
+    if click.get_current_context().find_object(dict).get("quiet", 0) == 0:
+        counts = summary.counts
+        parts = ", ".join(f"{counts[k]} {k}" for k in ("appeared", "disappeared", "changed")
+                          if counts.get(k))
         s = summary.shift
         shift = f"shift {s.x:+.2f}, {s.y:+.2f} px" if s.reliable else "no reliable shift"
         click.echo(f"{summary.count} change(s){': ' + parts if parts else ''}; {shift}"
                    f"{'; wrote ' + output if output else ''}", err=True)
+
+
+def _write_pictures(result: DiffSummary, before: str, after: str, quicklook_path: str | None,
+                    report_path: str | None, *, rgb: list[int] | None, geojson_name: str,
+                    overwrite: bool) -> None:
+    from changedet import __version__
+    from changedet.quicklook import quicklook, read_previews
+    from changedet.report import report
+    from changedet.series import acquisition_date
+
+    inputs = [before, after]
+    with rasterio.Env():
+        dates = (acquisition_date(before), acquisition_date(after))
+        previews = read_previews(result, before, after, rgb=rgb, max_size=1600)
+    figure = quicklook(result, before, after, dates=dates, previews=previews)
+    if quicklook_path:
+        io.write_png(figure, quicklook_path, overwrite=overwrite, inputs=inputs,
+                     text={"Software": f"changedet {__version__}",
+                           "Source": f"{before} -> {after}"})
+    if report_path:
+        html = report(result, before, after, dates=dates, previews=previews, figure=figure,
+                      geojson_name=geojson_name)
+        io.write_text(report_path, [html], overwrite=overwrite, inputs=inputs)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from changedet.cleanup import DEFAULT_MIN_AREA_M2
 from changedet.coreg import COREG_MODES
 from changedet.errors import ChangeDetError
 from changedet.thresholds import THRESHOLD_METHODS
@@ -26,6 +28,9 @@ __all__ = [
     "threshold_opt",
     "scale_opts",
     "Progress",
+    "min_area_opt",
+    "rgb_opt",
+    "progress_reporter",
     "configure_logging",
     "handle_errors",
 ]
@@ -129,48 +134,85 @@ def scale_opts(f: F) -> F:
 
 
 class Progress:
-    """Progress on stderr: a stage line, then blocks done, elapsed and left.
+    """Progress on a terminal: one line a stage; for counted steps (blocks,
+    dates), done/total, elapsed and an estimate of the time left.
 
-    Silent when `enabled` is false (``-q``, or stderr is not a terminal).
+    Silent when `enabled` is false. Use :func:`progress_reporter` to get one
+    that is on only when it should be.
     """
 
-    def __init__(self, enabled: bool) -> None:
-        import time
-
+    def __init__(self, enabled: bool = True, stream: Any = None) -> None:
         self.enabled = enabled
-        self._clock = time.monotonic
-        self._start = self._clock()
-        self._stage_start = self._start
+        self.stream = stream if stream is not None else sys.stderr
+        self._stage_start = time.monotonic()
         self._open = False
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        now = self._clock()
-        if stage != "blocks":
-            self._end_line()
+        now = time.monotonic()
+        if total <= 1:
+            self.close()
             if stage != "done":
-                click.echo(f"{stage}...", err=True)
+                self.stream.write(f"{stage}...\n")
+                self.stream.flush()
             self._stage_start = now
             return
         elapsed = now - self._stage_start
         left = elapsed / done * (total - done) if done else 0.0
-        msg = (f"\rblocks {done}/{total} ({100 * done // max(total, 1)}%), "
-               f"{_duration(elapsed)} elapsed, ~{_duration(left)} left ")
-        click.echo(msg, err=True, nl=False)
+        self.stream.write(f"\r{stage} {done}/{total} ({100 * done // total}%), "
+                          f"{_duration(elapsed)} elapsed, ~{_duration(left)} left ")
+        self.stream.flush()
         self._open = True
-        if done == total:
-            self._end_line()
+        if done >= total:
+            self.close()
 
-    def _end_line(self) -> None:
+    def close(self) -> None:
+        """End the progress line, if one is showing."""
         if self._open:
-            click.echo("", err=True)
+            self.stream.write("\n")
+            self.stream.flush()
             self._open = False
 
 
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+min_area_opt = click.option(
+    "--min-area", type=click.FloatRange(min=0), default=DEFAULT_MIN_AREA_M2,
+    show_default=True, metavar="M2",
+    help="Minimum mapping unit in square metres; smaller changes are dropped.")
+
+
+def _parse_rgb(ctx: click.Context, param: click.Parameter, value: str | None,
+               ) -> list[int] | None:
+    bands = _parse_bands(ctx, param, value)
+    if bands is not None and len(bands) not in (1, 3):
+        raise click.BadParameter("give three bands for red, green, blue (e.g. 3,2,1) or one "
+                                 "for grey")
+    return bands
+
+
+rgb_opt = click.option(
+    "--rgb", callback=_parse_rgb, default=None, metavar="R,G,B",
+    help="Bands shown as red, green, blue in pictures, e.g. 3,2,1 (default: bands "
+         "flagged or named red/green/blue, else the first three).")
+
+
+def progress_reporter(stream: Any = None) -> Progress | None:
+    """A ``progress(stage, done, total)`` callable for the library, or None.
+
+    Progress goes to stderr, only when it is a terminal and neither ``-q``
+    nor ``-v`` was given: logs and pipes stay clean.
+    """
+    stream = stream if stream is not None else sys.stderr
+    ctx = click.get_current_context(silent=True)
+    obj = (ctx.find_object(dict) or {}) if ctx else {}
+    isatty = getattr(stream, "isatty", None)
+    # -v logs each stage on its own line already; a status line would garble it.
+    if obj.get("quiet", 0) or obj.get("verbose", 0) or not (callable(isatty) and isatty()):
+        return None
+    return Progress(enabled=True, stream=stream)
 
 
 class _StderrFormatter(logging.Formatter):

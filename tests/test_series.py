@@ -1,0 +1,287 @@
+import io as pyio
+import json
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from shapely.geometry import box
+
+import changedet
+from changedet.cli import main
+from changedet.series import (
+    SERIES_PROPERTY_KEYS,
+    acquisition_date,
+    date_from_name,
+    link_changes,
+    parse_date,
+    track_series,
+)
+from changedet.synthetic import SceneObject, Sensor, Sun, quantise, rect, render, textured_ground
+from tests.conftest import pixel_polygons_to_map, utm_transform, write_tif
+
+DATES = ["2020-03-01", "2021-03-01", "2022-03-01"]
+
+
+def three_dates(seed=0, shape=(256, 256)):
+    """A site at three dates: A built by date 2, B by date 3, C removed by date 3.
+
+    Each date has its own gain, haze, noise and sub-pixel shift. Returns the
+    three images and the footprints (pixel coordinates of date 1's grid).
+    """
+    rng = np.random.default_rng(seed)
+    s = 4
+    ground = textured_ground((shape[0] * s, shape[1] * s), "pavement", bands=3, rng=rng,
+                             texture=0.02, grain=12.0, slab=24.0)
+    static = [SceneObject(rect(20, 20, 40, 30), "roof_grey"),
+              SceneObject(rect(180, 190, 50, 40), "roof_red")]
+    a = SceneObject(rect(60, 120, 44, 36), "white")          # appears at date 2
+    b = SceneObject(rect(150, 40, 36, 50), "blue")           # appears at date 3
+    c = SceneObject(rect(40, 200, 40, 30), "roof_green")     # gone at date 3
+    scenes = [static + [c], static + [c, a], static + [a, b]]
+    sensors = [Sensor(),
+               Sensor(gain=(1.08, 1.05, 1.02), offset=(0.02, 0.02, 0.03), haze=0.04,
+                      blur=0.7, noise=0.01, shift=(1.4, -0.8)),
+               Sensor(gain=(0.95, 0.97, 1.0), offset=(0.01, 0.0, 0.02), haze=0.02,
+                      blur=0.65, noise=0.01, shift=(-0.9, 1.7))]
+    imgs = [quantise(render(ground, objs, sun=Sun(150, 55), sensor=sen, supersample=s,
+                            rng=rng)) for objs, sen in zip(scenes, sensors)]
+    return imgs, {"A": a.footprint, "B": b.footprint, "C": c.footprint}, sensors
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    d = tmp_path_factory.mktemp("series")
+    imgs, truth, sensors = three_dates()
+    paths = [write_tif(d / f"site_{date.replace('-', '')}.tif", img)
+             for date, img in zip(DATES, imgs)]
+    return [str(p) for p in paths], truth, sensors
+
+
+@pytest.fixture(scope="module")
+def stack_result(stack):
+    paths, _, _ = stack
+    # Given out of order: the series sorts by date.
+    return track_series([paths[2], paths[0], paths[1]])
+
+
+def _match(result, footprint):
+    g = pixel_polygons_to_map([footprint], utm_transform())[0]
+    best, props = 0.0, None
+    for q, p in zip(result.geometries, result.properties):
+        iou = g.intersection(q).area / g.union(q).area
+        if iou > best:
+            best, props = iou, p
+    return best, props
+
+
+def test_structures_get_the_date_they_first_appeared(stack_result):
+    r = stack_result
+    assert r.dates == DATES
+    iou_a, a = _match(r, _fp("A"))
+    iou_b, b = _match(r, _fp("B"))
+    iou_c, c = _match(r, _fp("C"))
+    assert min(iou_a, iou_b, iou_c) >= 0.7, (iou_a, iou_b, iou_c)
+    # A: built between dates 1 and 2, still there: ONE feature, first seen at date 2.
+    assert a["change"] == "appeared" and a["first_seen"] == DATES[1]
+    assert a["absent_before"] == DATES[0] and a["last_seen"] == DATES[2]
+    assert a["absent_after"] is None
+    # B: built between dates 2 and 3.
+    assert b["change"] == "appeared" and b["first_seen"] == DATES[2]
+    assert b["absent_before"] == DATES[1]
+    # C: there from the start, gone at date 3.
+    assert c["change"] == "disappeared" and c["first_seen"] == DATES[0]
+    assert c["last_seen"] == DATES[1] and c["absent_after"] == DATES[2]
+    assert c["absent_before"] is None
+    assert len(r) == 3, r.properties
+    assert all(list(p) == list(SERIES_PROPERTY_KEYS) for p in r.properties)
+
+
+_TRUTH: dict = {}
+
+
+def _fp(name):
+    if not _TRUTH:
+        _TRUTH.update(three_dates()[1])
+    return _TRUTH[name]
+
+
+def test_every_date_is_coregistered_to_the_first(stack_result, stack):
+    _, _, sensors = stack
+    shifts = stack_result.shifts
+    assert shifts[0].x == 0 and shifts[0].y == 0
+    for s, sensor in zip(shifts[1:], sensors[1:]):
+        assert s.reliable
+        assert (s.x, s.y) == pytest.approx(sensor.shift, abs=0.25)
+    meta = stack_result.metadata
+    assert [e["date"] for e in meta["series"]] == DATES
+    assert [(st["from"], st["to"]) for st in meta["steps"]] == list(zip(DATES, DATES[1:]))
+    assert meta["steps"][0]["appeared"] == 1 and meta["steps"][1]["disappeared"] == 1
+
+
+def test_geojson_output_is_rfc7946(stack_result, tmp_path):
+    fc = stack_result.to_geojson(tmp_path / "s.geojson")
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 3
+    assert [f["id"] for f in fc["features"]] == [1, 2, 3]
+    lon, lat = fc["features"][0]["geometry"]["coordinates"][0][0]
+    assert 125 < lon < 126 and 38 < lat < 40
+    back = json.loads((tmp_path / "s.geojson").read_text())
+    assert back["features"][0]["properties"]["first_seen"] in DATES
+
+
+def test_cli_series(stack, tmp_path):
+    paths, _, _ = stack
+    out = tmp_path / "series.geojson"
+    r = CliRunner().invoke(main, ["series", *paths, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "3 structure(s) over 3 dates: 2 appeared, 1 disappeared" in r.stderr
+    assert f"{DATES[0]} → {DATES[1]}: 1 appeared" in r.stderr
+    fc = json.loads(out.read_text())
+    assert sorted(f["properties"]["first_seen"] for f in fc["features"]) == \
+        [DATES[0], DATES[1], DATES[2]]
+
+
+def test_cli_dates_option_overrides_names(stack, tmp_path):
+    paths, _, _ = stack
+    r = CliRunner().invoke(main, ["series", *paths, "-q", "--dates", "2001,2002,2003"])
+    assert r.exit_code == 0, r.output
+    fc = json.loads(r.stdout)
+    assert sorted(f["properties"]["first_seen"] for f in fc["features"]) == \
+        ["2001", "2002", "2003"]
+    r = CliRunner().invoke(main, ["series", *paths, "--dates", "2001,2002"])
+    assert r.exit_code == 1 and "3 images but 2 dates" in r.stderr
+    r = CliRunner().invoke(main, ["series", *paths, "--dates", "2001,2001,2003"])
+    assert r.exit_code == 1 and "same date" in r.stderr
+    r = CliRunner().invoke(main, ["series", paths[0]])
+    assert r.exit_code == 2
+
+
+# -- dates -----------------------------------------------------------------
+
+@pytest.mark.parametrize("text, iso", [
+    ("m_4709963_se_14_1_20090818", "2009-08-18"),
+    ("S2A_2019-05-01_T32", "2019-05-01"),
+    ("scene_2019_05_01", "2019-05-01"),
+    ("2026:10:08 02:30:00", "2026-10-08"),
+    ("1985", "1985"),
+    ("mosaic_2021-07", "2021-07"),
+    ("tile_12345678", None),          # not a valid date, and no year
+    ("tile_7", None),
+    ("20191332_then_2018", "2018"),   # month 13: not a date; the year remains
+])
+def test_parse_date(text, iso):
+    assert parse_date(text) == iso
+
+
+def test_date_from_metadata_wins_over_name(tmp_path):
+    p = write_tif(tmp_path / "img_20200101.tif", np.zeros((3, 32, 32), np.uint8))
+    assert acquisition_date(str(p)) == "2020-01-01"
+    with rasterio.open(p, "r+") as ds:
+        ds.update_tags(ACQUISITIONDATE="2019-06-30T10:11:12Z")
+    assert acquisition_date(str(p)) == "2019-06-30"
+    assert date_from_name("/a/b/1985.tif") == "1985"
+
+
+def test_sample_tiles_dates_come_from_their_tags(sample_tiles):
+    assert acquisition_date(sample_tiles / "square_before.tif") == "2026-10-08"
+    assert acquisition_date(sample_tiles / "square_after.tif") == "2026-10-15"
+
+
+def test_missing_dates_say_how_to_give_them(tmp_path):
+    ps = [str(write_tif(tmp_path / f"tile_{c}.tif", np.zeros((3, 32, 32), np.uint8)))
+          for c in "ab"]
+    with pytest.raises(changedet.InputError, match="--dates"):
+        track_series(ps)
+
+
+# -- linking ---------------------------------------------------------------
+
+def test_link_changes_follows_appear_then_disappear():
+    g = box(0, 0, 10, 10)
+    steps = [[(g, {"change": "appeared"})],            # 1 -> 2
+             [(box(1, 1, 11, 11), {"change": "appeared"})],  # grows
+             [(box(0, 0, 10, 10), {"change": "disappeared"})],
+             []]
+    (t,) = link_changes(steps, 5)
+    assert (t.change, t.first, t.last, t.detections) == ("transient", 1, 2, 3)
+    assert t.geom.area == pytest.approx(100 + 100 - 81)
+    far = [[(g, {"change": "appeared"})], [(box(50, 50, 60, 60), {"change": "disappeared"})]]
+    t1, t2 = link_changes(far, 3)
+    assert (t1.change, t1.first, t1.last) == ("appeared", 1, None)
+    assert (t2.change, t2.first, t2.last) == ("disappeared", 0, 1)
+    with pytest.raises(ValueError):
+        link_changes(far, 4)
+
+
+# -- progress --------------------------------------------------------------
+
+class _TTY(pyio.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_only_on_a_terminal_and_not_with_q():
+    import click
+
+    from changedet.cli.options import progress_reporter
+
+    with click.Context(click.Command("x"), obj={}) as ctx:
+        tty = _TTY()
+        prog = progress_reporter(tty)
+        prog("reading", 1, 1)
+        prog("scoring", 3, 8)
+        prog("done", 1, 1)
+        text = tty.getvalue()
+        assert "reading...\n" in text
+        assert "\rscoring 3/8 (37%)" in text and "elapsed" in text and text.endswith("\n")
+        assert progress_reporter(pyio.StringIO()) is None       # not a terminal
+        ctx.obj["quiet"] = 1
+        assert progress_reporter(_TTY()) is None
+
+
+def test_series_reports_progress_through_a_callable(stack):
+    paths, _, _ = stack
+    seen = []
+    track_series(paths[:2], progress=lambda s, d, t: seen.append((s, d, t)))
+    assert seen[-1] == ("done", 3, 3)
+    assert any("co-registering" in s for s, _, _ in seen)
+    assert any(s.startswith(f"{DATES[0]} → {DATES[1]}: detecting") for s, _, _ in seen)
+
+
+# -- real data -------------------------------------------------------------
+
+@pytest.mark.realdata
+def test_naip_series_is_a_false_alarm_control(shared_data):
+    files = sorted((shared_data / "timeseries" / "naip").glob("*.tif"))[:3]
+    if len(files) < 3:
+        pytest.skip("timeseries/naip is incomplete")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = track_series([str(f) for f in files])
+    assert r.dates == ["2009-08-18", "2012-07-31", "2015-09-26"]   # from the names
+    # Mosaics of one tile: shifts to the first date are small and reliable.
+    for s in r.shifts[1:]:
+        assert s.reliable and abs(s.x) < 1.5 and abs(s.y) < 1.5
+    for p in r.properties:
+        assert p["first_seen"] in r.dates and p["last_seen"] in r.dates
+        assert p["first_seen"] <= p["last_seen"]
+    # Fields and water change between seasons; no structure rises: the changes
+    # are mostly in place ("changed"), not appeared ones.
+    kinds = [p["change"] for p in r.properties]
+    assert kinds.count("changed") > kinds.count("appeared")
+
+
+@pytest.mark.realdata
+def test_landsat_series_dates_from_year_names(shared_data):
+    folder = shared_data / "timeseries" / "landsat"
+    files = [folder / f"{y}.tif" for y in (1985, 2000, 2020)]
+    if not all(f.exists() for f in files):
+        pytest.skip("timeseries/landsat is incomplete")
+    r = track_series([str(f) for f in files], bands=[1, 2, 3, 4])
+    assert r.dates == ["1985", "2000", "2020"]
+    assert all(s.reliable and abs(s.x) < 0.5 and abs(s.y) < 0.5 for s in r.shifts[1:])
+    assert r.grid.crs.to_epsg() == 4326
+    assert len(r) > 0
+    areas = [p["area_m2"] for p in r.properties]
+    assert all(a > 0 for a in areas)
