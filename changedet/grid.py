@@ -23,6 +23,7 @@ from changedet.errors import InputError, NoOverlapError, ROIError
 __all__ = [
     "Grid",
     "MIN_OVERLAP_PX",
+    "PIXEL_TRANSFORM",
     "WGS84",
     "linear_unit_factor",
     "overlap_window",
@@ -34,6 +35,10 @@ WGS84 = CRS.from_epsg(4326)
 
 #: The smallest overlap, in pixels on a side, that is worth working on.
 MIN_OVERLAP_PX = 16
+
+#: The grid of an image without georeferencing: x = column, y = -row. It is
+#: how QGIS places such an image, so pixel-space polygons overlay it there.
+PIXEL_TRANSFORM = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,14 @@ def overlap_window(grid: Grid, other_bounds: tuple[float, float, float, float],
     """
     if (grid.crs is None) != (other_crs is None):
         raise InputError("one image is georeferenced and the other is not")
+    if grid.crs is None:
+        ow, oh = round(other_bounds[2] - other_bounds[0]), round(other_bounds[3] - other_bounds[1])
+        if (ow, oh) != (grid.width, grid.height):
+            raise InputError(
+                f"neither image is georeferenced and their sizes differ ({grid.width} x "
+                f"{grid.height} and {ow} x {oh} pixels), so how they align is unknown; "
+                "georeference them first (e.g. gdal_translate -a_srs -a_ullr, or QGIS's "
+                "Georeferencer)")
     if grid.crs is not None and other_crs != grid.crs:
         other_bounds = transform_bounds(other_crs, grid.crs, *other_bounds, densify_pts=21)
     left, bottom, right, top = grid.bounds

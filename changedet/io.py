@@ -44,7 +44,7 @@ from changedet.errors import (
     RasterReadError,
     ROIError,
 )
-from changedet.grid import WGS84, Grid
+from changedet.grid import PIXEL_TRANSFORM, WGS84, Grid
 
 __all__ = [
     "Raster",
@@ -147,13 +147,19 @@ def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = rasterio.open(path)
     except RasterioError as exc:
-        raise RasterReadError(f"{path}: not a raster GDAL can read ({_first_line(exc)})") from exc
+        raise RasterReadError(f"{path}: cannot be read as a raster: not an image GDAL knows, "
+                              f"or truncated or corrupt ({_first_line(exc)})") from exc
     with ds:
         _check_dataset(ds, name)
         yield ds
 
 
 def _first_line(exc: BaseException) -> str:
+    # rasterio wraps GDAL's own message ("Read failed. See previous
+    # exception...") around the error that says what went wrong: use that.
+    while exc.__cause__ is not None or (exc.__context__ is not None
+                                        and "previous exception" in str(exc)):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -186,9 +192,11 @@ def raster_memfile(r: Raster) -> Iterator[MemoryFile]:
         crs = CRS.from_user_input(r.crs) if r.crs is not None else None
     except CRSError as exc:
         raise InputError(f"{r.name}: unrecognised CRS {r.crs!r}") from exc
+    # MINISBLACK: GDAL would otherwise flag the fourth band of a 4-band byte
+    # image as alpha, and an array's bands are all data.
     profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1],
                    count=data.shape[0], dtype=data.dtype.name, transform=r.transform,
-                   crs=crs, nodata=r.nodata)
+                   crs=crs, nodata=r.nodata, photometric="MINISBLACK")
     with MemoryFile() as mem:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -252,7 +260,7 @@ def image_info(ds: DatasetReader, name: str | None = None) -> ImageInfo:
         If a band flagged as alpha holds image values rather than a mask.
     """
     georef = ds.crs is not None
-    transform = ds.transform if georef else Affine.identity()
+    transform = ds.transform if georef else PIXEL_TRANSFORM
     alpha = _alpha_band(ds)
     if alpha is not None:
         _check_alpha(ds, alpha, name or _name(ds))
@@ -365,8 +373,7 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
         vrt_opts["src_nodata"] = float("nan")
     if grid.crs is None:
         # Pixel space: give GDAL an arbitrary common frame to warp in.
-        vrt_opts.update(src_crs="EPSG:3857", crs="EPSG:3857",
-                        src_transform=Affine.identity())
+        vrt_opts.update(src_crs="EPSG:3857", crs="EPSG:3857", src_transform=PIXEL_TRANSFORM)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -46,6 +46,8 @@ from changedet.errors import (
     BandMismatchError,
     ChangeDetError,
     InputError,
+    PixelSpaceWarning,
+    ResolutionMismatchWarning,
     ROIError,
     UnreliableShiftWarning,
 )
@@ -246,6 +248,30 @@ def _pick_bands(binfo: io.ImageInfo, ainfo: io.ImageInfo,
     return None
 
 
+#: Pixel-size ratios from which a pair is warned about, and refused.
+RESOLUTION_WARN = 4.0
+RESOLUTION_REFUSE = 20.0
+
+
+def _check_resolutions(binfo: io.ImageInfo, ainfo: io.ImageInfo) -> None:
+    if binfo.grid.crs is None or ainfo.grid.crs is None:
+        return
+    pb, pa = math.sqrt(binfo.grid.pixel_area_m2()), math.sqrt(ainfo.grid.pixel_area_m2())
+    ratio = max(pb, pa) / max(min(pb, pa), 1e-12)
+    sizes = f"{binfo.name} has {pb:.3g} m pixels, {ainfo.name} {pa:.3g} m"
+    if ratio >= RESOLUTION_REFUSE:
+        coarse = max(pb, pa)
+        raise InputError(
+            f"{sizes}: {ratio:.0f} times apart, too far to compare (changes smaller than the "
+            f"coarser pixel cannot be seen); resample both to a common pixel size first, "
+            f"e.g. gdalwarp -tr {coarse:.3g} {coarse:.3g} -r average")
+    if ratio >= RESOLUTION_WARN:
+        warnings.warn(
+            f"{sizes} ({ratio:.0f} times apart): the after image is resampled to the before "
+            "image's grid; changes smaller than the coarser pixel will be missed",
+            ResolutionMismatchWarning, stacklevel=5)
+
+
 def _resampling_for(before: Grid, after: Grid) -> Resampling:
     # Averaging when the after image is much finer keeps its noise and
     # detail from aliasing; otherwise cubic keeps edges sharp.
@@ -393,14 +419,21 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     use_bands = _pick_bands(binfo, ainfo, bands)
     roi_geom, roi_crs = _roi_geometry(roi, bbox)
     grid = binfo.grid
+    _check_resolutions(binfo, ainfo)
     overlap = overlap_window(grid, ainfo.grid.bounds, ainfo.grid.crs)
     window = overlap
+
     if roi_geom is not None:
-        rwin, roi_geom = roi_window(grid, roi_geom, roi_crs if grid.crs else None)
+        rwin, roi_geom = roi_window(grid, roi_geom, roi_crs)
         window = _intersect(overlap, rwin)
         if window is None:
             raise ROIError("the region of interest lies outside the area the two "
                            "images share")
+    if grid.crs is None and ainfo.grid.crs is None:
+        warnings.warn(
+            f"{binfo.name} and {ainfo.name} carry no georeferencing: comparing them pixel "
+            "for pixel; output coordinates are pixels (x = column, y = -row), not lon/lat, "
+            "and areas are in pixels", PixelSpaceWarning, stacklevel=4)
     # Parameters are estimated on a context around a small region of
     # interest: a few dozen metres hold too little to co-register or to
     # model what "unchanged" looks like.
@@ -416,10 +449,21 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
                                resampling=resampling, name=ainfo.name)
         return b, ib, a, ia
 
-    report("co-registering" if coreg != "none" else "reading")
+    # Check there is data at all before anything else, so an empty image gets
+    # one clear error rather than a co-registration warning first.
+    report("reading")
+    windows = _sample_windows(context)
+    raw = [read(win) for win in windows]
+    for k, info in ((1, binfo), (3, ainfo)):
+        if all(r[k].all() for r in raw):
+            raise InputError(f"{info.name}: has no valid pixels where the images overlap "
+                             "(all nodata or masked)")
+
     shift, applied = Shift(), False
     if coreg == "global":
-        b, ib, a, ia = read(_central(context, _ESTIMATE_FULL_PX))
+        report("co-registering")
+        crop = _central(context, _ESTIMATE_FULL_PX)
+        b, ib, a, ia = raw[0] if windows == [crop] else read(crop)
         shift = estimate_shift(b, a, invalid_before=ib, invalid_after=ia)
         del b, a
         if not shift.reliable:
@@ -432,11 +476,8 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     offset = (shift.x, shift.y) if applied else (0.0, 0.0)
 
     report("normalising")
-    raw = [read(win, offset) for win in _sample_windows(context)]
-    for k, info in ((1, binfo), (3, ainfo)):
-        if all(r[k].all() for r in raw):
-            raise InputError(f"{info.name}: has no valid pixels where the images overlap "
-                             "(all nodata or masked)")
+    if applied:
+        raw = [read(win, offset) for win in windows]
     samples = [(b, a, ib | ia) for b, ib, a, ia in raw]
     del raw
     inv_s = np.concatenate([s[2].ravel() for s in samples])[np.newaxis]
@@ -480,7 +521,8 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         "version": __version__,
         "before": binfo.name,
         "after": ainfo.name,
-        "coordinates": "lon/lat WGS84" if wgrid.crs is not None else "pixels (col, row)",
+        "coordinates": ("lon/lat WGS84" if wgrid.crs is not None
+                        else "pixels: x = column, y = -row (not georeferenced)"),
         "grid": wgrid.to_dict(),
         "coregistration": {"mode": coreg, "applied": applied, **shift.to_dict(wgrid)},
         "normalisation": fit.to_dict(),

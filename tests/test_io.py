@@ -109,7 +109,7 @@ def test_missing_and_unreadable_inputs(tmp_path):
             pass
     junk = tmp_path / "junk.tif"
     junk.write_text("not a raster")
-    with pytest.raises(RasterReadError, match="not a raster"):
+    with pytest.raises(RasterReadError, match="cannot be read as a raster"):
         with io.open_raster(junk):
             pass
 
@@ -248,3 +248,10 @@ def test_read_warped_pixel_transform_rotates(tmp_path):
     row, col = np.unravel_index(np.argmax(out[0]), (64, 64))
     assert rot @ (col + 0.5, row + 0.5) == pytest.approx((40.5, 20.5), abs=1)
     assert not invalid[10:50, 10:50].any()
+
+
+def test_four_band_byte_array_is_four_data_bands():
+    r = io.Raster(np.ones((4, 16, 16), np.uint8), utm_transform(), "EPSG:32651")
+    with io.open_raster(r) as ds:
+        info = io.image_info(ds)
+    assert info.bands == (1, 2, 3, 4) and info.alpha is None

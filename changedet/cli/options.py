@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ import click
 
 from changedet.cleanup import DEFAULT_MIN_AREA_M2
 from changedet.coreg import COREG_MODES
-from changedet.errors import ChangeDetError
+from changedet.errors import ChangeDetError, ChangeDetWarning
 from changedet.thresholds import THRESHOLD_METHODS
 
 __all__ = [
@@ -219,13 +220,17 @@ class _StderrFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
         if record.name == "py.warnings":
-            # "path:line: Category: message" -> "Warning: message"
-            msg = msg.strip().splitlines()[0]
-            msg = msg.split(": ", 2)[-1] if msg.count(": ") >= 2 else msg
             return f"Warning: {msg}"
         if record.levelno >= logging.WARNING:
             return f"{record.levelname.title()}: {msg}"
         return msg
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: Any = None, line: str | None = None) -> None:
+    # One line, the user's language: no file, line number or class name.
+    text = str(message).strip().splitlines()
+    logging.getLogger("py.warnings").warning("%s", text[0] if text else category.__name__)
 
 
 def configure_logging(verbose: int, quiet: int) -> None:
@@ -238,7 +243,6 @@ def configure_logging(verbose: int, quiet: int) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(max(level, logging.DEBUG))
         logger.propagate = False
-    logging.captureWarnings(True)
 
 
 def handle_errors(f: F) -> F:
@@ -256,7 +260,13 @@ def handle_errors(f: F) -> F:
         verbose, quiet = obj.get("verbose", 0), obj.get("quiet", 0)
         configure_logging(verbose, quiet)
         try:
-            return f(*args, **kwargs)
+            # The command line shows changedet's warnings (on stderr, through
+            # logging); a caller's warning filters must not turn them into
+            # failures.
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", ChangeDetWarning)
+                warnings.showwarning = _show_warning
+                return f(*args, **kwargs)
         except ChangeDetError as exc:
             if verbose >= 2:
                 traceback.print_exc()
