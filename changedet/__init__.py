@@ -6,8 +6,11 @@ and return the changes as polygons (GeoJSON, RFC 7946), a class raster and
 a score raster.
 
 >>> import changedet
->>> result = changedet.detect("before.tif", "after.tif")   # doctest: +SKIP
->>> result.to_geojson("changes.geojson")                   # doctest: +SKIP
+>>> result = changedet.detect(f"{SAMPLE}/square_before.tif",   # SAMPLE: sample_tiles/
+...                           f"{SAMPLE}/square_after.tif")
+>>> len(result)
+10
+>>> fc = result.to_geojson(f"{TMP}/changes.geojson")            # TMP: a folder of yours
 """
 
 import logging

@@ -765,9 +765,12 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
     Examples
     --------
     >>> import changedet
-    >>> result = changedet.detect("sample_tiles/square_before.tif",
-    ...                           "sample_tiles/square_after.tif")  # doctest: +SKIP
-    >>> result.to_geojson("changes.geojson")  # doctest: +SKIP
+    >>> result = changedet.detect(f"{SAMPLE}/square_before.tif",  # SAMPLE: sample_tiles/
+    ...                           f"{SAMPLE}/square_after.tif")
+    >>> sorted(p["change"] for p in result.properties)[-2:]
+    ['appeared', 'disappeared']
+    >>> round(result.shift.x, 1), round(result.shift.y, 1)
+    (2.7, -2.0)
     """
     opts = _run_options(locals())
     _check_options(coreg, normalise, method, min_area, simplify, tolerance)

@@ -516,9 +516,13 @@ def quicklook(result: ChangeResult, before: io.RasterSource, after: io.RasterSou
 
     Examples
     --------
-    >>> r = changedet.detect("before.tif", "after.tif")          # doctest: +SKIP
-    >>> img = quicklook(r, "before.tif", "after.tif")            # doctest: +SKIP
-    >>> changedet.io.write_png(img, "quicklook.png")            # doctest: +SKIP
+    >>> import changedet
+    >>> b, a = f"{SAMPLE}/square_before.tif", f"{SAMPLE}/square_after.tif"
+    >>> r = changedet.detect(b, a)
+    >>> img = quicklook(r, b, a)
+    >>> img.shape[1], img.shape[2]
+    (1800, 3)
+    >>> changedet.io.write_png(img, f"{TMP}/quicklook.png")
     """
     from changedet import __version__
 
