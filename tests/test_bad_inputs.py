@@ -92,7 +92,7 @@ def georeferenced_with_plain(d):
     from PIL import Image
 
     Image.fromarray(p.after.transpose(1, 2, 0)).save(d / "photo.png")
-    return [b, str(d / "photo.png")], "one image is georeferenced and the other is not"
+    return [b, str(d / "photo.png")], "photo.png carries no georeferencing but"
 
 
 def plain_images_of_other_sizes(d):
