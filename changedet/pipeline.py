@@ -671,6 +671,36 @@ class _FileSink:
                                 lambda cur: np.where(obj.mask, obj.change, cur))
 
 
+@contextlib.contextmanager
+def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, Any], *,
+             block_size: int, threads: int | None, scheduler: Any, workers: int | None,
+             progress: ProgressCallback | None,
+             ) -> Iterator[tuple[_Prepared, Callable[[Any], None]]]:
+    """Open the inputs and estimate the plan; yield it and a function that
+    runs the block stage into a sink (locally or on a Dask cluster)."""
+    _check_options(opts["coreg"], opts["normalise"], opts["method"], opts["min_area"],
+                   opts["simplify"], opts["tolerance"])
+
+    def report(stage: str) -> None:
+        log.info("%s", stage)
+        if progress is not None:
+            progress(stage, 0, 1)
+
+    with _open(before, after) as opened:
+        prep = _prepare(opened, report=report, **opts)
+
+        def run(sink: Any) -> None:
+            with _cluster(scheduler, workers) as client:
+                if client is not None:
+                    _check_dask_sources(prep.sources)
+                report("detecting")
+                run_blocks(prep.sources, prep.plan, sink, block_size=block_size,
+                           threads=threads, client=client, progress=progress)
+
+        yield prep, run
+    report("done")
+
+
 def _run_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in ("bands", "roi", "bbox", "coreg", "normalise", "method",
                                    "threshold", "min_area", "open_radius", "close_radius",
@@ -790,25 +820,12 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
     (2.7, -2.0)
     """
     opts = _run_options(locals())
-    _check_options(coreg, normalise, method, min_area, simplify, tolerance)
-
-    def report(stage: str) -> None:
-        log.info("%s", stage)
-        if progress is not None:
-            progress(stage, 0, 1)
-
-    with _open(before, after) as opened:
-        prep = _prepare(opened, report=report, **opts)
+    with _session(before, after, opts, block_size=block_size, threads=threads,
+                  scheduler=scheduler, workers=workers, progress=progress) as (prep, run):
         plan = prep.plan
         sink = _MemorySink(plan.grid.shape)
-        with _cluster(scheduler, workers) as client:
-            if client is not None:
-                _check_dask_sources(prep.sources)
-            report("detecting")
-            run_blocks(prep.sources, plan, sink, block_size=block_size, threads=threads,
-                       client=client, progress=progress)
+        run(sink)
     objects = sorted(sink.objects, key=lambda o: o.anchor)
-    report("done")
     return ChangeResult(classes=sink.classes, score=sink.score, grid=plan.grid,
                         shift=prep.shift, threshold=plan.threshold,
                         geometries=[o.geometry for o in objects],
@@ -877,7 +894,6 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
         As :func:`detect`.
     """
     opts = _run_options(locals())
-    _check_options(coreg, normalise, method, min_area, simplify, tolerance)
     if output is None and stream is None:
         raise ValueError("give an output path or a stream")
     inputs = [p for p in (before, after) if isinstance(p, (str, os.PathLike))]
@@ -889,41 +905,29 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
         if path is not None:
             io.check_output_path(path, overwrite=overwrite, inputs=inputs)
 
-    def report(stage: str) -> None:
-        log.info("%s", stage)
-        if progress is not None:
-            progress(stage, 0, 1)
-
-    with _open(before, after) as opened:
-        prep = _prepare(opened, report=report, **opts)
+    with _session(before, after, opts, block_size=block_size, threads=threads,
+                  scheduler=scheduler, workers=workers, progress=progress) as (prep, run), \
+            contextlib.ExitStack() as stack:
         plan = prep.plan
-        with contextlib.ExitStack() as stack:
-            classes_w = score_w = None
-            if mask is not None:
-                classes_w = stack.enter_context(io.RasterBlockWriter(
-                    mask, plan.grid, dtype="uint8", nodata=NODATA_CLASS, overwrite=overwrite,
-                    inputs=inputs, overview_resampling="MODE",
-                    tags={"CLASSES": "0=no change,1=appeared,2=disappeared,3=changed,"
-                                     "255=nodata"}))
-            if score is not None:
-                score_w = stack.enter_context(io.RasterBlockWriter(
-                    score, plan.grid, dtype="float32", nodata=math.nan, overwrite=overwrite,
-                    inputs=inputs, predictor=3, overview_resampling="AVERAGE"))
-            writer = io.GeoJSONWriter(output, {"changedet": prep.metadata}, stream=stream,
-                                      overwrite=overwrite, inputs=inputs)
-            try:
-                sink = _FileSink(plan.grid, writer, classes_w, score_w, collect=collect)
-                with _cluster(scheduler, workers) as client:
-                    if client is not None:
-                        _check_dask_sources(prep.sources)
-                    report("detecting")
-                    run_blocks(prep.sources, plan, sink, block_size=block_size,
-                               threads=threads, client=client, progress=progress)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-    report("done")
+        classes_w = score_w = None
+        if mask is not None:
+            classes_w = stack.enter_context(io.RasterBlockWriter(
+                mask, plan.grid, dtype="uint8", nodata=NODATA_CLASS, overwrite=overwrite,
+                inputs=inputs, overview_resampling="MODE",
+                tags={"CLASSES": "0=no change,1=appeared,2=disappeared,3=changed,255=nodata"}))
+        if score is not None:
+            score_w = stack.enter_context(io.RasterBlockWriter(
+                score, plan.grid, dtype="float32", nodata=math.nan, overwrite=overwrite,
+                inputs=inputs, predictor=3, overview_resampling="AVERAGE"))
+        writer = io.GeoJSONWriter(output, {"changedet": prep.metadata}, stream=stream,
+                                  overwrite=overwrite, inputs=inputs)
+        try:
+            sink = _FileSink(plan.grid, writer, classes_w, score_w, collect=collect)
+            run(sink)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
     return DiffSummary(count=writer.count, counts=dict(sink.counts), shift=prep.shift,
                        grid=plan.grid, metadata=prep.metadata, geometries=sink.geometries,
                        properties=sink.properties)
