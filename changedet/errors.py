@@ -23,6 +23,7 @@ __all__ = [
     "UnreliableShiftWarning",
     "PixelSpaceWarning",
     "ResolutionMismatchWarning",
+    "LargeChangeWarning",
 ]
 
 
@@ -76,3 +77,7 @@ class PixelSpaceWarning(ChangeDetWarning):
 
 class ResolutionMismatchWarning(ChangeDetWarning):
     """The two images' pixel sizes differ a lot; one was resampled."""
+
+
+class LargeChangeWarning(ChangeDetWarning):
+    """A change too large to hold in one window was processed in pieces."""

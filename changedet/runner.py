@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -39,7 +38,7 @@ from changedet.blocks import (
     WindowResult,
     process_window,
 )
-from changedet.errors import InputError
+from changedet.errors import LargeChangeWarning
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -318,7 +317,6 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     h, w = plan.grid.shape
     per_row = math.ceil(w / block_size)
     emitted: set[tuple[int, int]] = set()
-    lock = threading.Lock()
 
     def anchor_block(anchor: NDArray[np.int64]) -> Block:
         return blocks[int(anchor[0]) // block_size * per_row + int(anchor[1]) // block_size]
@@ -354,9 +352,9 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             if too_big:
                 warnings.warn(
                     f"a change larger than {MAX_GROWN_WINDOW} pixels across was processed in "
-                    "pieces; its outline may be cut", RuntimeWarning, stacklevel=2)
-            with lock:
-                emitted.update(chosen)
+                    "pieces; its outline may be cut where they meet", LargeChangeWarning,
+                    stacklevel=2)
+            emitted.update(chosen)
             for obj in res.objects:
                 sink.object(obj)
             break
