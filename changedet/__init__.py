@@ -24,6 +24,7 @@ from changedet.errors import (  # noqa: E402
     ChangeDetWarning,
     CoregistrationError,
     InputError,
+    LargeChangeWarning,
     NoOverlapError,
     OutputError,
     OutputExistsError,
@@ -69,4 +70,5 @@ __all__ = [
     "UnreliableShiftWarning",
     "PixelSpaceWarning",
     "ResolutionMismatchWarning",
+    "LargeChangeWarning",
 ]

@@ -138,3 +138,14 @@ def test_layout_covers_the_grid_once():
               int(b.core.col_off):int(b.core.col_off + b.core.width)] += 1
         assert b.window.row_off == max(0, b.core.row_off - 20)
     assert (cover == 1).all()
+
+
+def test_a_change_larger_than_the_grown_window_warns_and_is_kept(scene, monkeypatch):
+    import changedet.runner as runner
+
+    monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 150)
+    with pytest.warns(changedet.LargeChangeWarning, match="processed in pieces"):
+        r = changedet.detect(*scene, block_size=64, threads=1)
+    # The big structure is still reported (as pieces), the others as before.
+    assert r.classes[200:250, 250:350].astype(bool).any()
+    assert len(r) >= 8
