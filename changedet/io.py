@@ -61,6 +61,7 @@ __all__ = [
     "write_geojson",
     "write_class_raster",
     "write_float_raster",
+    "write_image",
     "dumps_geojson",
 ]
 
@@ -274,8 +275,15 @@ def _invalid_from(data: NDArray[np.float32], masks: NDArray[np.uint8]) -> NDArra
 
 
 def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | None = None,
-                name: str | None = None) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+                name: str | None = None, out_shape: tuple[int, int] | None = None,
+                ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """Read a window of a dataset on its own grid.
+
+    Parameters
+    ----------
+    out_shape : (h, w), optional
+        Read the window decimated to this size, averaging (GDAL uses the
+        dataset's overviews when it has them).
 
     Returns
     -------
@@ -291,9 +299,11 @@ def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | Non
     """
     name = name or _name(ds)
     idx = _indexes(ds, bands, name)
+    shape = None if out_shape is None else (len(idx), *out_shape)
     try:
-        data = ds.read(idx, window=window, out_dtype="float32")
-        masks = ds.read_masks(idx, window=window)
+        data = ds.read(idx, window=window, out_dtype="float32", out_shape=shape,
+                       resampling=Resampling.average)
+        masks = ds.read_masks(idx, window=window, out_shape=shape)
     except RasterioError as exc:
         raise RasterReadError(f"{name}: could not read pixels, the file may be "
                               f"truncated or corrupt ({_first_line(exc)})") from exc
@@ -538,29 +548,98 @@ def _cog_profile(grid: Grid, dtype: str, nodata: float | None) -> dict[str, Any]
                 dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=nodata)
 
 
-def _write_cog(array: NDArray[Any], grid: Grid, path: str | os.PathLike, *, nodata: float | None,
-               overwrite: bool, inputs: Iterable[Any], tags: dict[str, str] | None = None,
-               predictor: int = 2, resampling: str = "NEAREST") -> None:
+@contextlib.contextmanager
+def _raster_output(path: str | os.PathLike, *, overwrite: bool,
+                   inputs: Iterable[Any]) -> Iterator[str]:
+    """:func:`atomic_output` that reports GDAL and OS failures as OutputError."""
     try:
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
-            with MemoryFile() as mem:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                    with mem.open(**_cog_profile(grid, array.dtype.name, nodata)) as ds:
-                        ds.write(array, 1)
-                        if tags:
-                            ds.update_tags(**tags)
-                    with mem.open() as src:
-                        rasterio.shutil.copy(
-                            src, tmp, driver="COG", compress="DEFLATE", predictor=predictor,
-                            blocksize=512, overview_resampling=resampling,
-                            overviews="AUTO" if min(grid.shape) > 512 else "NONE")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                yield tmp
     except RasterioError as exc:
         raise OutputError(f"{path}: could not write raster ({_first_line(exc)})") from exc
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
         raise OutputError(f"{path}: could not write ({exc.strerror or exc})") from exc
+
+
+def _write_cog(array: NDArray[Any], grid: Grid, path: str | os.PathLike, *, nodata: float | None,
+               overwrite: bool, inputs: Iterable[Any], tags: dict[str, str] | None = None,
+               predictor: int = 2, resampling: str = "NEAREST") -> None:
+    with _raster_output(path, overwrite=overwrite, inputs=inputs) as tmp:
+        with MemoryFile() as mem:
+            with mem.open(**_cog_profile(grid, array.dtype.name, nodata)) as ds:
+                ds.write(array, 1)
+                if tags:
+                    ds.update_tags(**tags)
+            with mem.open() as src:
+                rasterio.shutil.copy(
+                    src, tmp, driver="COG", compress="DEFLATE", predictor=predictor,
+                    blocksize=512, overview_resampling=resampling,
+                    overviews="AUTO" if min(grid.shape) > 512 else "NONE")
+
+
+def _cast(data: NDArray[np.float32], dtype: np.dtype) -> NDArray[Any]:
+    if dtype.kind == "f":
+        return data.astype(dtype, copy=False)
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(data), info.min, info.max).astype(dtype)
+
+
+def write_image(blocks: Iterable[tuple[Window, NDArray[np.floating], NDArray[np.bool_]]],
+                grid: Grid, path: str | os.PathLike, *, count: int, dtype: str | np.dtype,
+                nodata: float | None = None, overwrite: bool = False,
+                inputs: Iterable[Any] = (), tags: dict[str, str] | None = None) -> None:
+    """Write a multi-band image, block by block, as a Cloud-Optimized GeoTIFF.
+
+    Parameters
+    ----------
+    blocks : iterable of (Window, (count, h, w) ndarray, (h, w) ndarray of bool)
+        Windows of `grid` that together cover it, their values and invalid
+        masks (True = invalid).
+    grid : Grid
+        Where the image lies.
+    count, dtype : int, str
+        Bands and data type written; integer types are rounded and clipped.
+    nodata : float, optional
+        Value written where pixels are invalid. Without one, invalid pixels
+        are 0 and an internal mask band marks them (GDAL: 0 = invalid).
+
+    Notes
+    -----
+    Memory: one block. The blocks go to a tiled GeoTIFF beside `path`, which
+    GDAL's COG driver then copies (with DEFLATE and overviews) to the
+    temporary file that replaces `path` when complete.
+    """
+    dt = np.dtype(dtype)
+    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count,
+                   dtype=dt.name, crs=grid.crs, transform=grid.transform, nodata=nodata,
+                   tiled=True, blockxsize=512, blockysize=512, BIGTIFF="IF_SAFER")
+    with _raster_output(path, overwrite=overwrite, inputs=inputs) as tmp:
+        stage = tmp + ".tiled.tif"
+        try:
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                with rasterio.open(stage, "w", **profile) as ds:
+                    for window, data, invalid in blocks:
+                        out = _cast(data, dt)
+                        out[:, invalid] = 0 if nodata is None else nodata
+                        ds.write(out, window=window)
+                        if nodata is None:
+                            ds.write_mask(np.where(invalid, 0, 255).astype(np.uint8),
+                                          window=window)
+                    if tags:
+                        ds.update_tags(**tags)
+                with rasterio.open(stage) as src:
+                    rasterio.shutil.copy(
+                        src, tmp, driver="COG", compress="DEFLATE",
+                        predictor=3 if dt.kind == "f" else 2, blocksize=512,
+                        overview_resampling="AVERAGE", BIGTIFF="IF_SAFER",
+                        overviews="AUTO" if min(grid.shape) > 512 else "NONE")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stage)
 
 
 def write_class_raster(classes: NDArray[np.uint8], grid: Grid, path: str | os.PathLike, *,

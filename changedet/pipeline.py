@@ -29,7 +29,7 @@ from shapely.geometry.base import BaseGeometry
 
 from changedet import io
 from changedet.cleanup import DEFAULT_MIN_AREA_M2, clean_mask, delineate, label_components
-from changedet.coreg import COREG_MODES, CoregMode, Shift, estimate_shift
+from changedet.coreg import COREG_MODES, Alignment, CoregMode, Shift, estimate_alignment
 from changedet.direction import CLASS_NAMES, class_raster, classify_direction
 from changedet.errors import (
     BandMismatchError,
@@ -265,8 +265,10 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         legacy ``crs`` member). Only it is processed and reported.
     bbox : (west, south, east, north), optional
         Region of interest as lon/lat bounds.
-    coreg : {"global", "none"}, optional
-        Remove a global sub-pixel translation of the after image.
+    coreg : {"global", "local", "none"}, optional
+        Remove a global sub-pixel translation of the after image, or an
+        affine fitted to a grid of tie points (see
+        :func:`changedet.coreg.estimate_alignment`), or nothing.
     normalise : {"irmad", "linear", "none"}, optional
         Relative radiometric normalisation of the after image: orthogonal
         regression on IR-MAD invariant pixels (default), median/IQR
@@ -372,19 +374,24 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         if inv_a.all():
             raise InputError(f"{ainfo.name}: has no valid pixels where the images overlap")
 
-        shift = Shift()
+        alignment = Alignment()
+        shift: Shift = alignment.shift
         applied = False
-        if coreg == "global":
+        if coreg != "none":
             report("co-registering")
-            shift = estimate_shift(b, a, invalid_before=inv_b, invalid_after=inv_a)
+            alignment = estimate_alignment(b, a, mode=coreg, invalid_before=inv_b,
+                                           invalid_after=inv_a)
+            shift = alignment.shift
             if not shift.reliable:
                 warnings.warn(
                     f"co-registration found no reliable shift between {binfo.name} and "
                     f"{ainfo.name} (peak-to-sidelobe ratio {shift.psr:.1f}); "
                     "continuing without one", UnreliableShiftWarning, stacklevel=2)
-            elif math.hypot(shift.x, shift.y) >= _MIN_APPLIED_SHIFT:
+            elif (alignment.model == "affine"
+                  or math.hypot(shift.x, shift.y) >= _MIN_APPLIED_SHIFT):
                 a, inv_a = io.read_warped(ads, cgrid, bands=use_bands, resampling=resampling,
-                                          offset_px=(shift.x, shift.y), name=ainfo.name)
+                                          pixel_transform=alignment.pixel_transform,
+                                          name=ainfo.name)
                 applied = True
     invalid = inv_b | inv_a
     if invalid.all():
@@ -453,7 +460,7 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         "after": _source_label(after),
         "coordinates": "lon/lat WGS84" if wgrid.crs is not None else "pixels (col, row)",
         "grid": wgrid.to_dict(),
-        "coregistration": {"mode": coreg, "applied": applied, **shift.to_dict(wgrid)},
+        "coregistration": {**alignment.to_dict(wgrid), "mode": coreg, "applied": applied},
         "normalisation": fit.to_dict(),
         "method": method,
         "noise": noise.to_dict(),
