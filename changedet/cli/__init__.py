@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from changedet import __version__
+from changedet.cli.coregister import coregister
 from changedet.cli.diff import diff
 
 __all__ = ["main"]
@@ -23,7 +24,9 @@ def main() -> None:
 
     \b
     $ changedet diff before.tif after.tif -o changes.geojson
+    $ changedet coregister before.tif after.tif --json
     """
 
 
 main.add_command(diff)
+main.add_command(coregister)
