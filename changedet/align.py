@@ -172,7 +172,7 @@ class CoregistrationResult:
         return self.alignment.reliable
 
     def pixel_transform(self, window: Window | None = None) -> Affine:
-        """What :func:`changedet.io.read_warped` needs to align a window of `grid`.
+        """Return what :func:`changedet.io.read_warped` needs to align a window of `grid`.
 
         The identity when the alignment is not reliable.
         """
@@ -233,7 +233,7 @@ class CoregistrationResult:
                 "applied": self.reliable, **self.alignment.to_dict(self.grid)}
 
     def tie_points_geojson(self) -> dict[str, Any]:
-        """The tie points as an RFC 7946 FeatureCollection of WGS84 points.
+        """Return the tie points as an RFC 7946 FeatureCollection of WGS84 points.
 
         Each point's properties: ``dx``, ``dy`` (pixels, x right, y down),
         ``dx_m``, ``dy_m`` (map units, x east, y north; None in pixel space),

@@ -241,7 +241,7 @@ def roi_window(grid: Grid, roi: dict[str, Any], roi_crs: CRS | None = WGS84, *,
 
 
 def resampling_for(before: Grid, after: Grid) -> Resampling:
-    """The kernel that resamples the after image onto the before grid.
+    """Choose the kernel that resamples the after image onto the before grid.
 
     Averaging when the after image is much finer keeps its noise and detail
     from aliasing; otherwise cubic keeps edges sharp.

@@ -241,7 +241,7 @@ def test_fit_affine_rejects_gross_outliers():
     rng = np.random.default_rng(2)
     col, row = rng.uniform(0, 1000, 200), rng.uniform(0, 1000, 200)
     truth = affine_truth((1000, 1000))
-    q = np.array([truth @ (c, r) for c, r in zip(col, row)])
+    q = np.array([truth @ (c, r) for c, r in zip(col, row, strict=True)])
     dx, dy = q[:, 0] - col, q[:, 1] - row
     bad = rng.random(200) < 0.25
     dx[bad] += rng.uniform(-20, 20, bad.sum())
