@@ -193,9 +193,13 @@ class CoregistrationResult:
         """
         window = window or Window(0, 0, self.grid.width, self.grid.height)
         with io.open_raster(self.source) as ds:
-            return io.read_warped(ds, self.grid.window_grid(window), bands=self.bands,
-                                  pixel_transform=self.pixel_transform(window),
-                                  resampling=self.resampling, name=self.after)
+            return self._warp(ds, window)
+
+    def _warp(self, ds: DatasetReader, window: Window,
+              ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        return io.read_warped(ds, self.grid.window_grid(window), bands=self.bands,
+                              pixel_transform=self.pixel_transform(window),
+                              resampling=self.resampling, name=self.after)
 
     @cached_property
     def _aligned(self) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -212,9 +216,11 @@ class CoregistrationResult:
         return self._aligned[1]
 
     def _blocks(self) -> Iterator[tuple[Window, NDArray[np.float32], NDArray[np.bool_]]]:
-        for row in range(0, self.grid.height, _BLOCK_ROWS):
-            window = Window(0, row, self.grid.width, min(_BLOCK_ROWS, self.grid.height - row))
-            yield (window, *self.read_aligned(window))
+        with io.open_raster(self.source) as ds:
+            for row in range(0, self.grid.height, _BLOCK_ROWS):
+                window = Window(0, row, self.grid.width,
+                                min(_BLOCK_ROWS, self.grid.height - row))
+                yield (window, *self._warp(ds, window))
 
     def write_aligned(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the aligned after image as a Cloud-Optimized GeoTIFF on `grid`.

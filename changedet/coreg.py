@@ -635,8 +635,14 @@ def _consensus(tp: TiePoints, min_psr: float) -> tuple[Shift, NDArray[np.bool_],
     agree = k / m
     reliable = (k >= 2 or n == 1) and agree >= 0.5
     reliability = float(np.median(tp.reliability[inlier])) * agree
-    note = "" if reliable else (f"only {k} of {m} confident window(s) agree on a shift; "
-                                "the images may be too different")
+    if reliable:
+        note = ""
+    elif m == 1:
+        note = (f"only one of {n} windows found a distinct correlation peak, too little to "
+                "trust; the images may be featureless or too different")
+    else:
+        note = (f"only {k} of the {m} windows with a distinct peak agree on a shift; the "
+                "images may be too different")
     shift = Shift(x=x, y=y, reliability=reliability, reliable=reliable,
                   psr=float(np.median(tp.psr[inlier])), windows=n, inliers=k, spread=spread)
     return shift, inlier, note
