@@ -17,7 +17,8 @@ import logging
 
 __version__ = "0.1.0"
 
-from changedet.coreg import Shift, estimate_shift  # noqa: E402
+from changedet.align import CoregistrationResult, coregister  # noqa: E402
+from changedet.coreg import Alignment, Shift, estimate_alignment, estimate_shift  # noqa: E402
 from changedet.errors import (  # noqa: E402
     BandMismatchError,
     ChangeDetError,
@@ -55,7 +56,11 @@ __all__ = [
     "PairInfo",
     "Raster",
     "Grid",
+    "coregister",
+    "CoregistrationResult",
+    "Alignment",
     "Shift",
+    "estimate_alignment",
     "estimate_shift",
     "ChangeDetError",
     "InputError",

@@ -13,6 +13,7 @@ from typing import Any
 
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window, from_bounds
@@ -29,6 +30,7 @@ __all__ = [
     "overlap_window",
     "roi_window",
     "geometry_to_crs",
+    "resampling_for",
 ]
 
 WGS84 = CRS.from_epsg(4326)
@@ -249,3 +251,15 @@ def roi_window(grid: Grid, roi: dict[str, Any], roi_crs: CRS | None = WGS84, *,
             f"the region of interest covers only {win.width} x {win.height} pixels "
             f"of the images (at least {min_size} x {min_size} needed)")
     return win, mapping(shp)
+
+
+def resampling_for(before: Grid, after: Grid) -> Resampling:
+    """Choose the kernel that resamples the after image onto the before grid.
+
+    Averaging when the after image is much finer keeps its noise and detail
+    from aliasing; otherwise cubic keeps edges sharp.
+    """
+    if before.crs is None or after.crs is None:
+        return Resampling.cubic
+    ratio = math.sqrt(before.pixel_area_m2() / max(after.pixel_area_m2(), 1e-12))
+    return Resampling.average if ratio > 1.5 else Resampling.cubic

@@ -67,6 +67,7 @@ __all__ = [
     "write_class_raster",
     "write_float_raster",
     "write_png",
+    "write_image",
     "dumps_geojson",
     "RasterBlockWriter",
     "GeoJSONWriter",
@@ -292,8 +293,15 @@ def _invalid_from(data: NDArray[np.float32], masks: NDArray[np.uint8]) -> NDArra
 
 
 def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | None = None,
-                name: str | None = None) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+                name: str | None = None, out_shape: tuple[int, int] | None = None,
+                ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """Read a window of a dataset on its own grid.
+
+    Parameters
+    ----------
+    out_shape : (h, w), optional
+        Read the window decimated to this size, averaging (GDAL uses the
+        dataset's overviews when it has them).
 
     Returns
     -------
@@ -309,9 +317,11 @@ def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | Non
     """
     name = name or _name(ds)
     idx = _indexes(ds, bands, name)
+    shape = None if out_shape is None else (len(idx), *out_shape)
     try:
-        data = ds.read(idx, window=window, out_dtype="float32")
-        masks = ds.read_masks(idx, window=window)
+        data = ds.read(idx, window=window, out_dtype="float32", out_shape=shape,
+                       resampling=Resampling.average)
+        masks = ds.read_masks(idx, window=window, out_shape=shape)
     except RasterioError as exc:
         raise RasterReadError(f"{name}: could not read pixels, the file may be "
                               f"truncated or corrupt ({_first_line(exc)})") from exc
@@ -374,12 +384,13 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
     if grid.crs is None:
         # Pixel space: give GDAL an arbitrary common frame to warp in.
         vrt_opts.update(src_crs="EPSG:3857", crs="EPSG:3857", src_transform=PIXEL_TRANSFORM)
+    # No warning filters here: this runs in worker threads, and
+    # warnings.catch_warnings() is not thread-safe. (A WarpedVRT with an
+    # explicit source transform raises no NotGeoreferencedWarning.)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with WarpedVRT(ds, **vrt_opts) as vrt:
-                data = vrt.read(idx, out_dtype="float32")
-                alpha = vrt.read(src_alpha or vrt.count)
+        with WarpedVRT(ds, **vrt_opts) as vrt:
+            data = vrt.read(idx, out_dtype="float32")
+            alpha = vrt.read(src_alpha or vrt.count)
     except RasterioError as exc:
         raise RasterReadError(f"{name}: could not read or reproject pixels, the file may "
                               f"be truncated or corrupt ({_first_line(exc)})") from exc
@@ -688,34 +699,73 @@ def write_geojson(collection: dict[str, Any], path: str | os.PathLike, *,
     write_text(path, dumps_geojson(collection), overwrite=overwrite, inputs=inputs)
 
 
-def _cog_profile(grid: Grid, dtype: str, nodata: float | None) -> dict[str, Any]:
-    return dict(driver="GTiff", width=grid.width, height=grid.height, count=1,
-                dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=nodata)
-
-
-def _write_cog(array: NDArray[Any], grid: Grid, path: str | os.PathLike, *, nodata: float | None,
-               overwrite: bool, inputs: Iterable[Any], tags: dict[str, str] | None = None,
-               predictor: int = 2, resampling: str = "NEAREST") -> None:
+@contextlib.contextmanager
+def _raster_output(path: str | os.PathLike, *, overwrite: bool,
+                   inputs: Iterable[Any]) -> Iterator[str]:
+    """:func:`atomic_output` that reports GDAL and OS failures as OutputError."""
     try:
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
-            with MemoryFile() as mem:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                    with mem.open(**_cog_profile(grid, array.dtype.name, nodata)) as ds:
-                        ds.write(array, 1)
-                        if tags:
-                            ds.update_tags(**tags)
-                    with mem.open() as src:
-                        rasterio.shutil.copy(
-                            src, tmp, driver="COG", compress="DEFLATE", predictor=predictor,
-                            blocksize=512, overview_resampling=resampling,
-                            overviews="AUTO" if min(grid.shape) > 512 else "NONE")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                yield tmp
     except RasterioError as exc:
         raise OutputError(f"{path}: could not write raster ({_first_line(exc)})") from exc
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
         raise OutputError(f"{path}: could not write ({exc.strerror or exc})") from exc
+
+
+def _write_cog(array: NDArray[Any], grid: Grid, path: str | os.PathLike, *, nodata: float | None,
+               overwrite: bool, inputs: Iterable[Any], tags: dict[str, str] | None = None,
+               predictor: int = 2, resampling: str = "NEAREST") -> None:
+    with RasterBlockWriter(path, grid, dtype=array.dtype.name, nodata=nodata,
+                           overwrite=overwrite, inputs=inputs, tags=tags, predictor=predictor,
+                           overview_resampling=resampling) as out:
+        out.write(Window(0, 0, grid.width, grid.height), array)
+
+
+def _cast(data: NDArray[np.float32], dtype: np.dtype) -> NDArray[Any]:
+    if dtype.kind == "f":
+        return data.astype(dtype, copy=False)
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(data), info.min, info.max).astype(dtype)
+
+
+def write_image(blocks: Iterable[tuple[Window, NDArray[np.floating], NDArray[np.bool_]]],
+                grid: Grid, path: str | os.PathLike, *, count: int, dtype: str | np.dtype,
+                nodata: float | None = None, overwrite: bool = False,
+                inputs: Iterable[Any] = (), tags: dict[str, str] | None = None) -> None:
+    """Write a multi-band image, block by block, as a Cloud-Optimized GeoTIFF.
+
+    Parameters
+    ----------
+    blocks : iterable of (Window, (count, h, w) ndarray, (h, w) ndarray of bool)
+        Windows of `grid` that together cover it, their values and invalid
+        masks (True = invalid).
+    grid : Grid
+        Where the image lies.
+    count, dtype : int, str
+        Bands and data type written; integer types are rounded and clipped.
+    nodata : float, optional
+        Value written where pixels are invalid. Without one, invalid pixels
+        are 0 and an internal mask band marks them (GDAL: 0 = invalid).
+
+    Notes
+    -----
+    Memory: one block. The blocks go to a tiled GeoTIFF beside `path`, which
+    GDAL's COG driver then copies (with DEFLATE and overviews) to the
+    temporary file that replaces `path` when complete.
+    """
+    dt = np.dtype(dtype)
+    with RasterBlockWriter(path, grid, dtype=dt.name, nodata=nodata, count=count,
+                           overwrite=overwrite, inputs=inputs, tags=tags,
+                           predictor=3 if dt.kind == "f" else 2,
+                           overview_resampling="AVERAGE") as out:
+        for window, data, invalid in blocks:
+            values = _cast(data, dt)
+            values[:, invalid] = 0 if nodata is None else nodata
+            out.write(window, values, invalid=invalid if nodata is None else None)
 
 
 def write_class_raster(classes: NDArray[np.uint8], grid: Grid, path: str | os.PathLike, *,
@@ -772,9 +822,10 @@ class RasterBlockWriter:
     """
 
     def __init__(self, path: str | os.PathLike, grid: Grid, *, dtype: str,
-                 nodata: float | None, fill: float = 0, overwrite: bool = False,
-                 inputs: Iterable[Any] = (), tags: dict[str, str] | None = None,
-                 predictor: int = 1, overview_resampling: str = "NEAREST") -> None:
+                 nodata: float | None, count: int = 1, fill: float = 0,
+                 overwrite: bool = False, inputs: Iterable[Any] = (),
+                 tags: dict[str, str] | None = None, predictor: int = 1,
+                 overview_resampling: str = "NEAREST") -> None:
         import threading
 
         self.path = check_output_path(path, overwrite=overwrite, inputs=inputs)
@@ -784,14 +835,13 @@ class RasterBlockWriter:
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part.tif",
                                          dir=self.path.parent)
         os.close(fd)
-        profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=1,
+        profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count,
                        dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=nodata,
                        tiled=True, blockxsize=512, blockysize=512, compress="DEFLATE",
                        zlevel=1, predictor=predictor, BIGTIFF="IF_SAFER",
                        SPARSE_OK=(fill == 0))
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
                 self._ds = rasterio.open(self._tmp, "w+", **profile)
             if fill != 0:
                 self._fill(fill, dtype)
@@ -804,13 +854,22 @@ class RasterBlockWriter:
 
     def _fill(self, value: float, dtype: str) -> None:
         for _, win in self._ds.block_windows(1):
-            self._ds.write(np.full((int(win.height), int(win.width)), value, dtype), 1,
-                           window=win)
+            self._ds.write(np.full((self._ds.count, int(win.height), int(win.width)), value,
+                                   dtype), window=win)
 
-    def write(self, window: Window, array: NDArray[Any]) -> None:
-        """Write `array` at `window`."""
+    def write(self, window: Window, array: NDArray[Any],
+              invalid: NDArray[np.bool_] | None = None) -> None:
+        """Write `array` ((h, w) or (count, h, w)) at `window`.
+
+        With `invalid`, also the dataset's mask band there (True = invalid).
+        """
         with self._lock:
-            self._ds.write(array, 1, window=window)
+            if array.ndim == 2:
+                self._ds.write(array, 1, window=window)
+            else:
+                self._ds.write(array, window=window)
+            if invalid is not None:
+                self._ds.write_mask(np.where(invalid, 0, 255).astype(np.uint8), window=window)
 
     def update(self, window: Window, func: Any) -> None:
         """Read `window`, replace it with ``func(current)``, all under the lock."""
@@ -823,15 +882,12 @@ class RasterBlockWriter:
         ds, self._ds = self._ds, None
         try:
             ds.close()
-            with atomic_output(self.path, overwrite=self.overwrite) as out:
+            with _raster_output(self.path, overwrite=self.overwrite, inputs=()) as out:
                 rasterio.shutil.copy(
                     self._tmp, out, driver="COG", compress="DEFLATE",
                     predictor=self._predictor, blocksize=512, BIGTIFF="IF_SAFER",
                     overview_resampling=self._ovr,
                     overviews="AUTO" if min(self.grid.shape) > 512 else "NONE")
-        except RasterioError as exc:
-            raise OutputError(f"{self.path}: could not write raster ({_first_line(exc)})") \
-                from exc
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._tmp)

@@ -38,9 +38,10 @@ from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from changedet import io
+from changedet.align import estimate_on_window
 from changedet.blocks import ChangeObject, Plan
 from changedet.cleanup import DEFAULT_MIN_AREA_M2
-from changedet.coreg import COREG_MODES, CoregMode, Shift, estimate_shift
+from changedet.coreg import COREG_MODES, Alignment, CoregMode, Shift
 from changedet.direction import CLASS_NAMES, NODATA_CLASS, default_gradient_floor
 from changedet.errors import (
     BandMismatchError,
@@ -80,10 +81,10 @@ CONTEXT_MARGIN_PX = 256
 #: Shifts smaller than this (pixels) are not worth a second resampling.
 _MIN_APPLIED_SHIFT = 0.02
 
-#: Estimation reads the whole context up to this many pixels a side;
-#: beyond, a central crop of this size (shift) and a lattice of sample
-#: windows (radiometry, noise, statistics) of about as many pixels. Memory
-#: for estimation is therefore the same for any raster size.
+#: Radiometry, noise and statistics are estimated on the whole context up
+#: to this many pixels a side; beyond, on a lattice of sample windows of
+#: about as many pixels, so that memory for estimation is the same for any
+#: raster size. (Co-registration reads what it needs itself.)
 _ESTIMATE_FULL_PX = 1024
 _SAMPLE_TILE_PX = 256
 _SAMPLE_TILES = 4  # per side
@@ -357,12 +358,6 @@ def _sub(win: Window, within: Window) -> Window:
                   win.width, win.height)
 
 
-def _central(win: Window, size: int) -> Window:
-    w, h = min(int(win.width), size), min(int(win.height), size)
-    return Window(int(win.col_off) + (int(win.width) - w) // 2,
-                  int(win.row_off) + (int(win.height) - h) // 2, w, h)
-
-
 def _sample_windows(win: Window) -> list[Window]:
     """The whole window if small; otherwise a regular lattice of tiles."""
     w, h = int(win.width), int(win.height)
@@ -458,11 +453,13 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     wgrid = grid.window_grid(window)
     resampling = _resampling_for(grid, ainfo.grid)
 
-    def read(win: Window, offset: tuple[float, float] = (0.0, 0.0),
+    def read(win: Window, alignment: Alignment | None = None,
              ) -> tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.float32],
                         NDArray[np.bool_]]:
         b, ib = io.read_window(bds, win, bands=use_bands, name=binfo.name)
-        a, ia = io.read_warped(ads, grid.window_grid(win), bands=use_bands, offset_px=offset,
+        p = None if alignment is None else alignment.for_window(
+            win.col_off - context.col_off, win.row_off - context.row_off)
+        a, ia = io.read_warped(ads, grid.window_grid(win), bands=use_bands, pixel_transform=p,
                                resampling=resampling, name=ainfo.name)
         return b, ib, a, ia
 
@@ -476,25 +473,24 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
             raise InputError(f"{info.name}: has no valid pixels where the images overlap "
                              "(all nodata or masked)")
 
-    shift, applied = Shift(), False
-    if coreg == "global":
+    alignment, applied = Alignment(), False
+    if coreg != "none":
         report("co-registering")
-        crop = _central(context, _ESTIMATE_FULL_PX)
-        b, ib, a, ia = raw[0] if windows == [crop] else read(crop)
-        shift = estimate_shift(b, a, invalid_before=ib, invalid_after=ia)
-        del b, a
-        if not shift.reliable:
+        alignment = estimate_on_window(bds, ads, binfo, ainfo, context, mode=coreg,
+                                       bands=use_bands, resampling=resampling)
+        shift = alignment.shift
+        if not alignment.reliable:
             warnings.warn(
                 f"co-registration found no reliable shift between {binfo.name} and "
-                f"{ainfo.name} (peak-to-sidelobe ratio {shift.psr:.1f}); "
+                f"{ainfo.name} ({alignment.note or f'peak-to-sidelobe ratio {shift.psr:.1f}'}); "
                 "continuing without one", UnreliableShiftWarning, stacklevel=4)
-        elif math.hypot(shift.x, shift.y) >= _MIN_APPLIED_SHIFT:
+        elif alignment.model == "affine" or math.hypot(shift.x, shift.y) >= _MIN_APPLIED_SHIFT:
             applied = True
-    offset = (shift.x, shift.y) if applied else (0.0, 0.0)
+    applied_alignment = alignment if applied else None
 
     report("normalising")
     if applied:
-        raw = [read(win, offset) for win in windows]
+        raw = [read(win, applied_alignment) for win in windows]
     samples = [(b, a, ib | ia) for b, ib, a, ia in raw]
     del raw
     inv_s = np.concatenate([s[2].ravel() for s in samples])[np.newaxis]
@@ -523,7 +519,10 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     pixel_area = wgrid.pixel_area_m2()
     simplify_crs = simplify / math.sqrt(pixel_area) * wgrid.res[0] if simplify > 0 else 0.0
     plan = Plan(grid=wgrid, bands=tuple(use_bands) if use_bands else None,
-                offset_px=offset, pixel_transform=None, resampling=resampling.name, fit=fit,
+                offset_px=(0.0, 0.0),
+                pixel_transform=None if applied_alignment is None else applied_alignment.for_window(
+                    window.col_off - context.col_off, window.row_off - context.row_off),
+                resampling=resampling.name, fit=fit,
                 noise=noise, threshold=thr, tolerance=int(tolerance), stats_before=stats_b,
                 stats_after=stats_a, gradient_floor=floor, min_area_m2=float(min_area),
                 pixel_area_m2=pixel_area, max_hole_m2=float(min_area),
@@ -541,7 +540,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         "coordinates": ("lon/lat WGS84" if wgrid.crs is not None
                         else "pixels: x = column, y = -row (not georeferenced)"),
         "grid": wgrid.to_dict(),
-        "coregistration": {"mode": coreg, "applied": applied, **shift.to_dict(wgrid)},
+        "coregistration": {**alignment.to_dict(wgrid), "mode": coreg, "applied": applied},
         "normalisation": fit.to_dict(),
         "method": method,
         "noise": noise.to_dict(),
@@ -558,7 +557,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         },
         "classes": {str(k): v for k, v in CLASS_NAMES.items()},
     }
-    return _Prepared(plan, sources, shift, applied, metadata)
+    return _Prepared(plan, sources, alignment.shift, applied, metadata)
 
 
 def _check_options(coreg: str, normalise: str, method: str, min_area: Any, simplify: float,
@@ -720,8 +719,10 @@ _DETECT_DOC_PARAMETERS = """
         legacy ``crs`` member). Only it is processed and reported.
     bbox : (west, south, east, north), optional
         Region of interest as lon/lat bounds.
-    coreg : {"global", "none"}, optional
-        Remove a global sub-pixel translation of the after image.
+    coreg : {"global", "local", "none"}, optional
+        Remove a global sub-pixel translation of the after image (phase
+        correlation of several windows with a consensus), or an affine
+        fitted to a grid of tie points (rotation, scale, skew), or nothing.
     normalise : {"irmad", "linear", "none"}, optional
         Relative radiometric normalisation of the after image: orthogonal
         regression on IR-MAD invariant pixels (default), median/IQR

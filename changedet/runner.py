@@ -136,15 +136,14 @@ def read_block(sources: Sources, plan: Plan, window: Window,
                         window.width, window.height)
     p = plan.pixel_transform
     local = None if p is None else Affine.translation(-c0, -r0) @ p @ Affine.translation(c0, r0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(sources.before) as bds, rasterio.open(sources.after) as ads:
-            b, inv_b = io.read_window(bds, src_window, bands=plan.bands,
-                                      name=sources.before_name)
-            a, inv_a = io.read_warped(ads, grid, bands=plan.bands, offset_px=plan.offset_px,
-                                      pixel_transform=local,
-                                      resampling=Resampling[plan.resampling],
-                                      name=sources.after_name)
+    # Runs in worker threads: no warning filters here (catch_warnings is not
+    # thread-safe); run_blocks silences rasterio's NotGeoreferencedWarning
+    # for pixel-space inputs from the calling thread.
+    with rasterio.open(sources.before) as bds, rasterio.open(sources.after) as ads:
+        b, inv_b = io.read_window(bds, src_window, bands=plan.bands, name=sources.before_name)
+        a, inv_a = io.read_warped(ads, grid, bands=plan.bands, offset_px=plan.offset_px,
+                                  pixel_transform=local, resampling=Resampling[plan.resampling],
+                                  name=sources.after_name)
     invalid = inv_b | inv_a
     if plan.roi is not None:
         invalid |= geometry_mask([plan.roi], out_shape=grid.shape, transform=grid.transform)
@@ -282,6 +281,18 @@ def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
     """
     if block_size < 64:
         raise ValueError("block_size must be at least 64 pixels")
+    with warnings.catch_warnings():
+        # Each block reopens the images; for images without georeferencing
+        # rasterio warns on every open. Set here, in the calling thread,
+        # for the worker threads.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        _run_blocks(sources, plan, sink, block_size=block_size, halo=halo, threads=threads,
+                    client=client, progress=progress)
+
+
+def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, halo: int,
+                threads: int | None, client: Any,
+                progress: Callable[[str, int, int], None] | None) -> None:
     halo = max(halo, plan.halo)
     blocks = layout(plan.grid.shape, block_size, halo)
     threads = threads or os.cpu_count() or 1

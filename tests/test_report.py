@@ -69,7 +69,8 @@ def test_report_table_lists_every_change_with_centroid(sample_result, sample_htm
         assert f"{lat:.5f}, {lon:.5f}" in sample_html
         assert 125.75 < lon < 125.76 and 39.01 < lat < 39.03
     assert "appeared" in sample_html and "disappeared" in sample_html
-    assert "+2.73, -2.00 px" in sample_html                 # run metadata
+    shift = result.shift
+    assert f"{shift.x:+.2f}, {shift.y:+.2f} px" in sample_html  # run metadata
     assert "2026-10-08" in sample_html
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from changedet import __version__
+from changedet.cli.coregister import coregister
 from changedet.cli.diff import diff
 from changedet.cli.info import info
 from changedet.cli.series import series
@@ -25,6 +26,7 @@ def main() -> None:
 
     \b
     $ changedet diff before.tif after.tif -o changes.geojson
+    $ changedet coregister before.tif after.tif --json
     $ changedet info before.tif after.tif
     $ changedet series 2019.tif 2021.tif 2023.tif -o site.geojson
 
@@ -33,5 +35,6 @@ def main() -> None:
 
 
 main.add_command(diff)
+main.add_command(coregister)
 main.add_command(info)
 main.add_command(series)

@@ -93,7 +93,8 @@ bbox_opt = click.option(
 
 coreg_opt = click.option(
     "--coreg", type=click.Choice(COREG_MODES), default="global", show_default=True,
-    help="Co-registration: remove a global sub-pixel shift of the after image, or not.")
+    help="Co-registration: remove a global sub-pixel shift of the after image, an affine "
+         "fitted to a grid of tie points (local), or nothing.")
 
 
 def _parse_threshold(ctx: click.Context, param: click.Parameter, value: str) -> str | float:
