@@ -264,3 +264,33 @@ def test_inputs_are_not_modified(pair_files):
     with warnings.catch_warnings():
         changedet.detect(b, a).to_geojson()
     assert b.read_bytes() == before_bytes and a.read_bytes() == after_bytes
+
+
+def test_local_coregistration_removes_rotation_and_scale_blockwise(tmp_path):
+    import math as _m
+
+    from scipy import ndimage
+
+    from changedet.synthetic import Sensor
+
+    p = flat_pair(2, shape=(384, 384), n_appeared=2, n_disappeared=1,
+                  sensor_after=Sensor(noise=0.008))
+    # The after image rotated by 0.3 degrees and scaled by 1.001 about its
+    # centre, and shifted: content moves by up to ~1.5 px at the corners.
+    th, s = _m.radians(0.3), 1.001
+    m = np.array([[_m.cos(th), -_m.sin(th)], [_m.sin(th), _m.cos(th)]]) / s
+    c = np.array([191.5, 191.5])
+    offset = c - m @ c + np.array([0.7, -0.4])
+    after = np.stack([ndimage.affine_transform(band.astype(np.float32), m, offset, order=3,
+                                               mode="nearest") for band in p.after])
+    b = write_tif(tmp_path / "b.tif", p.before)
+    a = write_tif(tmp_path / "a.tif", np.clip(after, 0, 255).astype(np.uint8))
+    r = changedet.detect(b, a, coreg="local")
+    meta = r.metadata["coregistration"]
+    assert meta["model"] == "affine" and meta["applied"] is True
+    assert abs(meta["rotation_deg"]) == pytest.approx(0.3, abs=0.03)
+    matches = match_truth(r, p)
+    assert all(iou >= 0.75 and found == expected for iou, _, found, expected in matches)
+    assert len(r) == 3
+    small = changedet.detect(b, a, coreg="local", block_size=128)
+    np.testing.assert_array_equal(small.classes, r.classes)
