@@ -46,7 +46,15 @@ from changedet.radiometry import (
     apply_normalisation,
     fit_normalisation,
 )
-from changedet.scores import SCORE_METHODS, NoiseModel, ScoreMethod, fit_noise, score_cva
+from changedet.scores import (
+    SCORE_METHODS,
+    ScoreMethod,
+    ScoreParams,
+    default_vegetation_gate,
+    fit_score,
+    score_change,
+    vegetation_mask,
+)
 from changedet.thresholds import Threshold, ThresholdMethod, apply_threshold, select_threshold
 from changedet.vectorize import areas_m2, label_stats, polygons_from_labels, simplify_polygons
 
@@ -271,10 +279,14 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         Relative radiometric normalisation of the after image: orthogonal
         regression on IR-MAD invariant pixels (default), median/IQR
         matching, or none.
-    method : {"cva"}, optional
-        Change score.
-    threshold : {"auto", "chi2", "otsu"} or float, optional
-        How to threshold the score (a number is a fixed score threshold).
+    method : {"cva", "logratio", "irmad", "structure"}, optional
+        Change score (:mod:`changedet.scores`): change-vector magnitude,
+        log-ratio, IR-MAD chi-square or change of local structure, each in
+        no-change standard deviations.
+    threshold : {"auto", "chi2", "otsu", "ki"} or float, optional
+        How to threshold the score: chi-square hysteresis (auto, chi2), or
+        Otsu / Kittler-Illingworth guarded by the no-change model; a number
+        is a fixed score threshold.
     min_area : float, optional
         Minimum mapping unit in square metres (pixels in pixel space).
     open_radius, close_radius : int, optional
@@ -391,9 +403,15 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         raise InputError(f"{binfo.name} and {ainfo.name} have no valid pixels in common")
 
     report("normalising")
-    fit: RadiometricFit = fit_normalisation(b, a, invalid, method=normalise)
+    # Vegetation is never pseudo-invariant (it changes with the season).
+    gate = default_vegetation_gate(b.shape[0])
+    pif_invalid = invalid if gate is None else (
+        invalid | vegetation_mask(b, gate) | vegetation_mask(a, gate))
+    fit: RadiometricFit = fit_normalisation(b, a, pif_invalid, method=normalise)
     a = apply_normalisation(a, fit)
-    noise: NoiseModel = fit_noise(b, a, invalid)
+    if tolerance is None:
+        tolerance = default_tolerance(wgrid)
+    params: ScoreParams = fit_score(method, b, a, invalid, tolerance=tolerance)
 
     # From here on, only the processing window.
     rows = slice(int(window.row_off - ctx_window.row_off),
@@ -409,11 +427,9 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
                            "of interest")
 
     report("scoring")
-    if tolerance is None:
-        tolerance = default_tolerance(wgrid)
-    score = score_cva(b, a, noise, tolerance=tolerance)
+    score = score_change(b, a, params)
     score[invalid] = 0
-    thr = select_threshold(score, bands=b.shape[0], method=threshold, invalid=invalid)
+    thr = select_threshold(score, dof=params.dof, method=threshold, invalid=invalid)
     raw = apply_threshold(score, thr, invalid)
     raw = delineate(score, raw, floor=thr.low)
 
@@ -456,7 +472,7 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         "coregistration": {"mode": coreg, "applied": applied, **shift.to_dict(wgrid)},
         "normalisation": fit.to_dict(),
         "method": method,
-        "noise": noise.to_dict(),
+        "score": params.to_dict(),
         "threshold": thr.to_dict(),
         "options": {
             "bands": list(use_bands) if use_bands else None,

@@ -50,8 +50,8 @@ def test_invalid_pixels_are_never_change():
 
 def test_select_threshold():
     s = np.ones((4, 4), np.float32)
-    assert select_threshold(s, bands=3).method == "chi2"
-    assert select_threshold(s, bands=3, method=2.5).high == 2.5
+    assert select_threshold(s, dof=3).method == "chi2"
+    assert select_threshold(s, dof=3, method=2.5).high == 2.5
     with pytest.raises(ValueError, match="auto"):
-        select_threshold(s, bands=3, method="max")
+        select_threshold(s, dof=3, method="max")
     assert not apply_threshold(s, threshold_otsu(s)).any()  # constant: nothing
