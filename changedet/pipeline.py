@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,7 +47,6 @@ from changedet.radiometry import (
     fit_normalisation,
 )
 from changedet.scores import (
-    SCORE_METHODS,
     ScoreMethod,
     ScoreParams,
     default_vegetation_gate,
@@ -58,9 +57,17 @@ from changedet.scores import (
 from changedet.thresholds import Threshold, ThresholdMethod, apply_threshold, select_threshold
 from changedet.vectorize import areas_m2, label_stats, polygons_from_labels, simplify_polygons
 
-__all__ = ["ChangeResult", "detect", "PROPERTY_KEYS"]
+__all__ = ["ChangeResult", "detect", "PROPERTY_KEYS", "DetectMethod", "DETECT_METHODS",
+           "AUTO_METHOD"]
 
 log = logging.getLogger(__name__)
+
+DetectMethod = Literal["auto", "cva", "logratio", "irmad", "structure"]
+DETECT_METHODS: tuple[str, ...] = get_args(DetectMethod)
+
+#: The change score ``method="auto"`` uses: the one scripts/bench_accuracy.py
+#: supports best across the synthetic scenarios and the real labelled pairs.
+AUTO_METHOD: ScoreMethod = "cva"
 
 #: Property keys every feature carries, in order.
 PROPERTY_KEYS = ("change", "area_m2", "pixels", "score_mean", "score_max", "confidence")
@@ -249,7 +256,7 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
            bbox: Sequence[float] | None = None,
            coreg: CoregMode = "global",
            normalise: NormaliseMethod = "irmad",
-           method: ScoreMethod = "cva",
+           method: DetectMethod = "auto",
            threshold: ThresholdMethod | float = "auto",
            min_area: float = DEFAULT_MIN_AREA_M2,
            open_radius: int = 1,
@@ -279,10 +286,10 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         Relative radiometric normalisation of the after image: orthogonal
         regression on IR-MAD invariant pixels (default), median/IQR
         matching, or none.
-    method : {"cva", "logratio", "irmad", "structure"}, optional
+    method : {"auto", "cva", "logratio", "irmad", "structure"}, optional
         Change score (:mod:`changedet.scores`): change-vector magnitude,
         log-ratio, IR-MAD chi-square or change of local structure, each in
-        no-change standard deviations.
+        no-change standard deviations; ``"auto"`` is :data:`AUTO_METHOD`.
     threshold : {"auto", "chi2", "otsu", "ki"} or float, optional
         How to threshold the score: chi-square hysteresis (auto, chi2), or
         Otsu / Kittler-Illingworth guarded by the no-change model; a number
@@ -338,7 +345,8 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
     """
     _check_choice("coreg", coreg, COREG_MODES)
     _check_choice("normalise", normalise, NORMALISE_METHODS)
-    _check_choice("method", method, SCORE_METHODS)
+    _check_choice("method", method, DETECT_METHODS)
+    score_method: ScoreMethod = AUTO_METHOD if method == "auto" else method  # type: ignore
     if not (isinstance(min_area, (int, float)) and math.isfinite(min_area) and min_area >= 0):
         raise ValueError(f"min_area must be a non-negative number of square metres, not {min_area!r}")
     if simplify < 0:
@@ -411,7 +419,7 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
     a = apply_normalisation(a, fit)
     if tolerance is None:
         tolerance = default_tolerance(wgrid)
-    params: ScoreParams = fit_score(method, b, a, invalid, tolerance=tolerance)
+    params: ScoreParams = fit_score(score_method, b, a, invalid, tolerance=tolerance)
 
     # From here on, only the processing window.
     rows = slice(int(window.row_off - ctx_window.row_off),
@@ -471,7 +479,7 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         "grid": wgrid.to_dict(),
         "coregistration": {"mode": coreg, "applied": applied, **shift.to_dict(wgrid)},
         "normalisation": fit.to_dict(),
-        "method": method,
+        "method": score_method,
         "score": params.to_dict(),
         "threshold": thr.to_dict(),
         "options": {

@@ -25,7 +25,7 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union, get_args
+from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -524,14 +524,14 @@ def fit_histogram(before: NDArray[np.floating], after: NDArray[np.floating],
     qb = np.percentile(bs, q, axis=1).T
     # np.interp needs increasing x: merge ties of after's quantiles.
     a_out, b_out = [], []
-    for xa, xb in zip(qa, qb):
+    for xa, xb in zip(qa, qb, strict=True):
         xa, idx = np.unique(xa, return_index=True)
         a_out.append(tuple(float(v) for v in xa))
         b_out.append(tuple(float(v) for v in xb[idx]))
     return HistogramFit(tuple(a_out), tuple(b_out))
 
 
-NormalisationFit = Union[RadiometricFit, HistogramFit]
+NormalisationFit = RadiometricFit | HistogramFit
 
 
 def fit_normalisation(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -573,7 +573,8 @@ def apply_normalisation(after: NDArray[np.floating], fit: NormalisationFit,
     """
     if isinstance(fit, HistogramFit):
         out = np.empty(after.shape, np.float32)
-        for i, (xa, xb) in enumerate(zip(fit.after_quantiles, fit.before_quantiles)):
+        for i, (xa, xb) in enumerate(zip(fit.after_quantiles, fit.before_quantiles,
+                                         strict=True)):
             out[i] = np.interp(after[i], xa, xb)
         return out
     gain = np.asarray(fit.gain, np.float32)[:, None, None]

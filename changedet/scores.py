@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, Union, get_args
+from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -90,10 +90,6 @@ log = logging.getLogger(__name__)
 
 ScoreMethod = Literal["cva", "logratio", "irmad", "structure"]
 SCORE_METHODS: tuple[str, ...] = get_args(ScoreMethod)
-
-#: Largest ratio of local roughness (coefficient of variation) between the dates
-#: for a change of vegetation to pass as the season's.
-_TEXTURE_RATIO = 2.5
 
 #: Shadow fraction range a shaded pixel may show: full shadow is 1; less
 #: would let any neutral darkening (a grey roof on paving) pass as shade.
@@ -319,10 +315,8 @@ def fit_shadow(before: NDArray[np.floating], after: NDArray[np.floating],
     # A shade is also darker than the ground around it at its own date (a
     # bright roof removed leaves paving no darker than its surroundings).
     size = max(int(round(SHADE_WINDOW / step)), 5)
-    a_shaded = (valid & (sa < 0.6 * sb) & (sb > lit_floor)
-                & (sa < 0.8 * ndimage.uniform_filter(sa, size, mode="nearest")))
-    b_shaded = (valid & (sb < 0.6 * sa) & (sa > lit_floor)
-                & (sb < 0.8 * ndimage.uniform_filter(sb, size, mode="nearest")))
+    a_shaded = valid & (sa < 0.6 * sb) & (sb > lit_floor) & _darker_than_around(sa, size)
+    b_shaded = valid & (sb < 0.6 * sa) & (sa > lit_floor) & _darker_than_around(sb, size)
     cand = a_shaded | b_shaded
     # Regions are places: fragments a few pixels apart (one object broken up
     # by its texture) count once.
@@ -380,17 +374,25 @@ def fit_shadow(before: NDArray[np.floating], after: NDArray[np.floating],
 #: Floor of the log-ratio's logarithm, as a share of the median level.
 FLOOR_SHARE = 0.5
 
-#: Window (pixels) of the local brightness a shade must be darker than.
-SHADE_WINDOW = 31
+#: Window (pixels) around a shade in which something lit must be brighter.
+SHADE_WINDOW = 61
+
+#: A shade is darker than this share of the brightest ground in the window.
+SHADE_CONTRAST = 0.6
 
 
-def _locally_dark(data: NDArray[np.floating], dark: tuple[float, ...], *,
-                  ratio: float = 0.8) -> NDArray[np.bool_]:
-    # Dark-corrected brightness below `ratio` of its local mean (context:
+def _darker_than_around(bright: NDArray[np.floating], window: int) -> NDArray[np.bool_]:
+    # A shade has lit ground near it (the shadow's own caster, or the ground
+    # beyond the shadow), far brighter; a field ploughed dark does not.
+    return bright < SHADE_CONTRAST * ndimage.maximum_filter(bright, window, mode="nearest")
+
+
+def _locally_dark(data: NDArray[np.floating], dark: tuple[float, ...]) -> NDArray[np.bool_]:
+    # Dark-corrected brightness well below the brightest nearby (context:
     # SHADE_WINDOW // 2 pixels).
     bright = np.maximum(np.asarray(data, np.float32)
                         - np.asarray(dark, np.float32)[:, None, None], 0).sum(axis=0)
-    return bright < ratio * ndimage.uniform_filter(bright, SHADE_WINDOW, mode="nearest")
+    return _darker_than_around(bright, SHADE_WINDOW)
 
 
 def _shadow_residual(d: NDArray[np.float32], u: NDArray[np.float32],
@@ -462,7 +464,7 @@ class VegetationGate:
 
 
 def vegetation_mask(data: NDArray[np.floating], gate: VegetationGate) -> NDArray[np.bool_]:
-    """True where `data` looks like vegetation (NDVI above ``gate.ndvi_min``).
+    """Flag vegetation: where NDVI is above ``gate.ndvi_min``.
 
     NDVI is smoothed over a pixel or so first, so that the texture of a
     field does not break it into speckle (context needed: 3 pixels).
@@ -496,35 +498,19 @@ def vegetation_mask(data: NDArray[np.floating], gate: VegetationGate) -> NDArray
     return veg
 
 
-def _local_roughness(data: NDArray[np.floating], sigma: float = 2.0) -> NDArray[np.float32]:
-    # Local coefficient of variation of the band sum (Gaussian window): how
-    # rough a surface is, whatever its brightness or shade.
-    x = np.asarray(data, np.float32).sum(axis=0)
-    m = ndimage.gaussian_filter(x, sigma, mode="nearest", truncate=3.0)
-    v = ndimage.gaussian_filter(x * x, sigma, mode="nearest", truncate=3.0) - m * m
-    return np.sqrt(np.maximum(v, 0)) / np.maximum(np.abs(m), 1e-3)
-
-
 def _gate(score: NDArray[np.float32], before: NDArray[np.floating],
           after: NDArray[np.floating], gate: VegetationGate | None) -> None:
-    # In place: 0 where both dates are vegetation with a like texture. A
-    # season changes the colour of a field, not how rough it is; a new
-    # roof that happens to be as bright in the near-infrared as grass (some
-    # green paints are) is much smoother than the grass it covers.
-    if gate is None:
-        return
-    both = vegetation_mask(before, gate) & vegetation_mask(after, gate)
-    both &= score > 0
-    if not both.any():
-        return
-    rb, ra = _local_roughness(before), _local_roughness(after)
-    alike = np.abs(np.log((ra + 1e-3) / (rb + 1e-3))) < np.log(_TEXTURE_RATIO)
-    score[both & alike] = 0
+    # In place: 0 where both dates are vegetation (the season changes a
+    # field's colour; it is not a structure built or removed). A new roof
+    # painted with a pigment as bright in the near-infrared as leaves (some
+    # green paints are) on grass is missed: NDVI cannot tell them apart.
+    if gate is not None:
+        score[vegetation_mask(before, gate) & vegetation_mask(after, gate)] = 0
 
 
 def default_vegetation_gate(bands: int, dark: NDArray[np.floating] | None = None,
                             ) -> VegetationGate | None:
-    """The vegetation gate for a band count: four bands are red, green, blue, NIR.
+    """Return the vegetation gate for a band count: four are red, green, blue, NIR.
 
     That is the layout of NAIP and most four-band aerial cameras; other
     layouts (and other band counts) get no gate unless one is given
@@ -922,7 +908,8 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
     Examples
     --------
     >>> b = np.full((3, 8, 8), 100, np.float32); a = b * 1.0; a[:, 2:4, 2:4] = 200
-    >>> p = fit_logratio(b, b + np.random.default_rng(0).normal(0, 1, b.shape), np.zeros((8, 8), bool))
+    >>> noisy = b + np.random.default_rng(0).normal(0, 1, b.shape)
+    >>> p = fit_logratio(b, noisy, np.zeros((8, 8), bool))
     >>> s = score_logratio(b, a, p)
     >>> bool(s[3, 3] > 10 > s[6, 6])
     True
@@ -1279,7 +1266,7 @@ def score_structure(before: NDArray[np.floating], after: NDArray[np.floating],
 
 # --------------------------------------------------------------- dispatch
 
-ScoreParams = Union[CVAParams, LogRatioParams, IRMADParams, StructureParams]
+ScoreParams = CVAParams | LogRatioParams | IRMADParams | StructureParams
 
 
 def fit_score(method: ScoreMethod, before: NDArray[np.floating], after: NDArray[np.floating],

@@ -459,7 +459,7 @@ def scenario_pair(scenario: Scenario, *, seed: int = 0, shape: tuple[int, int] =
                   sizes_m: tuple[float, float] = (8.0, 30.0),
                   heights_m: tuple[float, float] = (3.0, 12.0), n_vehicles: int = 12,
                   dtype: Literal["uint8", "uint16", "float32"] | str = "uint8") -> SyntheticPair:
-    """A semi-urban scene at two dates with one family of nuisances, and its truth.
+    """Render a semi-urban scene at two dates with one family of nuisances, and its truth.
 
     The scene is paving crossed by two asphalt roads, with patches of
     grass, crops and bare soil, trees,

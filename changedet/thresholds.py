@@ -33,7 +33,8 @@ from typing import Literal, get_args
 import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
-from skimage.filters import apply_hysteresis_threshold, threshold_otsu as _sk_otsu
+from skimage.filters import apply_hysteresis_threshold
+from skimage.filters import threshold_otsu as _sk_otsu
 
 __all__ = [
     "ThresholdMethod",

@@ -192,7 +192,7 @@ def test_no_shadow_model_from_one_dark_object():
 
 
 def _vegetation_pair(seed=0):
-    """Four bands (R, G, B, NIR): a lawn dries; a green-painted roof is built on it."""
+    """Four bands (R, G, B, NIR): a lawn dries; a grey roof is built on it."""
     rng = np.random.default_rng(seed)
     h, w = 160, 160
     paving = np.array([100, 98, 94, 110], np.float32)
@@ -207,7 +207,7 @@ def _vegetation_pair(seed=0):
     a[:, 20:110, 20:110] = dry[:, None, None]
     b *= tex
     a *= tex
-    a[:, 60:90, 60:90] = np.array([31, 56, 41, 61], np.float32)[:, None, None]  # smooth roof
+    a[:, 60:90, 60:90] = np.array([71, 71, 76, 79], np.float32)[:, None, None]  # grey roof
     b += rng.normal(0, 1.5, b.shape).astype(np.float32)
     a += rng.normal(0, 1.5, a.shape).astype(np.float32)
     return b, a

@@ -16,6 +16,7 @@ from changedet.cli.options import (
     bbox_opt,
     coreg_opt,
     handle_errors,
+    method_opt,
     output_opt,
     overwrite_opt,
     roi_opt,
@@ -43,6 +44,7 @@ from changedet.pipeline import detect
 @bbox_opt
 @bands_opt
 @coreg_opt
+@method_opt
 @threshold_opt
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True,
               metavar="M", help="Simplify polygon outlines to this tolerance in metres "
@@ -53,7 +55,8 @@ from changedet.pipeline import detect
 def diff(before: str, after: str, output: str | None, mask_path: str | None,
          score_path: str | None, min_area: float, roi: str | None,
          bbox: tuple[float, float, float, float] | None, bands: list[int] | None,
-         coreg: str, threshold: str | float, simplify: float, overwrite: bool) -> None:
+         coreg: str, method: str, threshold: str | float, simplify: float,
+         overwrite: bool) -> None:
     """Find what changed between BEFORE and AFTER and write it as GeoJSON.
 
     BEFORE and AFTER are two images of the same place (GeoTIFF or anything
@@ -80,7 +83,8 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
 
     with rasterio.Env():
         result = detect(before, after, bands=bands, roi=roi, bbox=bbox, coreg=coreg,
-                        threshold=threshold, min_area=min_area, simplify=simplify)
+                        method=method, threshold=threshold, min_area=min_area,
+                        simplify=simplify)
     fc = result.to_geojson()
     if output:
         io.write_geojson(fc, output, overwrite=overwrite, inputs=inputs)
