@@ -272,8 +272,10 @@ def fit_shadow(before: NDArray[np.floating], after: NDArray[np.floating],
     """Estimate the shadow ratio from pixels that one date shades and the other not.
 
     Candidates are pixels whose dark-corrected brightness is less than 60 %
-    of the other date's, grouped into connected regions. Each region's
-    darkest core proposes a ratio; the proposal that explains most regions
+    of the other date's and than 60 % of the brightest ground within
+    :data:`SHADE_WINDOW` pixels (something lit is near a shade), grouped
+    into connected regions. Each region's darkest core proposes a ratio;
+    the proposal that explains most regions
     wins (shade, full or partial, scales the lit values by
     ``alpha * ratio + 1 - alpha``), and is refined by least squares on the
     fully shaded pixels it explains. Shadows of many objects agree on one
@@ -297,7 +299,10 @@ def fit_shadow(before: NDArray[np.floating], after: NDArray[np.floating],
     -------
     ShadowModel or None
         None when no ratio explains enough regions, or the ratio is not
-        dark as shade is (every band's ratio below 0.6, their mean below 0.5).
+        that of shade: every band's ratio below 0.6 and their mean below
+        0.5 (shade is dark), and, for three or four bands taken as red,
+        green, blue (and near-infrared), no less blue kept than red (shade
+        is lit by the blue sky only).
     """
     nb, h, w = before.shape
     step = max(int(np.sqrt(h * w / max_pixels)), 1)
@@ -366,6 +371,11 @@ def fit_shadow(before: NDArray[np.floating], after: NDArray[np.floating],
     lf, sf = lit[:, full], shade[:, full]
     ratio = (lf * sf).sum(axis=1) / np.maximum((lf * lf).sum(axis=1), 1e-12)
     if not (np.all((ratio > 0.05) & (ratio < 0.6)) and ratio.mean() < 0.5):
+        return None
+    if nb in (3, 4) and ratio[2] < ratio[0]:
+        # Taking bands 1-3 as red, green, blue (RGB and RGBN imagery): shade
+        # is lit by the sky alone, bluer than the sun, so it keeps more blue
+        # than red. A ratio that does not is a darker material, not shade.
         return None
     return ShadowModel(tuple(float(v) for v in dark), tuple(float(v) for v in ratio),
                        int(ok.sum()) * step * step)
