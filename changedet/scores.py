@@ -550,11 +550,34 @@ _GATE_DARK = None
 _default_gate = default_vegetation_gate
 
 
+# ------------------------------------------------------------- nuisances
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Nuisances:
+    # What every difference-based score may explain away: shade, the season
+    # on vegetation, and a displacement of up to `tolerance` pixels.
+    shadow: ShadowModel | None = None
+    vegetation: VegetationGate | None = None
+    tolerance: int = 1
+
+    @property
+    def radius(self) -> int:
+        """Context in pixels a block needs around it."""
+        return max(self.tolerance, SHADE_WINDOW // 2 if self.shadow is not None else 0,
+                   3 if self.vegetation is not None else 0)
+
+    def _nuisances(self) -> dict[str, object]:
+        return {"shadow": self.shadow.to_dict() if self.shadow else None,
+                "vegetation": self.vegetation.to_dict() if self.vegetation else None,
+                "tolerance_px": self.tolerance}
+
+
 # --------------------------------------------------------------------- CVA
 
 
 @dataclass(frozen=True)
-class CVAParams:
+class CVAParams(_Nuisances):
     """Parameters of :func:`score_cva`.
 
     Attributes
@@ -570,26 +593,15 @@ class CVAParams:
     """
 
     noise: NoiseModel
-    shadow: ShadowModel | None = None
-    vegetation: VegetationGate | None = None
-    tolerance: int = 1
 
     @property
     def dof(self) -> int:
         """Degrees of freedom of the no-change chi-square distribution."""
         return self.noise.bands
 
-    @property
-    def radius(self) -> int:
-        """Context in pixels a block needs around it."""
-        return self.tolerance
-
     def to_dict(self) -> dict[str, object]:
         """Plain-typed description, for metadata."""
-        return {"method": "cva", "noise": self.noise.to_dict(),
-                "shadow": self.shadow.to_dict() if self.shadow else None,
-                "vegetation": self.vegetation.to_dict() if self.vegetation else None,
-                "tolerance_px": self.tolerance}
+        return {"method": "cva", "noise": self.noise.to_dict(), **self._nuisances()}
 
 
 def fit_cva(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -618,7 +630,14 @@ def fit_cva(before: NDArray[np.floating], after: NDArray[np.floating],
     shadow = fit_shadow(before, after, invalid, noise) if shadows else None
     if vegetation == "auto":
         vegetation = _default_gate(before.shape[0], _GATE_DARK)
-    return CVAParams(noise, shadow, vegetation, int(tolerance))
+    return CVAParams(noise, shadow=shadow, vegetation=vegetation, tolerance=int(tolerance))
+
+
+def _check_pair(before: NDArray[np.floating], after: NDArray[np.floating], bands: int) -> None:
+    if before.shape != after.shape:
+        raise ValueError(f"shapes differ: {before.shape} vs {after.shape}")
+    if before.shape[0] != bands:
+        raise ValueError(f"parameters are for {bands} bands, images have {before.shape[0]}")
 
 
 def _whiten(data: NDArray[np.floating], w: NDArray[np.float32],
@@ -731,10 +750,7 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
     if isinstance(params, NoiseModel):
         params = CVAParams(params, tolerance=1 if tolerance is None else tolerance)
     noise = params.noise
-    if before.shape != after.shape:
-        raise ValueError(f"shapes differ: {before.shape} vs {after.shape}")
-    if before.shape[0] != noise.bands:
-        raise ValueError(f"noise model has {noise.bands} bands, images have {before.shape[0]}")
+    _check_pair(before, after, noise.bands)
     tolerance = params.tolerance if tolerance is None else tolerance
     if tolerance < 0:
         raise ValueError("tolerance must not be negative")
@@ -772,7 +788,7 @@ def change_direction(before: NDArray[np.floating], after: NDArray[np.floating],
 
 
 @dataclass(frozen=True)
-class LogRatioParams:
+class LogRatioParams(_Nuisances):
     """Parameters of :func:`score_logratio`.
 
     Attributes
@@ -794,19 +810,11 @@ class LogRatioParams:
     floor: tuple[float, ...]
     sigma: tuple[float, ...]
     noise: NoiseModel
-    shadow: ShadowModel | None = None
-    vegetation: VegetationGate | None = None
-    tolerance: int = 1
 
     @property
     def dof(self) -> int:
         """Degrees of freedom of the no-change chi-square distribution."""
         return self.noise.bands
-
-    @property
-    def radius(self) -> int:
-        """Context in pixels a block needs around it."""
-        return self.tolerance
 
     def log(self, data: NDArray[np.floating]) -> NDArray[np.float32]:
         """``log(max(data - dark, 0) + floor)`` per band."""
@@ -833,9 +841,7 @@ class LogRatioParams:
         return {"method": "logratio", "dark": [round(v, 4) for v in self.dark],
                 "floor": [round(v, 4) for v in self.floor],
                 "sigma": [round(v, 4) for v in self.sigma], "noise": self.noise.to_dict(),
-                "shadow": self.shadow.to_dict() if self.shadow else None,
-                "vegetation": self.vegetation.to_dict() if self.vegetation else None,
-                "tolerance_px": self.tolerance}
+                **self._nuisances()}
 
 
 def fit_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -882,8 +888,8 @@ def fit_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
     if vegetation == "auto":
         vegetation = _default_gate(nb, _GATE_DARK)
     return LogRatioParams(tuple(float(v) for v in dark), tuple(float(v) for v in floor),
-                          tuple(float(v) for v in sigma), noise, shadow, vegetation,
-                          int(tolerance))
+                          tuple(float(v) for v in sigma), noise, shadow=shadow,
+                          vegetation=vegetation, tolerance=int(tolerance))
 
 
 def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -895,8 +901,9 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
     the spread sensor noise alone gives it at that brightness (dark pixels
     have noisier ratios), centred and whitened with the no-change model:
     gain changes and illumination are additive in the log domain, so what
-    is left of them after normalisation is small. A shade is a constant vector (``log ratio`` of
-    the shadow model) and is explained away as in :func:`score_cva`.
+    is left of them after normalisation is small. A shade is a constant
+    vector (``log ratio`` of the shadow model) and is explained away as in
+    :func:`score_cva`.
 
     Parameters
     ----------
@@ -911,6 +918,12 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
     -------
     (H, W) ndarray of float32
 
+    Notes
+    -----
+    The floor of the logarithm and the per-pixel spread keep dark pixels
+    from dominating; shade and gain are still handled more exactly here
+    than by CVA, additive haze less so.
+
     References
     ----------
     .. [2] Bovolo, F. and Bruzzone, L. (2005). :doi:`10.1109/TGRS.2005.857987`
@@ -924,11 +937,7 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
     >>> bool(s[3, 3] > 10 > s[6, 6])
     True
     """
-    if before.shape != after.shape:
-        raise ValueError(f"shapes differ: {before.shape} vs {after.shape}")
-    if before.shape[0] != params.noise.bands:
-        raise ValueError(f"parameters are for {params.noise.bands} bands, images have "
-                         f"{before.shape[0]}")
+    _check_pair(before, after, params.noise.bands)
     w = params.noise.whitening()
     mean = np.asarray(params.noise.mean, np.float32)
     spread = params.spread(before, after)
@@ -960,7 +969,7 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
 
 
 @dataclass(frozen=True)
-class IRMADParams:
+class IRMADParams(_Nuisances):
     """Parameters of :func:`score_irmad`: a converged IR-MAD transformation.
 
     Attributes
@@ -973,19 +982,11 @@ class IRMADParams:
     """
 
     mad: IRMAD
-    shadow: ShadowModel | None = None
-    vegetation: VegetationGate | None = None
-    tolerance: int = 1
 
     @property
     def dof(self) -> int:
         """Degrees of freedom of the no-change chi-square distribution."""
         return int(self.mad.a.shape[0])
-
-    @property
-    def radius(self) -> int:
-        """Context in pixels a block needs around it."""
-        return self.tolerance
 
     def project(self, before: NDArray[np.floating], after: NDArray[np.floating],
                 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -1006,9 +1007,7 @@ class IRMADParams:
         return {"method": "irmad", "canonical_correlations": [round(float(r), 5)
                                                               for r in self.mad.rho],
                 "iterations": self.mad.iterations, "converged": self.mad.converged,
-                "shadow": self.shadow.to_dict() if self.shadow else None,
-                "vegetation": self.vegetation.to_dict() if self.vegetation else None,
-                "tolerance_px": self.tolerance}
+                **self._nuisances()}
 
 
 def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -1028,6 +1027,7 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     Returns
     -------
     IRMADParams
+        The converged transformation, with the nuisance models.
 
     References
     ----------
@@ -1041,7 +1041,7 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
         shadow = fit_shadow(before, after, invalid, fit_noise(before, after, invalid))
     if vegetation == "auto":
         vegetation = _default_gate(before.shape[0], _GATE_DARK)
-    return IRMADParams(res, shadow, vegetation, int(tolerance))
+    return IRMADParams(res, shadow=shadow, vegetation=vegetation, tolerance=int(tolerance))
 
 
 def score_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -1060,21 +1060,25 @@ def score_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     params : IRMADParams
         From :func:`fit_irmad`.
     candidate_p : float, optional
-        As for :func:`score_cva`.
+        No-change tail probability below which a pixel's plain score is
+        searched for a displacement or a shade that explains it.
 
     Returns
     -------
-    (H, W) ndarray of float32
+    score : (H, W) ndarray of float32
+        In no-change standard deviations (``params.dof`` degrees of freedom).
+
+    Notes
+    -----
+    The canonical variates mix the bands, so a pair in which a large area
+    changed in one consistent way (fields ripening) can bend them; CVA on
+    per-band normalised images is then the steadier score.
 
     References
     ----------
     .. [3] Nielsen, A. A. (2007). :doi:`10.1109/TIP.2006.888195`
     """
-    if before.shape != after.shape:
-        raise ValueError(f"shapes differ: {before.shape} vs {after.shape}")
-    if before.shape[0] != params.dof:
-        raise ValueError(f"parameters are for {params.dof} bands, images have "
-                         f"{before.shape[0]}")
+    _check_pair(before, after, params.dof)
     pb, pa = params.project(before, after)
     score, candidates = _whitened_score(pb, pa, params.dof, params.tolerance, candidate_p)
     del pb, pa
@@ -1258,11 +1262,7 @@ def score_structure(before: NDArray[np.floating], after: NDArray[np.floating],
            distribution of chi-square. PNAS 17(12), 684-688.
            :doi:`10.1073/pnas.17.12.684`
     """
-    if before.shape != after.shape:
-        raise ValueError(f"shapes differ: {before.shape} vs {after.shape}")
-    if before.shape[0] != len(params.log.sigma):
-        raise ValueError(f"parameters are for {len(params.log.sigma)} bands, images have "
-                         f"{before.shape[0]}")
+    _check_pair(before, after, len(params.log.sigma))
     t = _structure_ratio(before, after, params.log, params.sigma)
     t /= np.float32(params.scale)
     nu = params.effective_dof

@@ -325,6 +325,23 @@ def _place(rng: np.random.Generator, shape: tuple[int, int], size: tuple[float, 
     return None
 
 
+#: Roof materials buildings are drawn from.
+_ROOFS = ("roof_grey", "roof_red", "roof_green", "white", "blue", "concrete", "metal")
+
+
+def _building(rng: np.random.Generator, shape: tuple[int, int], size: tuple[float, float],
+              taken: list[Polygon], margin: float, heights_m: tuple[float, float],
+              ) -> SceneObject | None:
+    # A building of `size` pixels placed clear of `taken` (which it joins),
+    # with a random roof and height; None when there is no room.
+    fp = _place(rng, shape, size, taken, margin)
+    if fp is None:
+        return None
+    taken.append(fp)
+    return SceneObject(fp, _ROOFS[int(rng.integers(len(_ROOFS)))],
+                       height=float(rng.uniform(*heights_m)))
+
+
 def random_pair(shape: tuple[int, int] = (256, 256), *, bands: int = 3, seed: int = 0,
                 pixel_size: float = 0.5, n_static: int = 4, n_appeared: int = 2,
                 n_disappeared: int = 1, sizes_m: tuple[float, float] = (8.0, 25.0),
@@ -374,16 +391,10 @@ def random_pair(shape: tuple[int, int] = (256, 256), *, bands: int = 3, seed: in
                                  texture=0.02, grain=3.0 * s, slab=px(3.0) * s)
     margin = px(2.0)
     taken: list[Polygon] = []
-    roofs = ["roof_grey", "roof_red", "roof_green", "white", "blue", "concrete", "metal"]
 
     def structure() -> SceneObject | None:
         size = (px(rng.uniform(*sizes_m)), px(rng.uniform(*sizes_m)))
-        fp = _place(rng, shape, size, taken, margin)
-        if fp is None:
-            return None
-        taken.append(fp)
-        return SceneObject(fp, roofs[int(rng.integers(len(roofs)))],
-                           height=float(rng.uniform(*heights_m)))
+        return _building(rng, shape, size, taken, margin, heights_m)
 
     static = [o for o in (structure() for _ in range(n_static)) if o]
     new = [o for o in (structure() for _ in range(n_appeared)) if o]
@@ -550,19 +561,13 @@ def scenario_pair(scenario: Scenario, *, seed: int = 0, shape: tuple[int, int] =
                                      season=season)
 
     taken: list[Polygon] = []
-    roofs = ["roof_grey", "roof_red", "roof_green", "white", "blue", "concrete", "metal"]
     lo, hi = np.log(sizes_m[0]), np.log(sizes_m[1])
 
     def structure() -> SceneObject | None:
         side = px(float(np.exp(rng.uniform(lo, hi))))
         aspect = float(rng.uniform(1.0, 1.6))
-        fp = _place(rng, shape, (side, side / aspect) if rng.random() < 0.5
-                    else (side / aspect, side), taken, px(4.0))
-        if fp is None:
-            return None
-        taken.append(fp)
-        return SceneObject(fp, roofs[int(rng.integers(len(roofs)))],
-                           height=float(rng.uniform(*heights_m)))
+        size = (side, side / aspect) if rng.random() < 0.5 else (side / aspect, side)
+        return _building(rng, shape, size, taken, px(4.0), heights_m)
 
     static = [o for o in (structure() for _ in range(n_static)) if o]
     changes = scenario != "nochange"

@@ -140,6 +140,10 @@ def test_unknown_method_lists_the_choices():
         score_change(b, a, object())
 
 
+def _noisy(rng, *images, sd=1.5):
+    return tuple(im + rng.normal(0, sd, im.shape).astype(np.float32) for im in images)
+
+
 def _shaded_pair(seed=0, ratio=(0.3, 0.32, 0.42)):
     """Paving with objects whose shadows move: after shades other places."""
     rng = np.random.default_rng(seed)
@@ -155,9 +159,7 @@ def _shaded_pair(seed=0, ratio=(0.3, 0.32, 0.42)):
         r0, c0 = 20 + 30 * i, 20 + 25 * (i % 3)
         b[:, r0:r0 + 8, c0:c0 + 14] *= k[:, :, None]         # shadows before
         a[:, r0:r0 + 8, c0 + 40:c0 + 54] *= k[:, :, None]    # moved after
-    b += rng.normal(0, 1.5, b.shape).astype(np.float32)
-    a += rng.normal(0, 1.5, a.shape).astype(np.float32)
-    return b, a
+    return _noisy(rng, b, a)
 
 
 def test_shadow_model_finds_the_shade_ratio_and_explains_moving_shadows():
@@ -167,8 +169,8 @@ def test_shadow_model_finds_the_shade_ratio_and_explains_moving_shadows():
     shadow = fit_shadow(b, a, inv, noise)
     assert shadow is not None
     np.testing.assert_allclose(shadow.ratio, (0.3, 0.32, 0.42), atol=0.05)
-    plain = score_cva(b, a, CVAParams(noise, None, None, 1))
-    explained = score_cva(b, a, CVAParams(noise, shadow, None, 1))
+    plain = score_cva(b, a, CVAParams(noise))
+    explained = score_cva(b, a, CVAParams(noise, shadow=shadow))
     t = threshold_chi2(3)
     assert apply_threshold(plain, t).sum() > 500
     # Only the blurred rims of the shadows may remain, not the shadows.
@@ -208,9 +210,7 @@ def _vegetation_pair(seed=0):
     b *= tex
     a *= tex
     a[:, 60:90, 60:90] = np.array([71, 71, 76, 79], np.float32)[:, None, None]  # grey roof
-    b += rng.normal(0, 1.5, b.shape).astype(np.float32)
-    a += rng.normal(0, 1.5, a.shape).astype(np.float32)
-    return b, a
+    return _noisy(rng, b, a)
 
 
 def test_vegetation_gate_ignores_the_season_but_not_a_roof_on_grass():
