@@ -22,9 +22,10 @@ Methods
     The chi-square statistic of the IR-MAD variates [3]_, invariant to any
     linear radiometric change of either date.
 ``structure``
-    Change of local structure (the structure term of SSIM [4]_ on the
-    log values): illumination, haze and colour changes that keep the
-    texture score low; a new outline or a new surface scores high.
+    Change of local structure: the windowed variance of the log-ratio,
+    which a gain, a shade or a season's change of colour leave flat, and a
+    new outline, surface or texture does not (cf. the structure term of
+    SSIM [4]_).
 
 Two nuisance models may be attached to any method: a shadow model (a pixel
 that one date merely shades, as the sun moves, is not change) and a
