@@ -282,10 +282,10 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         Region of interest as lon/lat bounds.
     coreg : {"global", "none"}, optional
         Remove a global sub-pixel translation of the after image.
-    normalise : {"irmad", "linear", "none"}, optional
+    normalise : {"irmad", "histogram", "linear", "none"}, optional
         Relative radiometric normalisation of the after image: orthogonal
-        regression on IR-MAD invariant pixels (default), median/IQR
-        matching, or none.
+        regression on IR-MAD invariant pixels (default), histogram
+        matching, median/IQR matching, or none.
     method : {"auto", "cva", "logratio", "irmad", "structure"}, optional
         Change score (:mod:`changedet.scores`): change-vector magnitude,
         log-ratio, IR-MAD chi-square or change of local structure, each in
