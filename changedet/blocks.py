@@ -36,8 +36,8 @@ from changedet.cleanup import CONNECTIVITY, clean_mask, delineate, label_compone
 from changedet.direction import CLASS_NAMES, classify_direction
 from changedet.features import BandStats
 from changedet.grid import Grid
-from changedet.radiometry import RadiometricFit
-from changedet.scores import NoiseModel, score_cva
+from changedet.radiometry import NormalisationFit
+from changedet.scores import ScoreParams, score_change
 from changedet.thresholds import Threshold
 from changedet.vectorize import areas_m2, label_stats, polygons_from_labels, simplify_polygons
 
@@ -77,10 +77,11 @@ class Plan:
         (see :func:`changedet.io.read_warped`); None for a pure shift.
     resampling : str
         GDAL resampling kernel name for the after image.
-    fit : RadiometricFit
+    fit : RadiometricFit or HistogramFit
         Radiometric normalisation of the after image.
-    noise : NoiseModel
-        No-change model of the difference.
+    score : ScoreParams
+        The change score's fitted parameters (no-change model, nuisance
+        models); :func:`changedet.scores.score_change` applies them.
     threshold : Threshold
         Hysteresis thresholds on the score.
     tolerance : int
@@ -104,8 +105,8 @@ class Plan:
     offset_px: tuple[float, float]
     pixel_transform: Affine | None
     resampling: str
-    fit: RadiometricFit
-    noise: NoiseModel
+    fit: NormalisationFit
+    score: ScoreParams
     threshold: Threshold
     tolerance: int
     stats_before: BandStats
@@ -127,7 +128,7 @@ class Plan:
     @property
     def halo(self) -> int:
         """Smallest useful halo: the score's reach plus a group's dilation."""
-        return self.tolerance + 2 + self.link_radius + SAFE_MARGIN
+        return max(self.tolerance, self.score.radius) + 2 + self.link_radius + SAFE_MARGIN
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     score's two whitened copies of the stack.
     """
     h, w = invalid.shape
-    score = score_cva(before, after, plan.noise, tolerance=plan.tolerance)
+    score = score_change(before, after, plan.score)
     score[invalid] = 0
     cand, seeds = threshold_masks(score, plan.threshold, invalid)
     if not cand.any():

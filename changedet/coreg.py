@@ -612,39 +612,62 @@ def _span(shape: tuple[int, int], offset: tuple[int, int]) -> tuple[int, int, in
 
 # -- consensus and fitting --------------------------------------------------------
 
+#: Windows that measure the same shift agree to well within this (pixels).
+_AGREE_PX = 1.0
+
+
 def _consensus(tp: TiePoints, min_psr: float) -> tuple[Shift, NDArray[np.bool_], str]:
-    """One translation on which most confident windows agree."""
+    """The translation the most (and most confident) windows agree on.
+
+    Windows vote with their peak-to-sidelobe ratio. The answer is the
+    densest cluster: the shift with the largest vote within `_AGREE_PX` of
+    it, counting weaker windows (PSR above half the minimum) as supporters.
+    A median and a spread would not do: when most windows see nothing but
+    new buildings, shadows or texture, their wrong answers inflate any
+    spread until it swallows them. The cluster is trusted when at least two
+    windows share it, one of them confident, and it outweighs any rival
+    cluster by half again (a lone window only when it is the only one).
+    """
     n = len(tp)
-    confident = tp.psr >= min_psr
     best = float(tp.psr.max(initial=0.0))
+    confident = tp.psr >= min_psr
     if not confident.any():
         note = (f"no distinct correlation peak in any of {n} window(s) (best peak-to-sidelobe "
                 f"ratio {best:.1f}, {min_psr:g} needed): the images may be featureless "
                 "(water, cloud) or too different")
         return Shift(psr=best, windows=n), np.zeros(n, bool), note
-    mx, my = np.median(tp.dx[confident]), np.median(tp.dy[confident])
-    dist = np.hypot(tp.dx - mx, tp.dy - my)
-    mad = 1.4826 * float(np.median(dist[confident]))
-    inlier = confident & (dist <= max(1.0, 3 * mad))
+    voter = np.isfinite(tp.dx) & np.isfinite(tp.dy) & (tp.psr >= min_psr / 2)
+    idx = np.flatnonzero(voter)
+    dist = np.hypot(tp.dx[idx, None] - tp.dx[None, idx], tp.dy[idx, None] - tp.dy[None, idx])
+    near = dist <= _AGREE_PX
+    support = (near * tp.psr[idx][None, :]).sum(axis=1)
+    # Only clusters around a confident window can win.
+    support_conf = np.where(confident[idx], support, -1.0)
+    top = int(np.argmax(support_conf))
+    members = idx[near[top]]
+    x = float(np.average(tp.dx[members], weights=tp.psr[members]))
+    y = float(np.average(tp.dy[members], weights=tp.psr[members]))
+    inlier = voter & (np.hypot(tp.dx - x, tp.dy - y) <= _AGREE_PX)
     wgt = tp.psr[inlier]
     x = float(np.average(tp.dx[inlier], weights=wgt))
     y = float(np.average(tp.dy[inlier], weights=wgt))
     spread = float(np.sqrt(np.mean((tp.dx[inlier] - x) ** 2 + (tp.dy[inlier] - y) ** 2)))
-    k, m = int(inlier.sum()), int(confident.sum())
-    # Agreement: a lone window is trusted only if it is the only one there is.
-    agree = k / m
-    reliable = (k >= 2 or n == 1) and agree >= 0.5
+    vote = float(wgt.sum())
+    rival = float(np.max(support[~near[top]], initial=0.0))
+    k = int(inlier.sum())
+    agree = vote / float(tp.psr[voter].sum())
+    reliable = (k >= 2 and vote >= 1.5 * rival) or n == 1
     reliability = float(np.median(tp.reliability[inlier])) * agree
     if reliable:
         note = ""
-    elif m == 1:
-        note = (f"only one of {n} windows found a distinct correlation peak, too little to "
-                "trust; the images may be featureless or too different")
+    elif k == 1:
+        note = (f"no two of the {n} windows agree on a shift (the best has peak-to-sidelobe "
+                f"ratio {best:.1f}); the images may be featureless or too different")
     else:
-        note = (f"only {k} of the {m} windows with a distinct peak agree on a shift; the "
-                "images may be too different")
+        note = (f"{k} of the {n} windows agree on a shift, but others agree as strongly on "
+                "another; the images may be too different")
     shift = Shift(x=x, y=y, reliability=reliability, reliable=reliable,
-                  psr=float(np.median(tp.psr[inlier])), windows=n, inliers=k, spread=spread)
+                  psr=float(np.median(wgt)), windows=n, inliers=k, spread=spread)
     return shift, inlier, note
 
 

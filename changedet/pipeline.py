@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import IO, Any
+from typing import IO, Any, Literal, get_args
 
 import numpy as np
 import rasterio
@@ -62,12 +62,26 @@ from changedet.radiometry import (
     fit_normalisation,
 )
 from changedet.runner import DEFAULT_BLOCK_SIZE, BlockOutput, Sources, run_blocks
-from changedet.scores import SCORE_METHODS, ScoreMethod, fit_noise, score_cva
+from changedet.scores import (
+    ScoreMethod,
+    default_vegetation_gate,
+    fit_score,
+    score_change,
+    vegetation_mask,
+)
 from changedet.thresholds import Threshold, ThresholdMethod, select_threshold
 
-__all__ = ["ChangeResult", "DiffSummary", "detect", "diff", "PROPERTY_KEYS"]
+__all__ = ["ChangeResult", "DiffSummary", "detect", "diff", "PROPERTY_KEYS", "DetectMethod",
+           "DETECT_METHODS", "AUTO_METHOD"]
 
 log = logging.getLogger(__name__)
+
+DetectMethod = Literal["auto", "cva", "logratio", "irmad", "structure"]
+DETECT_METHODS: tuple[str, ...] = get_args(DetectMethod)
+
+#: The change score ``method="auto"`` uses: the one scripts/bench_accuracy.py
+#: supports best across the synthetic scenarios and the real labelled pairs.
+AUTO_METHOD: ScoreMethod = "cva"
 
 #: Property keys every feature carries, in order.
 PROPERTY_KEYS = ("change", "area_m2", "pixels", "score_mean", "score_max", "confidence")
@@ -358,6 +372,17 @@ def _sub(win: Window, within: Window) -> Window:
                   win.width, win.height)
 
 
+def _mosaic(tiles: list[NDArray[Any]], per_row: int) -> NDArray[Any]:
+    """Arrange equal-sized (..., h, w) tiles in rows of `per_row`.
+
+    Estimation fits that look at neighbourhoods (shade, vegetation texture)
+    then see real image structure, not pixels strung into one line.
+    """
+    rows = [np.concatenate(tiles[i:i + per_row], axis=-1)
+            for i in range(0, len(tiles), per_row)]
+    return np.concatenate(rows, axis=-2)
+
+
 def _sample_windows(win: Window) -> list[Window]:
     """The whole window if small; otherwise a regular lattice of tiles."""
     w, h = int(win.width), int(win.height)
@@ -491,30 +516,32 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     report("normalising")
     if applied:
         raw = [read(win, applied_alignment) for win in windows]
-    samples = [(b, a, ib | ia) for b, ib, a, ia in raw]
+    per_row = 1 if len(windows) == 1 else len({int(w.col_off) for w in windows})
+    b_s = _mosaic([r[0] for r in raw], per_row)
+    a_s = _mosaic([r[2] for r in raw], per_row)
+    inv_s = _mosaic([r[1] | r[3] for r in raw], per_row)
     del raw
-    inv_s = np.concatenate([s[2].ravel() for s in samples])[np.newaxis]
     if inv_s.all():
         raise InputError(f"{binfo.name} and {ainfo.name} have no valid pixels in common")
-    b_s = np.concatenate([s[0].reshape(s[0].shape[0], -1) for s in samples], axis=1)[:, None]
-    a_s = np.concatenate([s[1].reshape(s[1].shape[0], -1) for s in samples], axis=1)[:, None]
-    fit = fit_normalisation(b_s, a_s, inv_s, method=normalise)
+    # Vegetation is never pseudo-invariant (it changes with the season).
+    gate = default_vegetation_gate(b_s.shape[0])
+    pif_invalid = inv_s if gate is None else (
+        inv_s | vegetation_mask(b_s, gate) | vegetation_mask(a_s, gate))
+    fit = fit_normalisation(b_s, a_s, pif_invalid, method=normalise)
     a_s = apply_normalisation(a_s, fit)
-    noise = fit_noise(b_s, a_s, inv_s)
-    stats_b, stats_a = band_stats(b_s, inv_s), band_stats(a_s, inv_s)
-    grads = np.concatenate([gradient_magnitude(s[0], s[2], stats=stats_b).ravel()
-                            for s in samples])
-    floor = default_gradient_floor(grads)
     if tolerance is None:
         tolerance = default_tolerance(wgrid)
-    if isinstance(threshold, str) and threshold == "otsu":
-        scores = np.concatenate([
-            score_cva(s[0], apply_normalisation(s[1], fit), noise, tolerance=tolerance)[~s[2]]
-            for s in samples])
-        thr = select_threshold(scores, bands=b_s.shape[0], method=threshold)
+    score_method: ScoreMethod = AUTO_METHOD if method == "auto" else method  # type: ignore
+    params = fit_score(score_method, b_s, a_s, inv_s, tolerance=tolerance)
+    stats_b, stats_a = band_stats(b_s, inv_s), band_stats(a_s, inv_s)
+    floor = default_gradient_floor(gradient_magnitude(b_s, inv_s, stats=stats_b))
+    if isinstance(threshold, str) and threshold in ("otsu", "ki"):
+        # Histogram thresholds need the score's distribution: from the samples.
+        scores = score_change(b_s, a_s, params)[~inv_s]
+        thr = select_threshold(scores, dof=params.dof, method=threshold)
     else:
-        thr = select_threshold(np.zeros(1, np.float32), bands=b_s.shape[0], method=threshold)
-    del samples, b_s, a_s, inv_s, grads
+        thr = select_threshold(np.zeros(1, np.float32), dof=params.dof, method=threshold)
+    del b_s, a_s, inv_s, pif_invalid
 
     pixel_area = wgrid.pixel_area_m2()
     simplify_crs = simplify / math.sqrt(pixel_area) * wgrid.res[0] if simplify > 0 else 0.0
@@ -523,7 +550,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
                 pixel_transform=None if applied_alignment is None else applied_alignment.for_window(
                     window.col_off - context.col_off, window.row_off - context.row_off),
                 resampling=resampling.name, fit=fit,
-                noise=noise, threshold=thr, tolerance=int(tolerance), stats_before=stats_b,
+                score=params, threshold=thr, tolerance=int(tolerance), stats_before=stats_b,
                 stats_after=stats_a, gradient_floor=floor, min_area_m2=float(min_area),
                 pixel_area_m2=pixel_area, max_hole_m2=float(min_area),
                 open_radius=int(open_radius), close_radius=int(close_radius),
@@ -542,8 +569,8 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         "grid": wgrid.to_dict(),
         "coregistration": {**alignment.to_dict(wgrid), "mode": coreg, "applied": applied},
         "normalisation": fit.to_dict(),
-        "method": method,
-        "noise": noise.to_dict(),
+        "method": score_method,
+        "score": params.to_dict(),
         "threshold": thr.to_dict(),
         "options": {
             "bands": list(use_bands) if use_bands else None,
@@ -564,7 +591,7 @@ def _check_options(coreg: str, normalise: str, method: str, min_area: Any, simpl
                    tolerance: int | None) -> None:
     _check_choice("coreg", coreg, COREG_MODES)
     _check_choice("normalise", normalise, NORMALISE_METHODS)
-    _check_choice("method", method, SCORE_METHODS)
+    _check_choice("method", method, DETECT_METHODS)
     if not (isinstance(min_area, (int, float)) and math.isfinite(min_area) and min_area >= 0):
         raise ValueError(f"min_area must be a non-negative number of square metres, "
                          f"not {min_area!r}")
@@ -723,14 +750,18 @@ _DETECT_DOC_PARAMETERS = """
         Remove a global sub-pixel translation of the after image (phase
         correlation of several windows with a consensus), or an affine
         fitted to a grid of tie points (rotation, scale, skew), or nothing.
-    normalise : {"irmad", "linear", "none"}, optional
+    normalise : {"irmad", "histogram", "linear", "none"}, optional
         Relative radiometric normalisation of the after image: orthogonal
-        regression on IR-MAD invariant pixels (default), median/IQR
-        matching, or none.
-    method : {"cva"}, optional
-        Change score.
-    threshold : {"auto", "chi2", "otsu"} or float, optional
-        How to threshold the score (a number is a fixed score threshold).
+        regression on IR-MAD invariant pixels (default), histogram
+        matching, median/IQR matching, or none.
+    method : {"auto", "cva", "logratio", "irmad", "structure"}, optional
+        Change score (:mod:`changedet.scores`): change-vector magnitude,
+        log-ratio, IR-MAD chi-square or change of local structure, each in
+        no-change standard deviations; ``"auto"`` is :data:`AUTO_METHOD`.
+    threshold : {"auto", "chi2", "otsu", "ki"} or float, optional
+        How to threshold the score: chi-square hysteresis (auto, chi2), or
+        Otsu / Kittler-Illingworth guarded by the no-change model; a number
+        is a fixed score threshold.
     min_area : float, optional
         Minimum mapping unit in square metres (pixels in pixel space).
     open_radius, close_radius : int, optional
@@ -761,7 +792,7 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
            bbox: Sequence[float] | None = None,
            coreg: CoregMode = "global",
            normalise: NormaliseMethod = "irmad",
-           method: ScoreMethod = "cva",
+           method: DetectMethod = "auto",
            threshold: ThresholdMethod | float = "auto",
            min_area: float = DEFAULT_MIN_AREA_M2,
            open_radius: int = 1,
@@ -842,7 +873,7 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
          bbox: Sequence[float] | None = None,
          coreg: CoregMode = "global",
          normalise: NormaliseMethod = "irmad",
-         method: ScoreMethod = "cva",
+         method: DetectMethod = "auto",
          threshold: ThresholdMethod | float = "auto",
          min_area: float = DEFAULT_MIN_AREA_M2,
          open_radius: int = 1,

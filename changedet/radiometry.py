@@ -29,7 +29,7 @@ from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import linalg, special
+from scipy import linalg, ndimage, special, stats
 
 __all__ = [
     "NormaliseMethod",
@@ -39,13 +39,17 @@ __all__ = [
     "sample_valid",
     "irmad",
     "orthogonal_regression",
+    "robust_orthogonal_regression",
+    "HistogramFit",
+    "NormalisationFit",
     "fit_irmad",
+    "fit_histogram",
     "fit_robust_linear",
     "fit_normalisation",
     "apply_normalisation",
 ]
 
-NormaliseMethod = Literal["irmad", "linear", "none"]
+NormaliseMethod = Literal["irmad", "histogram", "linear", "none"]
 
 #: Pixels sampled for IR-MAD: enough for a 6-band covariance many times over.
 _IRMAD_SAMPLES = 100_000
@@ -226,14 +230,138 @@ def orthogonal_regression(x: NDArray[np.floating], y: NDArray[np.floating],
     return float(slope), my - float(slope) * mx
 
 
+def robust_orthogonal_regression(x: NDArray[np.floating], y: NDArray[np.floating], *,
+                                 trials: int = 600, max_points: int = 20_000,
+                                 cutoff: float = 2.5, seed: int = 0,
+                                 ) -> tuple[float, float, NDArray[np.bool_]]:
+    """Orthogonal regression on the inliers of a least-median-of-squares line.
+
+    Lines through random pairs of points are scored by the median of their
+    squared orthogonal residuals (LMedS, [1]_: up to half the points may be
+    outliers); the best one's inliers (residual within `cutoff` robust
+    standard deviations) are then fitted by :func:`orthogonal_regression`.
+    Pseudo-invariant pixels chosen by IR-MAD still hold some change when a
+    large area changed consistently (a field ripening): this keeps it out.
+
+    Parameters
+    ----------
+    x, y : (n,) ndarray
+    trials : int, optional
+        Candidate lines.
+    max_points : int, optional
+        Points used to score candidates (a deterministic random subset).
+    cutoff : float, optional
+        Inlier band, in robust standard deviations.
+    seed : int, optional
+
+    Returns
+    -------
+    slope, intercept : float
+    inliers : (n,) ndarray of bool
+
+    References
+    ----------
+    .. [1] Rousseeuw, P. J. (1984). Least median of squares regression.
+           JASA 79(388), 871-880. :doi:`10.1080/01621459.1984.10477105`
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> x = rng.uniform(0, 100, 4000); y = 0.8 * x + 12 + rng.normal(0, 0.5, 4000)
+    >>> y[:1500] = rng.uniform(0, 100, 1500)          # 37 % outliers
+    >>> s, i, _ = robust_orthogonal_regression(x, y)
+    >>> round(s, 2), round(i, 1)
+    (0.8, 12.0)
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    n = x.size
+    if n < 3:
+        slope, icpt = orthogonal_regression(x, y) if n else (1.0, 0.0)
+        return slope, icpt, np.ones(n, bool)
+    rng = np.random.default_rng(seed)
+    uni = rng.choice(n, max_points, replace=False) if n > max_points else np.arange(n)
+    # Candidate lines join pairs drawn evenly from 16 brightness strata (of
+    # y): when one material holds most pixels, pairs within it say nothing
+    # about the slope.
+    lo, hi = np.percentile(y, [0.5, 99.5])
+    strata = np.clip(((y - lo) / max(hi - lo, 1e-12) * 16).astype(np.intp), 0, 15)
+    per = max(max_points // 16, 1)
+    strat = np.concatenate([
+        (lambda idx: rng.choice(idx, per, replace=False) if idx.size > per else idx)(
+            np.flatnonzero(strata == k)) for k in range(16)])
+    pool = np.concatenate([strat, uni])
+    i, j = rng.choice(pool, (2, trials))
+    dx, dy = x[j] - x[i], y[j] - y[i]
+    ok = dx > 0
+    ok[ok] &= (dy[ok] > 0.1 * dx[ok]) & (dy[ok] < 10 * dx[ok])  # plausible gains only
+    if not ok.any():
+        slope, icpt = orthogonal_regression(x, y)
+        return slope, icpt, np.ones(n, bool)
+    theta = np.arctan2(dy[ok], dx[ok])[:, None]
+    x0, y0 = x[i[ok]][:, None], y[i[ok]][:, None]
+    xs, ys = x[uni][None], y[uni][None]
+    resid = np.abs(-np.sin(theta) * (xs - x0) + np.cos(theta) * (ys - y0))
+    # The spread of the best least-median line (through the commonest
+    # material) sets the inlier band; the line with most inliers wins, which
+    # is the one through that material and the others that did not change.
+    med = np.median(resid, axis=1)
+    scale = 1.4826 * float(med.min()) * (1 + 5 / max(xs.size - 2, 1))
+    band = cutoff * max(scale, 1e-12)
+    counts = (resid <= band).sum(axis=1)
+    k = int(np.lexsort((med, -counts))[0])
+    t, px, py = float(theta[k, 0]), float(x0[k, 0]), float(y0[k, 0])
+    inliers = np.abs(-np.sin(t) * (x - px) + np.cos(t) * (y - py)) <= band
+    if inliers.sum() < 3:
+        inliers = np.ones(n, bool)
+    slope, icpt = orthogonal_regression(x[inliers], y[inliers])
+    return slope, icpt, inliers
+
+
+def _saturated(samples: NDArray[np.floating], share: float = 1e-3) -> NDArray[np.bool_]:
+    # Pixels at a band's extreme value when many share it: clipped by the
+    # sensor or the quantisation, so no longer linear in the scene.
+    out = np.zeros(samples.shape[1], bool)
+    for band in samples:
+        for v in (band.min(), band.max()):
+            hit = band == v
+            if hit.mean() > share:
+                out |= hit
+    return out
+
+
+def _shaded(data: NDArray[np.floating], invalid: NDArray[np.bool_], *, window: int = 31,
+            ratio: float = 0.7) -> NDArray[np.bool_]:
+    # Pixels much darker than the ground around them: shade, which moves
+    # with the sun, so never pseudo-invariant.
+    data = np.asarray(data, np.float32)
+    dark = np.array([np.percentile(band[~invalid], 0.5) if (~invalid).any() else 0.0
+                     for band in data], np.float32)
+    bright = np.maximum(data - dark[:, None, None], 0).sum(axis=0)
+    return bright < ratio * ndimage.uniform_filter(bright, window, mode="nearest")
+
+
 def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
-              invalid: NDArray[np.bool_], *, pif_probability: float = 0.9,
-              min_pifs: int = 100) -> RadiometricFit:
+              invalid: NDArray[np.bool_], *, pif_probability: float = 0.01,
+              min_pifs: int = 100, min_correlation: float = 0.9) -> RadiometricFit:
     """Normalise on pseudo-invariant pixels found by IR-MAD.
 
-    Pixels whose no-change probability exceeds `pif_probability` are the
-    pseudo-invariant features; each band of after is mapped onto before by
-    orthogonal regression on them [2]_.
+    IR-MAD's chi-square no-change probability sets aside the pixels that
+    clearly changed (probability below `pif_probability`), as do shade
+    (pixels much darker than their surroundings at either date: shadows
+    move with the sun) and clipped values; each band of after is then
+    mapped onto before by orthogonal regression [2]_ on the inliers of a
+    robust line through what is left
+    (:func:`robust_orthogonal_regression`). The robust step matters on
+    real scenes: a large area that changed in a consistent way (fields
+    ripening) passes IR-MAD's test, and when one material (paving) covers
+    most of the scene the slope is set by the few others that did not
+    change.
+
+    When not even the best canonical correlation reaches
+    `min_correlation`, nothing reliable is invariant (dates years apart, a
+    small tile that changed throughout) and the fit falls back to
+    :func:`fit_robust_linear`.
 
     Parameters
     ----------
@@ -245,6 +373,9 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     min_pifs : int, optional
         Below this many invariant pixels, fall back to
         :func:`fit_robust_linear`.
+    min_correlation : float, optional
+        If no canonical correlation reaches it, the dates share too little
+        to find invariant pixels: fall back to :func:`fit_robust_linear`.
 
     Returns
     -------
@@ -265,21 +396,36 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     >>> [round(g, 3) for g in fit.gain]
     [0.667, 1.25, 0.833]
     """
+    # Shade moves with the sun: keep it out of the invariant candidates.
+    shaded = _shaded(before, invalid) | _shaded(after, invalid)
+    if (~(invalid | shaded)).sum() >= max(min_pifs, 3 * before.shape[0]):
+        invalid = invalid | shaded
     bs = sample_valid(before, invalid, max_samples=_IRMAD_SAMPLES).astype(np.float64)
     as_ = sample_valid(after, invalid, max_samples=_IRMAD_SAMPLES).astype(np.float64)
     if bs.shape[1] < max(min_pifs, 3 * bs.shape[0]):
         return fit_robust_linear(before, after, invalid)
     res = irmad(bs, as_)
-    pifs = res.no_change_probability(bs, as_) > pif_probability
+    pifs = (res.no_change_probability(bs, as_) > pif_probability)
+    pifs &= ~(_saturated(bs) | _saturated(as_))
     if int(pifs.sum()) < min_pifs:
         return fit_robust_linear(before, after, invalid)
-    gains, offsets = [], []
+    if float(res.rho.max()) < min_correlation:
+        # Even the best-matched combination of bands hardly agrees between
+        # the dates: no invariant set to trust (a small tile that changed
+        # throughout, dates years apart). Matching the spreads is safer.
+        fit = fit_robust_linear(before, after, invalid)
+        return RadiometricFit(fit.gain, fit.offset, "linear", {
+            "reason": "IR-MAD canonical correlations below "
+                      f"{min_correlation}: {[round(float(r), 3) for r in res.rho]}"})
+    gains, offsets, used = [], [], []
     for i in range(bs.shape[0]):
-        g, o = orthogonal_regression(as_[i, pifs], bs[i, pifs])
+        g, o, inl = robust_orthogonal_regression(as_[i, pifs], bs[i, pifs])
         gains.append(g)
         offsets.append(o)
+        used.append(float(inl.mean()))
     return RadiometricFit(tuple(gains), tuple(offsets), "irmad", {
         "pif_fraction": round(float(pifs.mean()), 4),
+        "inlier_fraction": [round(u, 4) for u in used],
         "canonical_correlations": [round(float(r), 5) for r in res.rho],
         "iterations": res.iterations,
         "converged": res.converged,
@@ -320,15 +466,90 @@ def fit_robust_linear(before: NDArray[np.floating], after: NDArray[np.floating],
     return RadiometricFit(tuple(gains), tuple(offsets), "linear")
 
 
+@dataclass(frozen=True)
+class HistogramFit:
+    """Per-band monotone maps of after's quantiles onto before's.
+
+    Attributes
+    ----------
+    after_quantiles, before_quantiles : tuple of tuple of float
+        For each band, matching quantiles of the two dates (increasing).
+    """
+
+    after_quantiles: tuple[tuple[float, ...], ...]
+    before_quantiles: tuple[tuple[float, ...], ...]
+    method: str = "histogram"
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-typed description, for metadata."""
+        return {"method": self.method, "quantiles": len(self.after_quantiles[0])
+                if self.after_quantiles else 0}
+
+
+def fit_histogram(before: NDArray[np.floating], after: NDArray[np.floating],
+                  invalid: NDArray[np.bool_], *, quantiles: int = 256) -> HistogramFit:
+    """Histogram matching: map each band of after so its distribution is before's.
+
+    A simple alternative to :func:`fit_irmad` that assumes the two dates
+    hold the same mix of surfaces: robust to any monotone radiometric
+    change (not only linear), but change that alters the mix (a new
+    district, a season) bends the map [1]_.
+
+    Parameters
+    ----------
+    before, after : (bands, H, W) ndarray
+    invalid : (H, W) ndarray of bool
+    quantiles : int, optional
+        Number of matched quantiles per band.
+
+    Returns
+    -------
+    HistogramFit
+
+    References
+    ----------
+    .. [1] Gonzalez, R. C. and Woods, R. E. (2018). Digital Image
+           Processing, 4th ed., section 3.3 (histogram matching).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> b = rng.gamma(4, 20, (2, 64, 64)).astype(np.float32)
+    >>> a = np.sqrt(b) * 10                         # a non-linear change
+    >>> fit = fit_histogram(b, a, np.zeros((64, 64), bool))
+    >>> bool(np.abs(apply_normalisation(a, fit) - b).max() < 2)
+    True
+    """
+    bs = sample_valid(before, invalid)
+    as_ = sample_valid(after, invalid)
+    q = np.linspace(0, 100, quantiles)
+    if bs.shape[1] == 0:
+        ident = tuple((0.0, 1.0) for _ in range(before.shape[0]))
+        return HistogramFit(ident, ident)
+    qa = np.percentile(as_, q, axis=1).T
+    qb = np.percentile(bs, q, axis=1).T
+    # np.interp needs increasing x: merge ties of after's quantiles.
+    a_out, b_out = [], []
+    for xa, xb in zip(qa, qb, strict=True):
+        xa, idx = np.unique(xa, return_index=True)
+        a_out.append(tuple(float(v) for v in xa))
+        b_out.append(tuple(float(v) for v in xb[idx]))
+    return HistogramFit(tuple(a_out), tuple(b_out))
+
+
+NormalisationFit = RadiometricFit | HistogramFit
+
+
 def fit_normalisation(before: NDArray[np.floating], after: NDArray[np.floating],
                       invalid: NDArray[np.bool_], *, method: NormaliseMethod = "irmad",
-                      ) -> RadiometricFit:
+                      ) -> NormalisationFit:
     """Estimate the map from after's radiometry to before's.
 
     Parameters
     ----------
-    method : {"irmad", "linear", "none"}
+    method : {"irmad", "histogram", "linear", "none"}
         ``"irmad"``: orthogonal regression on IR-MAD invariant pixels;
+        ``"histogram"``: histogram matching (:func:`fit_histogram`);
         ``"linear"``: per-band median and interquartile range matching;
         ``"none"``: the identity.
 
@@ -345,12 +566,26 @@ def fit_normalisation(before: NDArray[np.floating], after: NDArray[np.floating],
         return RadiometricFit((1.0,) * nb, (0.0,) * nb, "none")
     if method == "linear":
         return fit_robust_linear(before, after, invalid)
+    if method == "histogram":
+        return fit_histogram(before, after, invalid)
     return fit_irmad(before, after, invalid)
 
 
-def apply_normalisation(after: NDArray[np.floating], fit: RadiometricFit,
-                        ) -> NDArray[np.float32]:
-    """Apply a fit to `after` (a new float32 array; the input is not changed)."""
-    gain = np.asarray(fit.gain, np.float32)[:, None, None]
-    offset = np.asarray(fit.offset, np.float32)[:, None, None]
-    return (after * gain + offset).astype(np.float32, copy=False)
+def apply_normalisation(after: NDArray[np.floating], fit: NormalisationFit, *,
+                        out: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
+    """Apply a fit to `after`.
+
+    Pixel by pixel: applies to any block. Returns a new float32 array (the
+    input is not changed) unless `out` is given, which may be `after`
+    itself when the caller owns it.
+    """
+    if out is None:
+        out = np.empty(after.shape, np.float32)
+    if isinstance(fit, HistogramFit):
+        for i, (xa, xb) in enumerate(zip(fit.after_quantiles, fit.before_quantiles,
+                                         strict=True)):
+            out[i] = np.interp(after[i], xa, xb)
+        return out
+    np.multiply(after, np.asarray(fit.gain, np.float32)[:, None, None], out=out)
+    out += np.asarray(fit.offset, np.float32)[:, None, None]
+    return out

@@ -39,6 +39,7 @@ from changedet.blocks import (
     process_window,
 )
 from changedet.errors import LargeChangeWarning
+from changedet.radiometry import apply_normalisation
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -148,8 +149,7 @@ def read_block(sources: Sources, plan: Plan, window: Window,
     if plan.roi is not None:
         invalid |= geometry_mask([plan.roi], out_shape=grid.shape, transform=grid.transform)
     # `a` is ours: normalise it in place rather than holding a second copy.
-    a *= np.asarray(plan.fit.gain, np.float32)[:, None, None]
-    a += np.asarray(plan.fit.offset, np.float32)[:, None, None]
+    apply_normalisation(a, plan.fit, out=a)
     return b, a, invalid
 
 

@@ -15,7 +15,8 @@ from changedet.synthetic import Sensor, Sun, random_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_tiles"
-#: The real data; CHANGEDET_SHARED_DATA points elsewhere (e.g. from a git worktree).
+# ../shared/data from the project root; CHANGEDET_SHARED_DATA points elsewhere
+# (e.g. from a git worktree that sits one level deeper).
 SHARED_DATA = Path(os.environ.get("CHANGEDET_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 #: A 0.5 m UTM grid (zone 51N, near Pyongyang) used by most synthetic tiles.

@@ -67,3 +67,13 @@ def test_clean_mask_does_not_modify_input():
     before = m.copy()
     clean_mask(m, pixel_area_m2=1)
     assert np.array_equal(m, before)
+
+
+def test_a_structure_and_its_shadow_are_one_polygon():
+    # A roof and the shadow it casts, separated by a 2-px penumbra that
+    # scored too low: closing joins them, so the shadow is no polygon of its own.
+    m = np.zeros((60, 60), bool)
+    m[10:30, 10:30] = True      # roof
+    m[32:40, 10:30] = True      # its shadow, 2 px away
+    labels, n = label_components(clean_mask(m, pixel_area_m2=0.25, min_area_m2=30))
+    assert n == 1

@@ -20,8 +20,9 @@ import changedet
 from changedet.cleanup import clean_mask
 from changedet.coreg import estimate_shift
 from changedet.errors import ChangeDetError, ChangeDetWarning
+from changedet.pipeline import DETECT_METHODS
 from changedet.radiometry import fit_normalisation
-from changedet.scores import fit_noise, score_cva
+from changedet.scores import SCORE_METHODS, fit_score, score_change
 from changedet.thresholds import apply_threshold, select_threshold
 from tests.conftest import utm_transform
 
@@ -95,13 +96,13 @@ def pairs(draw):
 
 
 @SETTINGS
-@given(pairs())
-def test_detect_returns_a_valid_result_or_a_changedet_error(pair):
+@given(pairs(), st.sampled_from(DETECT_METHODS))
+def test_detect_returns_a_valid_result_or_a_changedet_error(pair, method):
     b, inv_b, a, inv_a = pair
     before = changedet.Raster(b, utm_transform(), "EPSG:32651", mask=inv_b)
     after = changedet.Raster(a, utm_transform(), "EPSG:32651", mask=inv_a)
     try:
-        r = _quiet(changedet.detect, before, after, min_area=1.0, threads=1)
+        r = _quiet(changedet.detect, before, after, min_area=1.0, threads=1, method=method)
     except ChangeDetError:
         return
     assert r.classes.shape == b.shape[1:]
@@ -117,8 +118,8 @@ def test_detect_returns_a_valid_result_or_a_changedet_error(pair):
 
 
 @SETTINGS
-@given(images(min_side=4), images(min_side=4))
-def test_core_functions_never_fail_on_odd_arrays(first, second):
+@given(images(min_side=4), images(min_side=4), st.sampled_from(SCORE_METHODS))
+def test_core_functions_never_fail_on_odd_arrays(first, second, method):
     (b, inv), (a, _) = first, second
     a = np.resize(a, b.shape).astype(np.float32)
     b = np.nan_to_num(b.astype(np.float32), nan=0, posinf=0, neginf=0)
@@ -128,10 +129,10 @@ def test_core_functions_never_fail_on_odd_arrays(first, second):
         inv[0, 0] = False
     fit = fit_normalisation(b, a, inv)
     assert np.all(np.isfinite(fit.gain)) and np.all(np.isfinite(fit.offset))
-    noise = fit_noise(b, a, inv)
-    s = score_cva(b, a, noise)
+    params = fit_score(method, b, a, inv)
+    s = score_change(b, a, params)
     assert s.shape == b.shape[1:] and np.isfinite(s).all() and (s >= 0).all()
-    t = select_threshold(s, bands=b.shape[0], invalid=inv)
+    t = select_threshold(s, dof=params.dof, invalid=inv)
     mask = apply_threshold(s, t, inv)
     assert not mask[inv].any()
     cleaned = clean_mask(mask, pixel_area_m2=0.25, min_area_m2=1)

@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 
 from changedet.radiometry import (
+    HistogramFit,
     apply_normalisation,
     fit_irmad,
     fit_normalisation,
     irmad,
     orthogonal_regression,
+    robust_orthogonal_regression,
     sample_valid,
 )
 from tests.conftest import flat_pair
@@ -88,3 +90,48 @@ def test_unknown_method_lists_the_choices():
     a = np.ones((1, 4, 4), np.float32)
     with pytest.raises(ValueError, match="irmad"):
         fit_normalisation(a, a, np.zeros((4, 4), bool), method="magic")
+
+
+def test_robust_regression_ignores_a_consistent_cluster_of_change():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(10, 200, 6000), rng.uniform(20, 40, 3000)])
+    y = 0.9 * x + 15 + rng.normal(0, 1, x.size)
+    y[6000:] = 1.8 * x[6000:] + 40          # a field that changed consistently
+    slope, icpt, inliers = robust_orthogonal_regression(x, y)
+    assert slope == pytest.approx(0.9, abs=0.01) and icpt == pytest.approx(15, abs=1)
+    assert inliers[:6000].mean() > 0.95 and inliers[6000:].mean() < 0.05
+
+
+def test_gain_is_found_when_one_material_covers_most_of_the_scene():
+    # 85 % paving with its texture, a few roofs and roads: plain LMedS would
+    # accept any line through the paving.
+    rng = np.random.default_rng(4)
+    b = np.full((2, 200, 200), 120, np.float32)
+    b *= 1 + 0.04 * rng.standard_normal((200, 200)).astype(np.float32)
+    b[:, :, 100:112] = 30                   # a road
+    b[:, 20:40, 20:40] = 220                # roofs
+    b[:, 150:170, 30:60] = 70
+    b += rng.normal(0, 2, b.shape).astype(np.float32)
+    a = b * np.array([0.7, 1.3], np.float32)[:, None, None] + 12
+    a += rng.normal(0, 2, a.shape).astype(np.float32)
+    fit = fit_irmad(b, a, np.zeros((200, 200), bool))
+    np.testing.assert_allclose(fit.gain, [1 / 0.7, 1 / 1.3], rtol=0.03)
+
+
+def test_no_invariant_pixels_falls_back_to_matching_spreads():
+    rng = np.random.default_rng(5)
+    b = rng.gamma(3, 30, (3, 64, 64)).astype(np.float32)
+    a = rng.gamma(3, 30, (3, 64, 64)).astype(np.float32)   # unrelated dates
+    fit = fit_irmad(b, a, np.zeros((64, 64), bool))
+    assert fit.method == "linear" and "reason" in fit.details
+
+
+def test_histogram_matching_undoes_a_monotone_change():
+    rng = np.random.default_rng(6)
+    b = rng.gamma(4, 20, (3, 80, 80)).astype(np.float32)
+    a = (np.sqrt(b) * 12 + 5).astype(np.float32)
+    inv = np.zeros((80, 80), bool)
+    fit = fit_normalisation(b, a, inv, method="histogram")
+    assert isinstance(fit, HistogramFit) and fit.to_dict()["method"] == "histogram"
+    out = apply_normalisation(a, fit)
+    assert np.percentile(np.abs(out - b), 99) < 2

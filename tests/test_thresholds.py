@@ -7,6 +7,7 @@ from changedet.thresholds import (
     select_threshold,
     threshold_chi2,
     threshold_fixed,
+    threshold_ki,
     threshold_otsu,
 )
 
@@ -50,8 +51,42 @@ def test_invalid_pixels_are_never_change():
 
 def test_select_threshold():
     s = np.ones((4, 4), np.float32)
-    assert select_threshold(s, bands=3).method == "chi2"
-    assert select_threshold(s, bands=3, method=2.5).high == 2.5
+    assert select_threshold(s, dof=3).method == "chi2"
+    assert select_threshold(s, dof=3, method=2.5).high == 2.5
     with pytest.raises(ValueError, match="auto"):
-        select_threshold(s, bands=3, method="max")
+        select_threshold(s, dof=3, method="max")
     assert not apply_threshold(s, threshold_otsu(s)).any()  # constant: nothing
+
+
+def test_ki_splits_a_mixture_between_its_modes():
+    rng = np.random.default_rng(1)
+    s = np.concatenate([np.sqrt(rng.chisquare(3, 200_000)), rng.normal(12, 2, 4000)])
+    t = threshold_ki(s.astype(np.float32))
+    assert 4.5 < t.high < 9
+    assert t.method == "ki"
+
+
+def test_ki_and_otsu_find_nothing_without_change_when_guarded():
+    rng = np.random.default_rng(2)
+    score = np.sqrt(rng.chisquare(3, (400, 400))).astype(np.float32)
+    for method in ("otsu", "ki"):
+        raw = select_threshold(score, dof=3, method=method, guarded=False)
+        assert apply_threshold(score, raw).sum() > 100, method   # always "finds" something
+        t = select_threshold(score, dof=3, method=method)
+        assert t.method == f"{method}+guard"
+        assert not apply_threshold(score, t).any(), method
+
+
+def test_guarded_histogram_threshold_still_grows_real_change():
+    rng = np.random.default_rng(3)
+    score = np.sqrt(rng.chisquare(3, (200, 200))).astype(np.float32)
+    score[50:80, 50:80] = rng.normal(9, 2, (30, 30))
+    t = select_threshold(score, dof=3, method="ki")
+    m = apply_threshold(score, t)
+    assert m[50:80, 50:80].mean() > 0.95
+    assert m.sum() < 30 * 30 * 1.1
+
+
+def test_threshold_metadata_is_plain():
+    assert threshold_chi2(3).to_dict()["method"] == "chi2"
+    assert threshold_otsu(np.zeros(4)).to_dict() == {"method": "otsu", "low": None, "high": None}

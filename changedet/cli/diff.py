@@ -14,6 +14,7 @@ from changedet.cli.options import (
     bbox_opt,
     coreg_opt,
     handle_errors,
+    method_opt,
     min_area_opt,
     output_opt,
     overwrite_opt,
@@ -53,6 +54,7 @@ from changedet.pipeline import diff as changedet_diff
 @bbox_opt
 @bands_opt
 @coreg_opt
+@method_opt
 @threshold_opt
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True,
               metavar="M", help="Simplify polygon outlines to this tolerance in metres "
@@ -65,7 +67,8 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
          score_path: str | None, quicklook_path: str | None, report_path: str | None,
          rgb: list[int] | None, min_area: float, roi: str | None,
          bbox: tuple[float, float, float, float] | None, bands: list[int] | None,
-         coreg: str, threshold: str | float, simplify: float, threads: int | None,
+         coreg: str, method: str, threshold: str | float, simplify: float,
+         threads: int | None,
          block_size: int, scheduler: str | None, workers: int | None,
          overwrite: bool) -> None:
     """Find what changed between BEFORE and AFTER and write it as GeoJSON.
@@ -107,7 +110,7 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
                 stream=None if output else sys.stdout, overwrite=overwrite,
                 extra_outputs=[p for p in (quicklook_path, report_path) if p],
                 collect=pictures, bands=bands, roi=roi, bbox=bbox, coreg=coreg,
-                threshold=threshold, min_area=min_area, simplify=simplify,
+                method=method, threshold=threshold, min_area=min_area, simplify=simplify,
                 block_size=block_size, threads=threads, scheduler=scheduler, workers=workers,
                 progress=progress)
     finally:

@@ -16,6 +16,7 @@ import click
 from changedet.cleanup import DEFAULT_MIN_AREA_M2
 from changedet.coreg import COREG_MODES
 from changedet.errors import ChangeDetError, ChangeDetWarning
+from changedet.pipeline import DETECT_METHODS
 from changedet.thresholds import THRESHOLD_METHODS
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "roi_opt",
     "bbox_opt",
     "coreg_opt",
+    "method_opt",
     "threshold_opt",
     "scale_opts",
     "Progress",
@@ -97,6 +99,13 @@ coreg_opt = click.option(
          "fitted to a grid of tie points (local), or nothing.")
 
 
+method_opt = click.option(
+    "--method", type=click.Choice(DETECT_METHODS), default="auto", show_default=True,
+    help="Change score: auto (the default the accuracy benchmark supports), cva "
+         "(change-vector magnitude), logratio, irmad (IR-MAD chi-square) or structure "
+         "(change of local structure).")
+
+
 def _parse_threshold(ctx: click.Context, param: click.Parameter, value: str) -> str | float:
     if value in THRESHOLD_METHODS:
         return value
@@ -112,9 +121,10 @@ def _parse_threshold(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 threshold_opt = click.option(
     "--threshold", callback=_parse_threshold, default="auto", show_default=True,
-    metavar="[auto|chi2|otsu|NUMBER]",
+    metavar="[auto|chi2|otsu|ki|NUMBER]",
     help="Threshold on the change score (in no-change standard deviations): auto "
-         "(chi-square hysteresis), chi2, otsu, or a number.")
+         "(chi-square hysteresis), chi2, otsu or ki (Kittler-Illingworth; both only "
+         "grow change from seeds the no-change model finds improbable), or a number.")
 
 
 def scale_opts(f: F) -> F:
