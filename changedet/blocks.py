@@ -35,6 +35,7 @@ from shapely.geometry.base import BaseGeometry
 from changedet.cleanup import CONNECTIVITY, clean_mask, delineate, label_components
 from changedet.direction import CLASS_NAMES, classify_direction
 from changedet.features import BandStats
+from changedet.labelstats import first_pixel
 from changedet.grid import Grid
 from changedet.radiometry import NormalisationFit
 from changedet.scores import ScoreParams, score_change
@@ -277,8 +278,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     slices = ndimage.find_objects(glabels)
     bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in slices],
                     np.int64).reshape(-1, 4)
-    first = np.asarray(ndimage.minimum(np.arange(h * w, dtype=np.int64).reshape(h, w),
-                                       glabels, ids), np.int64)
+    first = first_pixel(glabels, ids)
     anchors = np.stack([first // w, first % w], axis=1)
     complete = ((edges.top | (bbox[:, 0] >= m)) & (edges.left | (bbox[:, 1] >= m))
                 & (edges.bottom | (bbox[:, 2] <= h - m)) & (edges.right | (bbox[:, 3] <= w - m)))
@@ -324,8 +324,7 @@ def _objects(before: NDArray[np.float32], after: NDArray[np.float32],
     areas = areas_m2(geoms, plan.grid)
     stats = label_stats(score, labels, n)
     h, w = labels.shape
-    first = np.asarray(ndimage.minimum(np.arange(h * w, dtype=np.int64).reshape(h, w),
-                                       labels, np.arange(1, n + 1)), np.int64)
+    first = first_pixel(labels, np.arange(1, n + 1))
     out = []
     for i, sl in enumerate(ndimage.find_objects(labels)):
         cls = int(direction.classes[i])

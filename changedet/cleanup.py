@@ -12,6 +12,8 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.morphology import disk
 
+from changedet.labelstats import labelled_median
+
 __all__ = [
     "DEFAULT_MIN_AREA_M2",
     "CONNECTIVITY",
@@ -75,7 +77,7 @@ def delineate(score: NDArray[np.floating], mask: NDArray[np.bool_], *, fraction:
     labels, n = label_components(mask)
     if n == 0:
         return mask.copy()
-    medians = np.asarray(ndimage.median(score, labels, np.arange(1, n + 1)), np.float32)
+    medians = labelled_median(score, labels, np.arange(1, n + 1)).astype(np.float32)
     cut = np.concatenate([[np.inf], np.maximum(medians * fraction, floor)]).astype(np.float32)
     return mask & (score >= cut[labels])
 

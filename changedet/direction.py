@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from changedet.features import BandStats, gradient_magnitude
+from changedet.labelstats import labelled_median
 
 __all__ = [
     "NODATA_CLASS",
@@ -92,19 +93,27 @@ REGION_RATIO = 3.0
 
 
 def _region_contrast(data: NDArray[np.floating], labels: NDArray[np.int32],
-                     ground: NDArray[np.int32], idx: NDArray[np.intp]) -> NDArray[np.float64]:
+                     ground: NDArray[np.int32], idx: NDArray[np.intp],
+                     stats: BandStats | None = None) -> NDArray[np.float64]:
     # Distance between the median of each polygon's core and the median of
     # the ground around it, in units of that ground's spread (per band, then
-    # the root mean square over bands).
+    # the root mean square over bands). The spread is floored at 1 % of the
+    # band's typical magnitude: from the global `stats` when given, so the
+    # answer does not depend on the extent of the arrays.
     core = np.where(ndimage.grey_erosion(labels, size=(5, 5)) == labels, labels, 0)
     core = np.where(np.isin(np.arange(labels.max() + 1), np.unique(core))[labels], core, labels)
+    in_core, in_ground = core > 0, ground > 0
+    core_ids, ground_ids = core[in_core], ground[in_ground]
     total = np.zeros(idx.size)
-    for band in np.asarray(data, np.float32):
-        inner = np.nan_to_num(np.asarray(ndimage.median(band, core, idx), np.float64))
-        outer = np.nan_to_num(np.asarray(ndimage.median(band, ground, idx), np.float64))
-        spread = np.nan_to_num(np.asarray(ndimage.median(np.abs(band - outer[
-            np.clip(ground - 1, 0, None)] * (ground > 0)), ground, idx), np.float64))
-        floor = 0.01 * max(float(np.median(np.abs(band))), 1e-6)
+    for i, band in enumerate(data):
+        band = np.asarray(band, np.float32)
+        inner = np.nan_to_num(labelled_median(band[in_core], core_ids, idx))
+        ring = band[in_ground]
+        outer = np.nan_to_num(labelled_median(ring, ground_ids, idx))
+        spread = np.nan_to_num(labelled_median(np.abs(ring - outer[ground_ids - 1]),
+                                               ground_ids, idx))
+        typical = abs(stats.mean[i]) if stats is not None else float(np.median(np.abs(band)))
+        floor = 0.01 * max(typical, 1e-6)
         total += ((inner - outer) / (1.4826 * spread + floor)) ** 2
     return np.sqrt(total / max(len(data), 1))
 
@@ -159,7 +168,7 @@ def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating]
 
     def contrast(g: NDArray[np.float32]) -> NDArray[np.float64]:
         on = np.nan_to_num(np.asarray(ndimage.mean(g, edge, idx), np.float64))
-        off = np.nan_to_num(np.asarray(ndimage.median(g, ground, idx), np.float64))
+        off = np.nan_to_num(labelled_median(g, ground, idx))
         return on / np.maximum(off, floor)
 
     cb, ca = contrast(gb), contrast(ga)
@@ -172,8 +181,8 @@ def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating]
     # Second opinion, which a moving shadow or a blurred outline does not
     # sway: the date whose surface inside the polygon stands apart from the
     # ground around it holds the object. Where it is clear, it decides.
-    rb, ra = _region_contrast(before, labels, ground, idx), _region_contrast(after, labels,
-                                                                             ground, idx)
+    rb = _region_contrast(before, labels, ground, idx, stats_before)
+    ra = _region_contrast(after, labels, ground, idx, stats_after)
     rr = np.log(np.maximum(ra, 1e-3) / np.maximum(rb, 1e-3))
     clear = (np.abs(rr) > np.log(REGION_RATIO)) & (np.maximum(ra, rb) > present)
     classes[clear & (rr > 0)] = 1

@@ -22,6 +22,7 @@ from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from changedet.grid import Grid, linear_unit_factor
+from changedet.labelstats import labelled_maximum
 
 __all__ = [
     "polygons_from_labels",
@@ -122,5 +123,5 @@ def label_stats(score: NDArray[np.floating], labels: NDArray[np.integer], n: int
     return {
         "pixels": counts,
         "score_mean": np.asarray(ndimage.mean(score, labels, idx), np.float64),
-        "score_max": np.asarray(ndimage.maximum(score, labels, idx), np.float64),
+        "score_max": labelled_maximum(score, labels, idx),
     }
