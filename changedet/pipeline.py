@@ -408,7 +408,7 @@ class _Opened:
 #: GDAL's block cache, MB, unless the user sets GDAL_CACHEMAX: GDAL's own
 #: default (5 % of RAM) lets memory grow with the raster read. (rasterio
 #: passes an integer GDAL_CACHEMAX to GDAL in bytes, not megabytes.)
-GDAL_CACHE_MB = 256
+GDAL_CACHE_MB = 128
 
 
 @contextlib.contextmanager
