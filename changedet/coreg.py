@@ -801,6 +801,16 @@ def _global(before: _Image, after: _Image, shape: tuple[int, int], min_psr: floa
     return shift, replace(tp, inlier=inlier, residual=res), note
 
 
+def _affine_agrees(tp: TiePoints, min_psr: float) -> bool:
+    """Do at least six confident windows fit one affine within `_AGREE_PX`?"""
+    good = np.isfinite(tp.dx) & np.isfinite(tp.dy) & (tp.psr >= min_psr)
+    if good.sum() < 6:
+        return False
+    _, inlier, _ = fit_affine(tp.col[good], tp.row[good], tp.dx[good], tp.dy[good],
+                              threshold=_AGREE_PX)
+    return int(inlier.sum()) >= 6
+
+
 def _local(before: _Image, after: _Image, shape: tuple[int, int], min_psr: float,
            gshift: Shift, gtp: TiePoints, *, size: int, spacing: int, threshold: float,
            ) -> tuple[Alignment, str]:
@@ -995,7 +1005,13 @@ def estimate_alignment(before: NDArray[np.floating] | WindowReader,
                        tie_points=gtp, rmse=gshift.spread, matched_on=matched_on, note=note)
     log.debug("global shift x=%.3f y=%.3f px, %d/%d windows agree, reliability %.2f",
               gshift.x, gshift.y, gshift.inliers, gshift.windows, gshift.reliability)
-    if mode == "local" and gshift.reliable:
+    # Under rotation or scale the global windows disagree on one shift yet
+    # agree on an affine: local mode can start from that.
+    affine_ok = not gshift.reliable and _affine_agrees(gtp, min_psr)
+    if affine_ok and mode == "global":
+        result = replace(result, note=f"{note}; the windows agree on a rotation or scale "
+                                      "rather than one shift: use local mode (--coreg local)")
+    if mode == "local" and (gshift.reliable or affine_ok):
         if spacing is None:
             spacing = max(window // 2, math.ceil(math.sqrt(h * w / max(max_tie_points, 1))))
         local, note = _local(b_img, a_img, shape, min_psr, gshift, gtp, size=min(window, h, w),

@@ -212,6 +212,21 @@ def test_local_mode_recovers_rotation_scale_and_shift(affine_pair):
     assert tile_rmse(g.pixel_transform, truth, before.shape[1:]) > 0.8
 
 
+def test_local_mode_starts_from_an_affine_when_no_single_shift_fits():
+    # Rotated enough that the global windows disagree by more than a pixel:
+    # global mode must say so and point to local mode; local must not give up.
+    p = random_pair((768, 768), bands=3, seed=3, n_static=30, n_appeared=4, n_disappeared=3,
+                    sizes_m=(8, 30), heights_m=(3, 10), dtype="float32")
+    truth = affine_truth((768, 768), rotation=0.6, shift=(-4.2, 2.9))
+    after, _ = apply_alignment(p.after, Alignment(pixel_transform=~truth))
+    g = estimate_alignment(p.before, after, mode="global")
+    assert not g.reliable and "local" in g.note
+    al = estimate_alignment(p.before, after, mode="local")
+    assert al.reliable and al.model == "affine"
+    assert tile_rmse(al.pixel_transform, truth, (768, 768)) <= 0.1
+    assert al.to_dict()["rotation_deg"] == pytest.approx(0.6, abs=0.01)
+
+
 def test_local_mode_on_a_pure_shift_fits_a_near_identity_affine():
     b, a = shifted_pair(2.6, -1.15, dtype="float32", shape=(384, 384))
     al = estimate_alignment(b, a, mode="local")
