@@ -292,6 +292,36 @@ def _invalid_from(data: NDArray[np.float32], masks: NDArray[np.uint8]) -> NDArra
     return invalid
 
 
+#: Side, in source pixels, of the pieces a decimated read is made of (see
+#: :func:`_read_decimated`).
+DECIMATE_PIECE_PX = 1024
+
+
+def _read_decimated(ds: DatasetReader, idx: list[int], window: Window,
+                    out_shape: tuple[int, int]) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
+    # GDAL resamples band by band: on a pixel-interleaved file read whole,
+    # every band decodes every tile again once the file outgrows the block
+    # cache (4 bands: 4 times the work). Pieces of about DECIMATE_PIECE_PX
+    # source pixels a side keep a piece's tiles cached while all its bands
+    # are read (two files read at once included).
+    oh, ow = out_shape
+    ry, rx = float(window.height) / oh, float(window.width) / ow
+    sy, sx = max(1, int(DECIMATE_PIECE_PX // ry)), max(1, int(DECIMATE_PIECE_PX // rx))
+    data = np.empty((len(idx), oh, ow), np.float32)
+    masks = np.empty((len(idx), oh, ow), np.uint8)
+    for o0 in range(0, oh, sy):
+        o1 = min(oh, o0 + sy)
+        for p0 in range(0, ow, sx):
+            p1 = min(ow, p0 + sx)
+            piece = Window(window.col_off + p0 * rx, window.row_off + o0 * ry,
+                           (p1 - p0) * rx, (o1 - o0) * ry)
+            shape = (len(idx), o1 - o0, p1 - p0)
+            data[:, o0:o1, p0:p1] = ds.read(idx, window=piece, out_dtype="float32",
+                                            out_shape=shape, resampling=Resampling.average)
+            masks[:, o0:o1, p0:p1] = ds.read_masks(idx, window=piece, out_shape=shape)
+    return data, masks
+
+
 def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | None = None,
                 name: str | None = None, out_shape: tuple[int, int] | None = None,
                 ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -317,11 +347,12 @@ def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | Non
     """
     name = name or _name(ds)
     idx = _indexes(ds, bands, name)
-    shape = None if out_shape is None else (len(idx), *out_shape)
     try:
-        data = ds.read(idx, window=window, out_dtype="float32", out_shape=shape,
-                       resampling=Resampling.average)
-        masks = ds.read_masks(idx, window=window, out_shape=shape)
+        if out_shape is None:
+            data = ds.read(idx, window=window, out_dtype="float32")
+            masks = ds.read_masks(idx, window=window)
+        else:
+            data, masks = _read_decimated(ds, idx, window, out_shape)
     except RasterioError as exc:
         raise RasterReadError(f"{name}: could not read pixels, the file may be "
                               f"truncated or corrupt ({_first_line(exc)})") from exc
