@@ -16,7 +16,9 @@ Metrics
   found when predictions cover at least 30 % of it;
 - false-alarm polygons per km2: predicted polygons (8-connected components
   of the prediction) that touch no true change pixel, per km2 of image;
-- no-change pairs: how many predicted polygons they hold (should be 0).
+- no-change pairs: how many predicted polygons they hold (should be 0);
+- with `--auc`: the pixel ROC AUC of the default score against the labels
+  (does the score rank changed pixels above the rest at all?).
 
 The sparse Landsat labels (Nanjing, Taizhou) are scored on labelled pixels
 only; objects and polygon counts mean nothing there and are left blank.
@@ -46,6 +48,7 @@ import numpy as np
 from affine import Affine
 from PIL import Image
 from scipy import ndimage
+from scipy.stats import rankdata
 from skimage.filters import threshold_otsu
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,6 +377,34 @@ def print_summary(results: dict[str, list[Row]], label: str) -> None:
             fp <= base_fp / 10, ".1f")
 
 
+def pixel_auc(score: np.ndarray, truth: np.ndarray) -> float:
+    """ROC AUC of a score against a boolean truth (Mann-Whitney U; ties averaged)."""
+    s, t = score.ravel(), truth.ravel().astype(bool)
+    n1 = int(t.sum())
+    n0 = t.size - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[t].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def print_auc(title: str, cases: list[Case]) -> None:
+    """Does the default score rank changed pixels above unchanged ones at all?"""
+    ours, raw = [], []
+    for case in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ChangeDetWarning)
+            res = changedet.detect(case.raster("before"), case.raster("after"))
+        scored = case.labelled if case.labelled is not None else np.ones_like(case.truth, bool)
+        d = case.after.astype(np.float32) - case.before.astype(np.float32)
+        ours.append(pixel_auc(np.nan_to_num(res.score)[scored], case.truth[scored]))
+        raw.append(pixel_auc(np.sqrt((d * d).sum(axis=0))[scored], case.truth[scored]))
+    print(f"\n{title}: pixel ROC AUC of the score against the labels (0.5 = chance), median "
+          f"(range) over {len(cases)} pairs: changedet {np.nanmedian(ours):.2f} "
+          f"({np.nanmin(ours):.2f}-{np.nanmax(ours):.2f}), raw CVA magnitude "
+          f"{np.nanmedian(raw):.2f} ({np.nanmin(raw):.2f}-{np.nanmax(raw):.2f})")
+
+
 def iter_sets(names: list[str]) -> Iterator[tuple[str, list[Case]]]:
     for name in names:
         if name == "synthetic":
@@ -394,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="changedet methods, each optionally with :threshold "
                          "(e.g. cva irmad:ki structure:4.5); 'auto' is the default method")
     ap.add_argument("--per-pair", action="store_true", help="also print per-pair F1")
+    ap.add_argument("--auc", action="store_true",
+                    help="also print the pixel ROC AUC of the default score per set")
     args = ap.parse_args(argv)
     methods: dict[str, Callable[[Case], np.ndarray]] = {BASELINE: baseline}
     for spec in args.methods:
@@ -412,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         print_table(title, rows, sparse=cases[0].labelled is not None)
         if args.per_pair:
             print_per_case(rows)
+        if args.auc:
+            print_auc(title, cases)
         sys.stdout.flush()
     summary = "auto" if "auto" in methods else args.methods[0]
     print_summary(results, summary)
