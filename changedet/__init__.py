@@ -37,9 +37,8 @@ from changedet.errors import (  # noqa: E402
 )
 from changedet.grid import Grid  # noqa: E402
 from changedet.io import Raster  # noqa: E402
-from changedet.pipeline import ChangeResult, DiffSummary, detect, diff  # noqa: E402
 from changedet.pairinfo import PairInfo, describe_pair  # noqa: E402
-
+from changedet.pipeline import ChangeResult, DiffSummary, detect, diff  # noqa: E402
 from changedet.series import SeriesResult, track_series  # noqa: E402
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -374,7 +374,6 @@ def coregister(before: io.RasterSource, after: io.RasterSource, *,
     with io.open_raster(before) as bds, io.open_raster(after) as ads:
         binfo = io.image_info(bds, _label(before) if isinstance(before, io.Raster) else None)
         ainfo = io.image_info(ads, _label(after) if isinstance(after, io.Raster) else None)
-        bbands = tuple(bands) if bands else binfo.bands
         abands = tuple(bands) if bands else ainfo.bands
         overlap = overlap_window(binfo.grid, ainfo.grid.bounds, ainfo.grid.crs)
         grid = binfo.grid.window_grid(overlap)

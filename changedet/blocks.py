@@ -35,8 +35,8 @@ from shapely.geometry.base import BaseGeometry
 from changedet.cleanup import CONNECTIVITY, clean_mask, delineate, label_components
 from changedet.direction import CLASS_NAMES, classify_direction
 from changedet.features import BandStats
-from changedet.labelstats import first_pixel
 from changedet.grid import Grid
+from changedet.labelstats import first_pixel
 from changedet.radiometry import NormalisationFit
 from changedet.scores import ScoreParams, score_change
 from changedet.thresholds import Threshold

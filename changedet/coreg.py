@@ -122,7 +122,7 @@ class Shift:
     spread: float = 0.0
 
     def to_map(self, grid: Grid) -> tuple[float, float]:
-        """The shift in map units: ``(east, north)``."""
+        """Return the shift in map units: ``(east, north)``."""
         t = grid.transform
         east = t.a * self.x + t.b * self.y
         north = t.d * self.x + t.e * self.y
@@ -617,7 +617,7 @@ _AGREE_PX = 1.0
 
 
 def _consensus(tp: TiePoints, min_psr: float) -> tuple[Shift, NDArray[np.bool_], str]:
-    """The translation the most (and most confident) windows agree on.
+    """Find the translation the most (and most confident) windows agree on.
 
     Windows vote with their peak-to-sidelobe ratio. The answer is the
     densest cluster: the shift with the largest vote within `_AGREE_PX` of
@@ -802,7 +802,7 @@ def _global(before: _Image, after: _Image, shape: tuple[int, int], min_psr: floa
 
 
 def _affine_agrees(tp: TiePoints, min_psr: float) -> bool:
-    """Do at least six confident windows fit one affine within `_AGREE_PX`?"""
+    """Check that at least six confident windows fit one affine within `_AGREE_PX`."""
     good = np.isfinite(tp.dx) & np.isfinite(tp.dy) & (tp.psr >= min_psr)
     if good.sum() < 6:
         return False

@@ -70,7 +70,7 @@ def standardised_mean(data: NDArray[np.floating], invalid: NDArray[np.bool_] | N
     if stats is None:
         stats = band_stats(data, invalid)
     acc = np.zeros(data.shape[1:], np.float32)
-    for band, mean, std in zip(data, stats.mean, stats.std):
+    for band, mean, std in zip(data, stats.mean, stats.std, strict=False):
         if std > 0:
             acc += (band.astype(np.float32, copy=False) - np.float32(mean)) / np.float32(std)
     acc /= data.shape[0]

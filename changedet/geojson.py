@@ -53,14 +53,14 @@ def _round(coords: Any, decimals: int) -> Any:
 
 
 def geometry_dict(geom: BaseGeometry, decimals: int = DECIMALS) -> dict[str, Any]:
-    """A GeoJSON geometry dict with rounded coordinates as plain lists."""
+    """Return a GeoJSON geometry dict with rounded coordinates as plain lists."""
     m = mapping(geom)
     return {"type": m["type"], "coordinates": _round(m["coordinates"], decimals)}
 
 
 def feature(fid: int, geom: BaseGeometry, properties: dict[str, Any], *,
             decimals: int = DECIMALS) -> dict[str, Any]:
-    """A GeoJSON Feature with an integer id."""
+    """Return a GeoJSON Feature with an integer id."""
     return {"type": "Feature", "id": fid, "geometry": geometry_dict(geom, decimals),
             "properties": properties}
 
@@ -68,7 +68,7 @@ def feature(fid: int, geom: BaseGeometry, properties: dict[str, Any], *,
 def feature_collection(features: Iterable[dict[str, Any]], *,
                        bbox: Sequence[float] | None = None,
                        metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A FeatureCollection with an optional bbox and a ``changedet`` foreign member."""
+    """Return a FeatureCollection with an optional bbox and a ``changedet`` foreign member."""
     fc: dict[str, Any] = {"type": "FeatureCollection"}
     if bbox is not None:
         fc["bbox"] = [round(float(v), DECIMALS) + 0.0 for v in bbox]

@@ -90,7 +90,7 @@ class Grid:
         return self.crs is not None
 
     def window_grid(self, window: Window) -> Grid:
-        """The sub-grid covered by `window` (which must be integer)."""
+        """Return the sub-grid covered by `window` (which must be integer)."""
         col, row = int(window.col_off), int(window.row_off)
         return Grid(self.transform @ Affine.translation(col, row), self.crs,
                     int(window.width), int(window.height))

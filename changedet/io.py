@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple, Union
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import rasterio
@@ -106,7 +106,7 @@ class Raster:
     name: str = "<array>"
 
 
-RasterSource = Union[str, os.PathLike, DatasetReader, Raster]
+RasterSource = str | os.PathLike | DatasetReader | Raster
 
 
 def _name(src: RasterSource) -> str:
@@ -178,7 +178,7 @@ def _check_dataset(ds: DatasetReader, name: str) -> None:
 
 @contextlib.contextmanager
 def raster_memfile(r: Raster) -> Iterator[MemoryFile]:
-    """An in-memory GeoTIFF holding a :class:`Raster`, reopenable by its name."""
+    """Yield an in-memory GeoTIFF holding a :class:`Raster`, reopenable by its name."""
     data = np.asarray(r.data)
     if data.ndim == 2:
         data = data[np.newaxis]
@@ -431,7 +431,7 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
 
 
 def rgb_bands(ds: DatasetReader) -> tuple[int, ...]:
-    """The bands to show as red, green and blue (or one grey band).
+    """Return the bands to show as red, green and blue (or one grey band).
 
     Bands flagged red, green and blue (colour interpretation) or named so
     (band descriptions) win; otherwise the first three data bands, the
@@ -665,7 +665,7 @@ def _umask() -> int:
 @contextlib.contextmanager
 def _open_atomic(path: str | os.PathLike, mode: str, *, overwrite: bool,
                  inputs: Iterable[Any]) -> Iterator[IO[Any]]:
-    """An open temporary file moved to `path` once written and synced."""
+    """Yield an open temporary file moved to `path` once written and synced."""
     try:
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
             text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}

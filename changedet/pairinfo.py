@@ -147,7 +147,7 @@ def _win(w: Window) -> tuple[int, int, int, int]:
 
 
 def central_window(window: Window, size: int = SHIFT_CROP_PX) -> Window:
-    """The central part of `window`, at most `size` pixels on a side."""
+    """Return the central part of `window`, at most `size` pixels on a side."""
     w, h = min(int(window.width), size), min(int(window.height), size)
     return Window(int(window.col_off) + (int(window.width) - w) // 2,
                   int(window.row_off) + (int(window.height) - h) // 2, w, h)
@@ -164,7 +164,7 @@ def _resampling(before: Grid, after: Grid) -> Resampling:
 def estimate_pair_shift(before: DatasetReader, after: DatasetReader, grid: Grid, *,
                         bands: list[int] | None = None, after_grid: Grid | None = None,
                         ) -> Shift:
-    """The after image's global shift relative to `before`, on `grid`.
+    """Estimate the after image's global shift relative to `before`, on `grid`.
 
     Parameters
     ----------

@@ -29,7 +29,6 @@ from typing import IO, Any, Literal, get_args
 
 import numpy as np
 import rasterio
-from affine import Affine
 from numpy.typing import NDArray
 from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
@@ -105,7 +104,10 @@ _SAMPLE_TILES = 4  # per side
 
 
 class _Features:
-    """GeoJSON views (shared by the results of detect, diff and series) of `geometries` and `properties` on `grid`, with `metadata`."""
+    """GeoJSON views of `geometries` and `properties` on `grid`, with `metadata`.
+
+    Shared by the results of detect, diff and series.
+    """
 
     geometries: list[BaseGeometry]
     properties: list[dict[str, Any]]
@@ -119,7 +121,8 @@ class _Features:
     def features(self) -> list[dict[str, Any]]:
         """GeoJSON features in WGS84 (pixel coordinates in pixel space)."""
         geoms = to_wgs84(self.geometries, self.grid.crs)
-        return [feature(i + 1, g, p) for i, (g, p) in enumerate(zip(geoms, self.properties))]
+        return [feature(i + 1, g, p)
+                for i, (g, p) in enumerate(zip(geoms, self.properties, strict=True))]
 
     @property
     def __geo_interface__(self) -> dict[str, Any]:
@@ -384,7 +387,7 @@ def _mosaic(tiles: list[NDArray[Any]], per_row: int) -> NDArray[Any]:
 
 
 def _sample_windows(win: Window) -> list[Window]:
-    """The whole window if small; otherwise a regular lattice of tiles."""
+    """Return the whole window if small; otherwise a regular lattice of tiles."""
     w, h = int(win.width), int(win.height)
     if w * h <= _ESTIMATE_FULL_PX ** 2:
         return [win]
@@ -604,7 +607,7 @@ def _check_options(coreg: str, normalise: str, method: str, min_area: Any, simpl
 
 @contextlib.contextmanager
 def _cluster(scheduler: Any, workers: int | None) -> Iterator[Any]:
-    """A Dask client for `scheduler` (address or Client) or `workers` local processes."""
+    """Yield a Dask client for `scheduler` (address or Client) or `workers` local processes."""
     if scheduler is None and not workers:
         yield None
         return
@@ -702,8 +705,11 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
              block_size: int, threads: int | None, scheduler: Any, workers: int | None,
              progress: ProgressCallback | None,
              ) -> Iterator[tuple[_Prepared, Callable[[Any], None]]]:
-    """Open the inputs and estimate the plan; yield it and a function that
-    runs the block stage into a sink (locally or on a Dask cluster)."""
+    """Open the inputs and estimate the plan.
+
+    Yield the plan and a function that runs the block stage into a sink
+    (locally or on a Dask cluster).
+    """
     _check_options(opts["coreg"], opts["normalise"], opts["method"], opts["min_area"],
                    opts["simplify"], opts["tolerance"])
 
@@ -850,7 +856,7 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
     ['appeared', 'disappeared']
     >>> round(result.shift.x, 1), round(result.shift.y, 1)
     (2.7, -2.0)
-    """
+    """  # noqa: D407 - the {params} placeholder is filled in at the end of the module
     opts = _run_options(locals())
     with _session(before, after, opts, block_size=block_size, threads=threads,
                   scheduler=scheduler, workers=workers, progress=progress) as (prep, run):

@@ -116,7 +116,7 @@ def stretch(data: NDArray[np.floating], invalid: NDArray[np.bool_] | None = None
 
 
 def nice_length(limit: float) -> float:
-    """The largest 1, 2 or 5 times a power of ten not above `limit`.
+    """Return the largest 1, 2 or 5 times a power of ten not above `limit`.
 
     Examples
     --------
@@ -341,7 +341,7 @@ def render_quicklook(before: NDArray[np.uint8], after: NDArray[np.uint8],
 
     lefts = [p[0] for p in lay.panels]
     top = lay.panels[0][1]
-    for left, caption in zip(lefts, captions):
+    for left, caption in zip(lefts, captions, strict=True):
         draw.text((left, top - round(10 * s)), caption, font=f_cap, fill=_INK, anchor="ld")
 
     resample = Image.Resampling.LANCZOS
@@ -349,7 +349,7 @@ def render_quicklook(before: NDArray[np.uint8], after: NDArray[np.uint8],
     img_a = Image.fromarray(a, "RGB").resize((pw, ph), resample)
     marked = img_a.copy()
     _draw_outlines(ImageDraw.Draw(marked), outlines, k, width=max(2, round(3 * s)))
-    for left, img in zip(lefts, (img_b, img_a, marked)):
+    for left, img in zip(lefts, (img_b, img_a, marked), strict=True):
         canvas.paste(img, (left, top))
         draw.rectangle([left - 1, top - 1, left + pw, top + ph], outline=(150, 150, 150))
 
@@ -425,7 +425,7 @@ class Previews:
         return self.grid.pixel_size_m()[0] / self.scale
 
     def to_picture(self, geom: BaseGeometry) -> BaseGeometry:
-        """A geometry on the grid's CRS in picture pixel coordinates."""
+        """Convert a geometry on the grid's CRS to picture pixel coordinates."""
         inv = ~self.grid.transform
         s = self.scale
         m = [inv.a * s, inv.b * s, inv.d * s, inv.e * s, inv.c * s, inv.f * s]
@@ -473,9 +473,9 @@ def read_previews(result: ChangeResult, before: io.RasterSource, after: io.Raste
 
 def preview_polygons(result: ChangeResult, previews: Previews,
                      ) -> list[tuple[BaseGeometry, str]]:
-    """The result's polygons in picture pixel coordinates, with their class."""
+    """Return the result's polygons in picture pixel coordinates, with their class."""
     return [(previews.to_picture(g), p["change"])
-            for g, p in zip(result.geometries, result.properties)]
+            for g, p in zip(result.geometries, result.properties, strict=True)]
 
 
 def _summary(result: ChangeResult) -> str:
@@ -489,7 +489,7 @@ def quicklook(result: ChangeResult, before: io.RasterSource, after: io.RasterSou
               rgb: Sequence[int] | None = None, dates: Sequence[str | None] | None = None,
               title: str | None = None, width: int = 1800,
               previews: Previews | None = None) -> NDArray[np.uint8]:
-    """The quick-look picture of a result: before | after | changes outlined.
+    """Draw the quick-look picture of a result: before | after | changes outlined.
 
     Parameters
     ----------

@@ -29,7 +29,7 @@ from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import linalg, ndimage, special, stats
+from scipy import linalg, ndimage, special
 
 __all__ = [
     "NormaliseMethod",
@@ -82,7 +82,7 @@ class RadiometricFit:
 
 def sample_valid(data: NDArray[np.floating], invalid: NDArray[np.bool_], *,
                  max_samples: int = 250_000, seed: int = 0) -> NDArray[np.float32]:
-    """A deterministic random sample of valid pixels.
+    """Draw a deterministic random sample of valid pixels.
 
     Returns
     -------
@@ -144,7 +144,7 @@ class IRMAD:
 
 def irmad(before: NDArray[np.floating], after: NDArray[np.floating], *,
           max_iter: int = 30, tol: float = 1e-3) -> IRMAD:
-    """Iteratively reweighted multivariate alteration detection (IR-MAD).
+    """Run iteratively reweighted multivariate alteration detection (IR-MAD).
 
     Canonical correlation analysis of the two dates, iterated with each
     pixel weighted by its chi-square probability of no change [1]_. The
@@ -180,7 +180,7 @@ def irmad(before: NDArray[np.floating], after: NDArray[np.floating], *,
     rho_old = None
     converged = False
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - `it` is reported after the loop
         sw = w.sum()
         mb = (b * w).sum(axis=1) / sw
         ma = (a * w).sum(axis=1) / sw
@@ -452,7 +452,7 @@ def fit_robust_linear(before: NDArray[np.floating], after: NDArray[np.floating],
     b = sample_valid(before, invalid)
     a = sample_valid(after, invalid)
     gains, offsets = [], []
-    for bb, aa in zip(b, a):
+    for bb, aa in zip(b, a, strict=False):
         if bb.size == 0:
             gains.append(1.0)
             offsets.append(0.0)

@@ -94,7 +94,7 @@ def centroids_lonlat(result: ChangeResult) -> list[tuple[float, float] | None]:
         from changedet.grid import WGS84
 
         xs, ys = transform(result.grid.crs, WGS84, xs, ys)
-    it = iter(zip(xs, ys))
+    it = iter(zip(xs, ys, strict=True))
     return [next(it) if p is not None else None for p in pts]
 
 
@@ -117,7 +117,7 @@ def _rows(result: ChangeResult) -> str:
     georef = result.grid.crs is not None
     out = []
     cents = centroids_lonlat(result)
-    for i, (props, c) in enumerate(zip(result.properties, cents), start=1):
+    for i, (props, c) in enumerate(zip(result.properties, cents, strict=True), start=1):
         change = str(props["change"])
         area = props.get("area_m2")
         mean, top = props.get("score_mean", 0), props.get("score_max", 0)
@@ -399,7 +399,7 @@ def build_report(result: ChangeResult, *, before_image: bytes, after_image: byte
                  dates: Sequence[str | None] = (None, None),
                  title: str | None = None,
                  geojson_name: str = "changes.geojson") -> str:
-    """The HTML text of a self-contained report.
+    """Build the HTML text of a self-contained report.
 
     Parameters
     ----------
@@ -449,7 +449,7 @@ def build_report(result: ChangeResult, *, before_image: bytes, after_image: byte
         {"type": "Feature", "id": i,
          "properties": {"change": p["change"], "area_m2": p.get("area_m2")},
          "geometry": _round_geom(mapping(g))}
-        for i, (g, p) in enumerate(zip(picture_polygons, result.properties), start=1)]}
+        for i, (g, p) in enumerate(zip(picture_polygons, result.properties, strict=True), start=1)]}
     data = {
         "width": w, "height": h,
         "before": _data_uri(before_image, _mime(before_image)),
@@ -541,7 +541,7 @@ def report(result: ChangeResult, before: io.RasterSource, after: io.RasterSource
            title: str | None = None, previews: Previews | None = None,
            figure: NDArray[np.uint8] | None = None,
            geojson_name: str = "changes.geojson") -> str:
-    """A self-contained HTML report of `result` (see :func:`build_report`).
+    """Make a self-contained HTML report of `result` (see :func:`build_report`).
 
     Parameters
     ----------

@@ -344,10 +344,10 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             chosen: list[tuple[int, int]] = []
 
             def select(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
-                       ) -> NDArray[np.bool_]:
+                       _chosen: list[tuple[int, int]] = chosen) -> NDArray[np.bool_]:
                 keep = np.array([tuple(a) not in emitted and not _complete_in(b, anchor_block(a))
-                                 for a, b in zip(anchors, bbox)], bool)
-                chosen.extend(tuple(int(v) for v in a) for a in anchors[keep])
+                                 for a, b in zip(anchors, bbox, strict=True)], bool)
+                _chosen.extend(tuple(int(v) for v in a) for a in anchors[keep])
                 return keep
 
             b, a, invalid = read_block(sources, plan, win)
@@ -355,7 +355,8 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                 b, a, invalid, plan, row_off=int(win.row_off), col_off=int(win.col_off),
                 edges=edges, select=select)
             inc = res.incomplete
-            touching = inc[(inc[:, 2] < r1) & (inc[:, 4] > r0) & (inc[:, 3] < c1) & (inc[:, 5] > c0)]
+            touching = inc[(inc[:, 2] < r1) & (inc[:, 4] > r0)
+                           & (inc[:, 3] < c1) & (inc[:, 5] > c0)]
             if len(touching) and not too_big:
                 r0, c0 = min(r0, int(touching[:, 2].min())), min(c0, int(touching[:, 3].min()))
                 r1, c1 = max(r1, int(touching[:, 4].max())), max(c1, int(touching[:, 5].max()))

@@ -72,7 +72,7 @@ _YEAR = re.compile(r"(?<![\d])((?:19|20)\d\d)(?!\d)")
 
 
 def parse_date(text: str) -> str | None:
-    """An ISO date (``YYYY-MM-DD``, ``YYYY-MM`` or ``YYYY``) found in `text`.
+    """Find an ISO date (``YYYY-MM-DD``, ``YYYY-MM`` or ``YYYY``) in `text`.
 
     Full dates may be written ``20090818``, ``2009-08-18``, ``2009_08_18``
     or ``2009:08:18`` (TIFF); the last full date in `text` wins (file names
@@ -99,7 +99,7 @@ def parse_date(text: str) -> str | None:
 
 
 def date_from_name(path: str | os.PathLike) -> str | None:
-    """The date in a file's name (without folders or extension), if any."""
+    """Return the date in a file's name (without folders or extension), if any."""
     name = os.path.basename(os.fspath(path))
     return parse_date(name.split(".", 1)[0] if "." in name else name)
 
@@ -397,14 +397,14 @@ def track_series(sources: Sequence[io.RasterSource], *,
                          **detect_options)
             results.append(res)
             rasters[k - 1] = None  # two dates in memory at a time
-    tracks = link_changes([list(zip(r.geometries, r.properties)) for r in results], n,
+    tracks = link_changes([list(zip(r.geometries, r.properties, strict=True)) for r in results], n,
                           overlap=overlap)
     tracks.sort(key=lambda t: (t.first, -1 if t.last is None else t.last,
                                -t.geom.area))
     geoms = [t.geom for t in tracks]
     areas = areas_m2(geoms, grid)
     props = []
-    for t, area in zip(tracks, areas):
+    for t, area in zip(tracks, areas, strict=True):
         props.append({
             "change": t.change,
             "first_seen": found[t.first],
@@ -433,7 +433,7 @@ def track_series(sources: Sequence[io.RasterSource], *,
     metadata = {
         "version": __version__,
         "series": [{"date": d, "source": s, **sh.to_dict(grid)}
-                   for d, s, sh in zip(found, labels, shifts)],
+                   for d, s, sh in zip(found, labels, shifts, strict=True)],
         "coordinates": "lon/lat WGS84" if grid.crs is not None else "pixels (col, row)",
         "grid": grid.to_dict(),
         "coregistration": {"mode": coreg, "reference": found[0]},

@@ -134,7 +134,7 @@ class Sensor:
 
 
 def rect(x: float, y: float, w: float, h: float, angle: float = 0.0) -> Polygon:
-    """A rectangle with upper-left corner (x, y), size w x h, rotated about its centre."""
+    """Make a rectangle with upper-left corner (x, y), size w x h, rotated about its centre."""
     r = box(x, y, x + w, y + h)
     return affinity.rotate(r, angle, origin="center") if angle else r
 
@@ -243,7 +243,7 @@ def render(ground: NDArray[np.float32], objects: Sequence[SceneObject], *, sun: 
         value = colour[:, None, None] * (1 + tex / max(float(colour.mean()), 1e-3))[None]
         m = _paint(canvas, obj.footprint, value.astype(np.float32), s)
         # Taller neighbours shade lower objects; an object never shades itself.
-        for other, geom in zip(objects, shadows):
+        for other, geom in zip(objects, shadows, strict=True):
             if (other is not obj and other.height > obj.height and not geom.is_empty
                     and geom.intersects(obj.footprint)):
                 shade = m & rasterize([geom], out_shape=(sh, sw), transform=Affine.scale(1 / s),
@@ -350,7 +350,7 @@ def random_pair(shape: tuple[int, int] = (256, 256), *, bands: int = 3, seed: in
                 sensor_before: Sensor = Sensor(), sensor_after: Sensor = Sensor(),
                 dtype: Literal["uint8", "uint16", "float32"] | str = "uint8",
                 ground: str = "pavement") -> SyntheticPair:
-    """A random urban scene at two dates with known structures added and removed.
+    """Make a random urban scene at two dates with known structures added and removed.
 
     Parameters
     ----------
@@ -428,7 +428,7 @@ def random_pair(shape: tuple[int, int] = (256, 256), *, bands: int = 3, seed: in
 
 
 def with_shift(sensor: Sensor, dx: float, dy: float) -> Sensor:
-    """A copy of `sensor` displaced by (dx, dy) pixels."""
+    """Return a copy of `sensor` displaced by (dx, dy) pixels."""
     return replace(sensor, shift=(dx, dy))
 
 

@@ -192,7 +192,7 @@ def threshold_ki(score: NDArray[np.floating], invalid: NDArray[np.bool_] | None 
 
 
 def threshold_fixed(value: float) -> Threshold:
-    """A plain threshold at `value`."""
+    """Return a plain threshold at `value`."""
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"threshold must be a finite, non-negative number, not {value}")
     return Threshold(float(value), float(value), "fixed")

@@ -189,7 +189,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print()
-    print(f"| size | pipeline | wall s | x read floor | peak RSS MiB | polygons |")
+    print("| size | pipeline | wall s | x read floor | peak RSS MiB | polygons |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(_row(*r))

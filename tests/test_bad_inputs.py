@@ -21,7 +21,7 @@ from affine import Affine
 from click.testing import CliRunner
 
 from changedet.cli import main
-from tests.conftest import SAMPLE, UTM, flat_pair, utm_transform, write_tif
+from tests.conftest import SAMPLE, flat_pair, utm_transform, write_tif
 
 BEFORE = str(SAMPLE / "square_before.tif")
 AFTER = str(SAMPLE / "square_after.tif")
@@ -229,7 +229,7 @@ def test_plain_images_work_in_pixel_space(tmp_path):
     assert len(fc["features"]) == 3
     for f in fc["features"]:
         assert f["properties"]["area_m2"] is None and f["properties"]["pixels"] > 100
-        xs, ys = zip(*f["geometry"]["coordinates"][0])
+        xs, ys = zip(*f["geometry"]["coordinates"][0], strict=True)
         assert 0 <= min(xs) and max(xs) <= 256 and -256 <= min(ys) and max(ys) <= 0
     # The appeared structure: x = columns, y = -rows of its footprint.
     rows, cols = np.nonzero(p.truth == 1)

@@ -56,7 +56,7 @@ def reference(scene):
 
 def _features(result):
     return sorted((wkb.dumps(g, hex=True), json.dumps(p, sort_keys=True))
-                  for g, p in zip(result.geometries, result.properties))
+                  for g, p in zip(result.geometries, result.properties, strict=True))
 
 
 def test_reference_finds_all_eight_structures(reference):

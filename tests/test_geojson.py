@@ -99,7 +99,7 @@ def test_geo_interface_matches_to_geojson(sample_tiles):
 
 def test_area_is_measured_before_reprojection(sample_tiles):
     r = changedet.detect(sample_tiles / "square_before.tif", sample_tiles / "square_after.tif")
-    for g, p in zip(r.geometries, r.properties):
+    for g, p in zip(r.geometries, r.properties, strict=True):
         assert p["area_m2"] == pytest.approx(g.area, rel=1e-6)  # UTM metres
 
 

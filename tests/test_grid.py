@@ -21,8 +21,8 @@ def test_bounds_res_and_area(grid):
 
 
 def test_overlap_window_same_crs(grid):
-    l, b, r, t = grid.bounds
-    w = overlap_window(grid, (l + 25, b - 10, r + 10, t - 5), UTM)
+    left, bottom, right, top = grid.bounds
+    w = overlap_window(grid, (left + 25, bottom - 10, right + 10, top - 5), UTM)
     assert (w.col_off, w.row_off, w.width, w.height) == (50, 10, 150, 90)
 
 
@@ -35,11 +35,11 @@ def test_overlap_window_other_crs(grid):
 
 
 def test_no_and_too_small_overlap(grid):
-    l, b, r, t = grid.bounds
+    left, bottom, right, top = grid.bounds
     with pytest.raises(NoOverlapError, match="do not overlap"):
-        overlap_window(grid, (r + 1, b, r + 50, t), UTM)
+        overlap_window(grid, (right + 1, bottom, right + 50, top), UTM)
     with pytest.raises(NoOverlapError, match="only 4 x 100"):
-        overlap_window(grid, (r - 2, b, r + 50, t), UTM)
+        overlap_window(grid, (right - 2, bottom, right + 50, top), UTM)
 
 
 def test_georeferenced_with_pixel_space_is_an_error(grid):
@@ -48,14 +48,14 @@ def test_georeferenced_with_pixel_space_is_an_error(grid):
 
 
 def test_roi_window(grid):
-    l, b, r, t = grid.bounds
-    roi = mapping(box(l + 10, b + 10, l + 30, b + 20))
+    left, bottom, right, top = grid.bounds
+    roi = mapping(box(left + 10, bottom + 10, left + 30, bottom + 20))
     w, geom = roi_window(grid, roi, UTM)
     assert (w.col_off, w.row_off, w.width, w.height) == (20, 60, 40, 20)
     with pytest.raises(ROIError, match="outside"):
-        roi_window(grid, mapping(box(r + 10, b, r + 20, t)), UTM)
+        roi_window(grid, mapping(box(right + 10, bottom, right + 20, top)), UTM)
     with pytest.raises(ROIError, match="polygon"):
-        roi_window(grid, {"type": "Point", "coordinates": [l + 1, b + 1]}, UTM)
+        roi_window(grid, {"type": "Point", "coordinates": [left + 1, bottom + 1]}, UTM)
 
 
 def test_feet_are_converted_to_metres():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.crs import CRS
-from rasterio.warp import calculate_default_transform, reproject, transform_geom
 from rasterio.enums import Resampling
+from rasterio.warp import calculate_default_transform, reproject, transform_geom
 from shapely.geometry import mapping, shape
 
 import changedet
@@ -25,7 +25,7 @@ def match_truth(result, pair, transform=None):
     out = []
     for g, cls in truth:
         best = (0.0, 0.0, None)
-        for q, props in zip(result.geometries, result.properties):
+        for q, props in zip(result.geometries, result.properties, strict=True):
             iou = g.intersection(q).area / g.union(q).area
             if iou > best[0]:
                 best = (iou, q.area / g.area, props["change"], cls)
@@ -97,7 +97,7 @@ def test_after_in_another_crs_and_pixel_size_finds_the_same(pair_files, tmp_path
     other = changedet.detect(b, a2)
     assert other.grid.crs == UTM
     matches = match_truth(other, pair)
-    for iou, area_ratio, found, expected in matches:
+    for iou, _area_ratio, found, expected in matches:
         assert iou >= 0.7, matches
         assert found == expected, matches
     assert len(other) == len(ref)

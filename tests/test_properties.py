@@ -110,7 +110,7 @@ def test_detect_returns_a_valid_result_or_a_changedet_error(pair, method):
     invalid = r.classes == 255
     assert np.isnan(r.score[invalid]).all()
     assert np.isfinite(r.score[~invalid]).all()
-    for g, p in zip(r.geometries, r.properties):
+    for g, p in zip(r.geometries, r.properties, strict=True):
         assert shapely.is_valid(g) and not g.is_empty
         assert p["pixels"] > 0 and p["change"] in ("appeared", "disappeared", "changed")
     for f in r.features:

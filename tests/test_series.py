@@ -46,7 +46,7 @@ def three_dates(seed=0, shape=(256, 256)):
                Sensor(gain=(0.95, 0.97, 1.0), offset=(0.01, 0.0, 0.02), haze=0.02,
                       blur=0.65, noise=0.01, shift=(-0.9, 1.7))]
     imgs = [quantise(render(ground, objs, sun=Sun(150, 55), sensor=sen, supersample=s,
-                            rng=rng)) for objs, sen in zip(scenes, sensors)]
+                            rng=rng)) for objs, sen in zip(scenes, sensors, strict=True)]
     return imgs, {"A": a.footprint, "B": b.footprint, "C": c.footprint}, sensors
 
 
@@ -55,7 +55,7 @@ def stack(tmp_path_factory):
     d = tmp_path_factory.mktemp("series")
     imgs, truth, sensors = three_dates()
     paths = [write_tif(d / f"site_{date.replace('-', '')}.tif", img)
-             for date, img in zip(DATES, imgs)]
+             for date, img in zip(DATES, imgs, strict=True)]
     return [str(p) for p in paths], truth, sensors
 
 
@@ -69,7 +69,7 @@ def stack_result(stack):
 def _match(result, footprint):
     g = pixel_polygons_to_map([footprint], utm_transform())[0]
     best, props = 0.0, None
-    for q, p in zip(result.geometries, result.properties):
+    for q, p in zip(result.geometries, result.properties, strict=True):
         iou = g.intersection(q).area / g.union(q).area
         if iou > best:
             best, props = iou, p
@@ -111,12 +111,13 @@ def test_every_date_is_coregistered_to_the_first(stack_result, stack):
     _, _, sensors = stack
     shifts = stack_result.shifts
     assert shifts[0].x == 0 and shifts[0].y == 0
-    for s, sensor in zip(shifts[1:], sensors[1:]):
+    for s, sensor in zip(shifts[1:], sensors[1:], strict=True):
         assert s.reliable
         assert (s.x, s.y) == pytest.approx(sensor.shift, abs=0.25)
     meta = stack_result.metadata
     assert [e["date"] for e in meta["series"]] == DATES
-    assert [(st["from"], st["to"]) for st in meta["steps"]] == list(zip(DATES, DATES[1:]))
+    assert ([(st["from"], st["to"]) for st in meta["steps"]]
+            == list(zip(DATES, DATES[1:], strict=False)))
     assert meta["steps"][0]["appeared"] == 1 and meta["steps"][1]["disappeared"] == 1
 
 

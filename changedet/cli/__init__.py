@@ -31,7 +31,7 @@ def main() -> None:
     $ changedet series 2019.tif 2021.tif 2023.tif -o site.geojson
 
     Also available as a rasterio plugin: rio changedet diff ...
-    """
+    """  # noqa: D301 - \b must stay a backspace: click's no-rewrap marker
 
 
 main.add_command(diff)

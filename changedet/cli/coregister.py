@@ -51,7 +51,7 @@ def coregister(before: str, after: str, local: bool, output: str | None,
     $ changedet coregister before.tif after.tif
     $ changedet coregister before.tif after.tif --json
     $ changedet coregister before.tif after.tif --local -o aligned.tif --tie-points tp.geojson
-    """
+    """  # noqa: D301 - \b must stay a backspace: click's no-rewrap marker
     inputs = [before, after]
     outputs = [p for p in (output, tie_points) if p]
     if len({os.path.abspath(p) for p in outputs}) < len(outputs):

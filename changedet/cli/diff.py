@@ -88,7 +88,7 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
     $ changedet diff before.tif after.tif -o changes.geojson --quicklook look.png --report r.html
     $ changedet diff naip_2018.tif naip_2020.tif --rgb 4,1,2 --quicklook false_colour.png
     $ changedet diff big_before.tif big_after.tif -o c.geojson --scheduler tcp://head:8786
-    """
+    """  # noqa: D301 - \b must stay a backspace: click's no-rewrap marker
     if roi and bbox:
         raise click.UsageError("give --roi or --bbox, not both")
     if scheduler and workers:

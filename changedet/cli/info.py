@@ -40,7 +40,7 @@ def _image_lines(label: str, s: ImageSummary) -> list[str]:
 
 
 def format_info(info: PairInfo) -> str:
-    """The human-readable text of ``changedet info``."""
+    """Return the human-readable text of ``changedet info``."""
     lines = _image_lines("before", info.before) + [""] + _image_lines("after", info.after) + [""]
     o = info.overlap
     if o is None:
@@ -88,7 +88,7 @@ def info(before: str, after: str, as_json: bool, no_shift: bool,
     Examples:
     $ changedet info before.tif after.tif
     $ changedet info before.tif after.tif --json | jq .shift
-    """
+    """  # noqa: D301 - \b must stay a backspace: click's no-rewrap marker
     with rasterio.Env():
         result = describe_pair(before, after, bands=bands, shift=not no_shift)
     if as_json:

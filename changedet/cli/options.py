@@ -146,8 +146,10 @@ def scale_opts(f: F) -> F:
 
 
 class Progress:
-    """Progress on a terminal: one line a stage; for counted steps (blocks,
-    dates), done/total, elapsed and an estimate of the time left.
+    """Progress on a terminal.
+
+    One line a stage; for counted steps (blocks, dates), done/total, elapsed
+    and an estimate of the time left.
 
     Silent when `enabled` is false. Use :func:`progress_reporter` to get one
     that is on only when it should be.
@@ -160,6 +162,7 @@ class Progress:
         self._open = False
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        """Show that `stage` is at step `done` of `total`."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -212,7 +215,7 @@ rgb_opt = click.option(
 
 
 def progress_reporter(stream: Any = None) -> Progress | None:
-    """A ``progress(stage, done, total)`` callable for the library, or None.
+    """Return a ``progress(stage, done, total)`` callable for the library, or None.
 
     Progress goes to stderr, only when it is a terminal and neither ``-q``
     nor ``-v`` was given: logs and pipes stay clean.

@@ -65,7 +65,7 @@ def series(images: tuple[str, ...], output: str | None, dates: list[str] | None,
     Examples:
     $ changedet series naip/*.tif -o naip_changes.geojson
     $ changedet series a.tif b.tif c.tif --dates 2021-03,2022-03,2023-03 -o site.geojson
-    """
+    """  # noqa: D301 - \b must stay a backspace: click's no-rewrap marker
     if len(images) < 2:
         raise click.UsageError("give at least two images")
     if output:
