@@ -71,11 +71,9 @@ class Plan:
         (and the region of interest).
     bands : tuple of int or None
         1-based bands read from both images (None: all data bands).
-    offset_px : (float, float)
-        Shift of the after image removed when reading it (pixels of `grid`).
     pixel_transform : Affine or None
-        A general alignment of the after image in `grid` pixel coordinates
-        (see :func:`changedet.io.read_warped`); None for a pure shift.
+        The alignment of the after image in `grid` pixel coordinates (see
+        :func:`changedet.io.read_warped`); None when none is applied.
     resampling : str
         GDAL resampling kernel name for the after image.
     fit : RadiometricFit or HistogramFit
@@ -91,8 +89,9 @@ class Plan:
         Global band statistics (the after image's after normalisation).
     gradient_floor : float
         Global floor of ground edge strength for the direction test.
-    min_area_m2, pixel_area_m2, max_hole_m2 : float
-        Minimum mapping unit, area of a pixel and largest hole filled.
+    min_area_m2, pixel_area_m2 : float
+        Minimum mapping unit (also the largest hole filled) and area of a
+        pixel.
     open_radius, close_radius : int
         Morphological clean-up radii in pixels.
     simplify : float
@@ -103,7 +102,6 @@ class Plan:
 
     grid: Grid
     bands: tuple[int, ...] | None
-    offset_px: tuple[float, float]
     pixel_transform: Affine | None
     resampling: str
     fit: NormalisationFit
@@ -115,7 +113,6 @@ class Plan:
     gradient_floor: float
     min_area_m2: float
     pixel_area_m2: float
-    max_hole_m2: float
     open_radius: int = 1
     close_radius: int = 1
     simplify: float = 0.0
@@ -301,7 +298,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     kept = delineate(score, live & lut[glabels], floor=plan.threshold.low)
     cleaned = clean_mask(kept, pixel_area_m2=plan.pixel_area_m2, min_area_m2=plan.min_area_m2,
                          open_radius=plan.open_radius, close_radius=plan.close_radius,
-                         max_hole_m2=plan.max_hole_m2, invalid=invalid)
+                         invalid=invalid)
     labels, n = label_components(cleaned)
     objects = _objects(before, after, invalid, score, labels, n, plan, row_off, col_off)
     return WindowResult(score, objects, incomplete)

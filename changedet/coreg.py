@@ -52,6 +52,7 @@ __all__ = [
     "estimate_alignment",
     "fit_affine",
     "apply_alignment",
+    "window_transform",
 ]
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,12 @@ def _affine_params(m: Affine) -> dict[str, float]:
             "scale_x": round(sx, 7), "scale_y": round(sy, 7)}
 
 
+def window_transform(pixel_transform: Affine, col_off: float, row_off: float) -> Affine:
+    """Re-express a pixel transform for a window whose corner is at (col_off, row_off)."""
+    o = Affine.translation(col_off, row_off)
+    return ~o @ pixel_transform @ o
+
+
 @dataclass(frozen=True)
 class Alignment:
     """How the after image maps onto the before grid: fitted once, applied anywhere.
@@ -254,8 +261,7 @@ class Alignment:
         block's grid. The block may lie anywhere (even beyond the grid the
         estimate was made on: an affine extrapolates).
         """
-        o = Affine.translation(col_off, row_off)
-        return ~o @ self.pixel_transform @ o
+        return window_transform(self.pixel_transform, col_off, row_off)
 
     def displacement(self, col: NDArray[np.floating], row: NDArray[np.floating],
                      ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from changedet import io
 from changedet.coreg import Shift, estimate_shift
 from changedet.errors import NoOverlapError
-from changedet.grid import WGS84, Grid, overlap_window
+from changedet.grid import WGS84, Grid, overlap_window, resampling_for
 
 __all__ = ["ImageSummary", "Overlap", "PairInfo", "describe_pair", "estimate_pair_shift",
            "central_window"]
@@ -153,14 +153,6 @@ def central_window(window: Window, size: int = SHIFT_CROP_PX) -> Window:
                   int(window.row_off) + (int(window.height) - h) // 2, w, h)
 
 
-def _resampling(before: Grid, after: Grid) -> Resampling:
-    # As detect: average when the after image is much finer, else cubic.
-    if before.crs is None or after.crs is None:
-        return Resampling.cubic
-    ratio = math.sqrt(before.pixel_area_m2() / max(after.pixel_area_m2(), 1e-12))
-    return Resampling.average if ratio > 1.5 else Resampling.cubic
-
-
 def estimate_pair_shift(before: DatasetReader, after: DatasetReader, grid: Grid, *,
                         bands: list[int] | None = None, after_grid: Grid | None = None,
                         ) -> Shift:
@@ -191,7 +183,7 @@ def estimate_pair_shift(before: DatasetReader, after: DatasetReader, grid: Grid,
     origin = ~before.transform @ (grid.transform.c, grid.transform.f)
     win = Window(round(origin[0]), round(origin[1]), grid.width, grid.height)
     b, inv_b = io.read_window(before, win, bands=bands)
-    kernel = _resampling(grid, after_grid) if after_grid is not None else Resampling.cubic
+    kernel = resampling_for(grid, after_grid) if after_grid is not None else Resampling.cubic
     a, inv_a = io.read_warped(after, grid, bands=bands, resampling=kernel)
     if inv_b.all() or inv_a.all():
         return Shift()

@@ -30,7 +30,6 @@ from typing import IO, Any, Literal, get_args
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
-from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 from shapely.geometry import box, mapping, shape
@@ -53,7 +52,7 @@ from changedet.errors import (
 )
 from changedet.features import band_stats, gradient_magnitude
 from changedet.geojson import feature, feature_collection, to_wgs84
-from changedet.grid import WGS84, Grid, overlap_window, roi_window
+from changedet.grid import WGS84, Grid, overlap_window, resampling_for, roi_window
 from changedet.radiometry import (
     NORMALISE_METHODS,
     NormaliseMethod,
@@ -306,15 +305,6 @@ def _check_resolutions(binfo: io.ImageInfo, ainfo: io.ImageInfo) -> None:
             ResolutionMismatchWarning, stacklevel=5)
 
 
-def _resampling_for(before: Grid, after: Grid) -> Resampling:
-    # Averaging when the after image is much finer keeps its noise and
-    # detail from aliasing; otherwise cubic keeps edges sharp.
-    if before.crs is None or after.crs is None:
-        return Resampling.cubic
-    ratio = math.sqrt(before.pixel_area_m2() / max(after.pixel_area_m2(), 1e-12))
-    return Resampling.average if ratio > 1.5 else Resampling.cubic
-
-
 def _intersect(a: Window, b: Window) -> Window | None:
     c0, r0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)
     c1 = min(a.col_off + a.width, b.col_off + b.width)
@@ -367,12 +357,6 @@ def _roi_bounds(geom: dict[str, Any] | None) -> list[float] | None:
 
 def _window_origin(win: Window) -> tuple[int, int]:
     return int(win.row_off), int(win.col_off)
-
-
-def _sub(win: Window, within: Window) -> Window:
-    """`win` (absolute) relative to `within`."""
-    return Window(win.col_off - within.col_off, win.row_off - within.row_off,
-                  win.width, win.height)
 
 
 def _mosaic(tiles: list[NDArray[Any]], per_row: int) -> NDArray[Any]:
@@ -444,7 +428,6 @@ class _Prepared:
     plan: Plan
     sources: Sources
     shift: Shift
-    applied: bool
     metadata: dict[str, Any]
 
 
@@ -479,25 +462,23 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     # model what "unchanged" looks like.
     context = window if roi_geom is None else _expand(window, overlap, CONTEXT_MARGIN_PX)
     wgrid = grid.window_grid(window)
-    resampling = _resampling_for(grid, ainfo.grid)
+    resampling = resampling_for(grid, ainfo.grid)
 
-    def read(win: Window, alignment: Alignment | None = None,
-             ) -> tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.float32],
-                        NDArray[np.bool_]]:
-        b, ib = io.read_window(bds, win, bands=use_bands, name=binfo.name)
+    def read_after(win: Window, alignment: Alignment | None = None,
+                   ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         p = None if alignment is None else alignment.for_window(
             win.col_off - context.col_off, win.row_off - context.row_off)
-        a, ia = io.read_warped(ads, grid.window_grid(win), bands=use_bands, pixel_transform=p,
-                               resampling=resampling, name=ainfo.name)
-        return b, ib, a, ia
+        return io.read_warped(ads, grid.window_grid(win), bands=use_bands, pixel_transform=p,
+                              resampling=resampling, name=ainfo.name)
 
     # Check there is data at all before anything else, so an empty image gets
     # one clear error rather than a co-registration warning first.
     report("reading")
     windows = _sample_windows(context)
-    raw = [read(win) for win in windows]
-    for k, info in ((1, binfo), (3, ainfo)):
-        if all(r[k].all() for r in raw):
+    before_raw = [io.read_window(bds, win, bands=use_bands, name=binfo.name) for win in windows]
+    after_raw = [read_after(win) for win in windows]
+    for raw, info in ((before_raw, binfo), (after_raw, ainfo)):
+        if all(inv.all() for _, inv in raw):
             raise InputError(f"{info.name}: has no valid pixels where the images overlap "
                              "(all nodata or masked)")
 
@@ -518,12 +499,14 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
 
     report("normalising")
     if applied:
-        raw = [read(win, applied_alignment) for win in windows]
+        # Only the after image moves: the before samples stand.
+        after_raw = [read_after(win, applied_alignment) for win in windows]
     per_row = 1 if len(windows) == 1 else len({int(w.col_off) for w in windows})
-    b_s = _mosaic([r[0] for r in raw], per_row)
-    a_s = _mosaic([r[2] for r in raw], per_row)
-    inv_s = _mosaic([r[1] | r[3] for r in raw], per_row)
-    del raw
+    b_s = _mosaic([b for b, _ in before_raw], per_row)
+    a_s = _mosaic([a for a, _ in after_raw], per_row)
+    inv_s = _mosaic([ib | ia for (_, ib), (_, ia) in zip(before_raw, after_raw, strict=True)],
+                    per_row)
+    del before_raw, after_raw
     if inv_s.all():
         raise InputError(f"{binfo.name} and {ainfo.name} have no valid pixels in common")
     # Vegetation is never pseudo-invariant (it changes with the season).
@@ -549,13 +532,12 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     pixel_area = wgrid.pixel_area_m2()
     simplify_crs = simplify / math.sqrt(pixel_area) * wgrid.res[0] if simplify > 0 else 0.0
     plan = Plan(grid=wgrid, bands=tuple(use_bands) if use_bands else None,
-                offset_px=(0.0, 0.0),
                 pixel_transform=None if applied_alignment is None else applied_alignment.for_window(
                     window.col_off - context.col_off, window.row_off - context.row_off),
                 resampling=resampling.name, fit=fit,
                 score=params, threshold=thr, tolerance=int(tolerance), stats_before=stats_b,
                 stats_after=stats_a, gradient_floor=floor, min_area_m2=float(min_area),
-                pixel_area_m2=pixel_area, max_hole_m2=float(min_area),
+                pixel_area_m2=pixel_area,
                 open_radius=int(open_radius), close_radius=int(close_radius),
                 simplify=simplify_crs, roi=roi_geom)
     sources = Sources(opened.sources_paths[0], opened.sources_paths[1], binfo.name,
@@ -587,7 +569,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         },
         "classes": {str(k): v for k, v in CLASS_NAMES.items()},
     }
-    return _Prepared(plan, sources, alignment.shift, applied, metadata)
+    return _Prepared(plan, sources, alignment.shift, metadata)
 
 
 def _check_options(coreg: str, normalise: str, method: str, min_area: Any, simplify: float,

@@ -10,7 +10,6 @@ flight at once.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import warnings
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from affine import Affine
 from numpy.typing import NDArray
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
@@ -38,6 +36,7 @@ from changedet.blocks import (
     WindowResult,
     process_window,
 )
+from changedet.coreg import window_transform
 from changedet.errors import LargeChangeWarning
 from changedet.radiometry import apply_normalisation
 
@@ -51,8 +50,6 @@ __all__ = [
     "run_block",
     "run_blocks",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Side of a block's core, pixels.
 DEFAULT_BLOCK_SIZE = 1024
@@ -109,9 +106,8 @@ def layout(shape: tuple[int, int], block_size: int, halo: int) -> list[Block]:
             r1, c1 = min(r0 + block_size, h), min(c0 + block_size, w)
             wr0, wc0 = max(0, r0 - halo), max(0, c0 - halo)
             wr1, wc1 = min(h, r1 + halo), min(w, c1 + halo)
-            out.append(Block(Window(c0, r0, c1 - c0, r1 - r0),
-                             Window(wc0, wr0, wc1 - wc0, wr1 - wr0),
-                             Edges(top=wr0 == 0, left=wc0 == 0, bottom=wr1 == h, right=wc1 == w)))
+            window = Window(wc0, wr0, wc1 - wc0, wr1 - wr0)
+            out.append(Block(Window(c0, r0, c1 - c0, r1 - r0), window, _edges(window, shape)))
     return out
 
 
@@ -136,14 +132,14 @@ def read_block(sources: Sources, plan: Plan, window: Window,
     src_window = Window(c0 + sources.origin[1], r0 + sources.origin[0],
                         window.width, window.height)
     p = plan.pixel_transform
-    local = None if p is None else Affine.translation(-c0, -r0) @ p @ Affine.translation(c0, r0)
+    local = None if p is None else window_transform(p, c0, r0)
     # Runs in worker threads: no warning filters here (catch_warnings is not
     # thread-safe); run_blocks silences rasterio's NotGeoreferencedWarning
     # for pixel-space inputs from the calling thread.
     with rasterio.open(sources.before) as bds, rasterio.open(sources.after) as ads:
         b, inv_b = io.read_window(bds, src_window, bands=plan.bands, name=sources.before_name)
-        a, inv_a = io.read_warped(ads, grid, bands=plan.bands, offset_px=plan.offset_px,
-                                  pixel_transform=local, resampling=Resampling[plan.resampling],
+        a, inv_a = io.read_warped(ads, grid, bands=plan.bands, pixel_transform=local,
+                                  resampling=Resampling[plan.resampling],
                                   name=sources.after_name)
     invalid = inv_b | inv_a
     if plan.roi is not None:
