@@ -92,7 +92,14 @@ def _rings(labels: NDArray[np.int32], width: int, gap: int,
 REGION_RATIO = 3.0
 
 
-def _region_contrast(data: NDArray[np.floating], labels: NDArray[np.int32],
+def _cores(labels: NDArray[np.int32]) -> NDArray[np.int32]:
+    # Each polygon's core: its pixels 2 px from its outline, or the whole
+    # polygon when it is too thin to have any.
+    core = np.where(ndimage.grey_erosion(labels, size=(5, 5)) == labels, labels, 0)
+    return np.where(np.isin(np.arange(labels.max() + 1), np.unique(core))[labels], core, labels)
+
+
+def _region_contrast(data: NDArray[np.floating], core: NDArray[np.int32],
                      ground: NDArray[np.int32], idx: NDArray[np.intp],
                      stats: BandStats | None = None) -> NDArray[np.float64]:
     # Distance between the median of each polygon's core and the median of
@@ -100,8 +107,6 @@ def _region_contrast(data: NDArray[np.floating], labels: NDArray[np.int32],
     # the root mean square over bands). The spread is floored at 1 % of the
     # band's typical magnitude: from the global `stats` when given, so the
     # answer does not depend on the extent of the arrays.
-    core = np.where(ndimage.grey_erosion(labels, size=(5, 5)) == labels, labels, 0)
-    core = np.where(np.isin(np.arange(labels.max() + 1), np.unique(core))[labels], core, labels)
     in_core, in_ground = core > 0, ground > 0
     core_ids, ground_ids = core[in_core], ground[in_ground]
     total = np.zeros(idx.size)
@@ -181,8 +186,9 @@ def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating]
     # Second opinion, which a moving shadow or a blurred outline does not
     # sway: the date whose surface inside the polygon stands apart from the
     # ground around it holds the object. Where it is clear, it decides.
-    rb = _region_contrast(before, labels, ground, idx, stats_before)
-    ra = _region_contrast(after, labels, ground, idx, stats_after)
+    core = _cores(labels)
+    rb = _region_contrast(before, core, ground, idx, stats_before)
+    ra = _region_contrast(after, core, ground, idx, stats_after)
     rr = np.log(np.maximum(ra, 1e-3) / np.maximum(rb, 1e-3))
     clear = (np.abs(rr) > np.log(REGION_RATIO)) & (np.maximum(ra, rb) > present)
     classes[clear & (rr > 0)] = 1
