@@ -9,7 +9,8 @@ same, the sort is over thousands of pixels instead of millions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -23,9 +24,25 @@ def _labelled(labels: NDArray[np.integer]) -> NDArray[np.intp]:
     return np.flatnonzero(np.asarray(labels).ravel() > 0)
 
 
+def _per_label(func: Callable[..., Any], fill: float, values: NDArray[np.floating],
+               labels: NDArray[np.integer], index: Sequence[int] | NDArray[np.integer],
+               ) -> NDArray[np.float64]:
+    # `func` (a scipy.ndimage per-label statistic) over the labelled pixels
+    # only; `fill` where a label is absent.
+    index = np.asarray(index)
+    where = _labelled(labels)
+    if where.size == 0:
+        return np.full(index.shape, fill)
+    lab = np.asarray(labels).ravel()[where]
+    vals = np.asarray(values).ravel()[where]
+    out = np.asarray(func(vals, lab, index), np.float64).reshape(index.shape)
+    out[~np.isin(index, lab)] = fill
+    return out
+
+
 def labelled_median(values: NDArray[np.floating], labels: NDArray[np.integer],
                     index: Sequence[int] | NDArray[np.integer]) -> NDArray[np.float64]:
-    """Median of `values` over each label in `index` (NaN where a label is absent).
+    """Return the median of `values` over each label in `index` (NaN where a label is absent).
 
     Parameters
     ----------
@@ -38,29 +55,13 @@ def labelled_median(values: NDArray[np.floating], labels: NDArray[np.integer],
     -------
     (len(index),) ndarray of float64
     """
-    index = np.asarray(index)
-    where = _labelled(labels)
-    if where.size == 0:
-        return np.full(index.shape, np.nan)
-    lab = np.asarray(labels).ravel()[where]
-    vals = np.asarray(values).ravel()[where]
-    out = np.asarray(ndimage.median(vals, lab, index), np.float64).reshape(index.shape)
-    out[~np.isin(index, lab)] = np.nan
-    return out
+    return _per_label(ndimage.median, np.nan, values, labels, index)
 
 
 def labelled_maximum(values: NDArray[np.floating], labels: NDArray[np.integer],
                      index: Sequence[int] | NDArray[np.integer]) -> NDArray[np.float64]:
-    """Maximum of `values` over each label in `index` (0 where a label is absent)."""
-    index = np.asarray(index)
-    where = _labelled(labels)
-    if where.size == 0:
-        return np.zeros(index.shape)
-    lab = np.asarray(labels).ravel()[where]
-    vals = np.asarray(values).ravel()[where]
-    out = np.asarray(ndimage.maximum(vals, lab, index), np.float64).reshape(index.shape)
-    out[~np.isin(index, lab)] = 0.0
-    return out
+    """Return the maximum of `values` over each label in `index` (0 where a label is absent)."""
+    return _per_label(ndimage.maximum, 0.0, values, labels, index)
 
 
 def first_pixel(labels: NDArray[np.integer], index: ArrayLike) -> NDArray[np.int64]:
