@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -543,14 +543,6 @@ def default_vegetation_gate(bands: int, dark: NDArray[np.floating] | None = None
                           dark=() if dark is None else tuple(float(v) for v in dark))
 
 
-# NDVI is taken on the values as they are: the darkest near-infrared value
-# of a scene is rarely a zero reflectance, and removing it skews NDVI.
-_GATE_DARK = None
-
-
-_default_gate = default_vegetation_gate
-
-
 # ------------------------------------------------------------- nuisances
 
 
@@ -572,6 +564,24 @@ class _Nuisances:
         return {"shadow": self.shadow.to_dict() if self.shadow else None,
                 "vegetation": self.vegetation.to_dict() if self.vegetation else None,
                 "tolerance_px": self.tolerance}
+
+
+def _fit_nuisances(before: NDArray[np.floating], after: NDArray[np.floating],
+                   invalid: NDArray[np.bool_], noise: NoiseModel | None, *, shadows: bool,
+                   vegetation: VegetationGate | None | Literal["auto"], tolerance: int,
+                   ) -> dict[str, Any]:
+    # The _Nuisances fields of a score's parameters. The shadow model needs
+    # the no-change difference model (fitted here if not given).
+    shadow = None
+    if shadows:
+        shadow = fit_shadow(before, after, invalid,
+                            noise if noise is not None else fit_noise(before, after, invalid))
+    if vegetation == "auto":
+        # NDVI is taken on the values as they are: the darkest near-infrared
+        # value of a scene is rarely a zero reflectance, and removing it
+        # skews NDVI.
+        vegetation = default_vegetation_gate(before.shape[0])
+    return {"shadow": shadow, "vegetation": vegetation, "tolerance": int(tolerance)}
 
 
 # --------------------------------------------------------------------- CVA
@@ -628,10 +638,8 @@ def fit_cva(before: NDArray[np.floating], after: NDArray[np.floating],
     CVAParams
     """
     noise = fit_noise(before, after, invalid)
-    shadow = fit_shadow(before, after, invalid, noise) if shadows else None
-    if vegetation == "auto":
-        vegetation = _default_gate(before.shape[0], _GATE_DARK)
-    return CVAParams(noise, shadow=shadow, vegetation=vegetation, tolerance=int(tolerance))
+    return CVAParams(noise, **_fit_nuisances(before, after, invalid, noise, shadows=shadows,
+                                             vegetation=vegetation, tolerance=tolerance))
 
 
 def _check_pair(before: NDArray[np.floating], after: NDArray[np.floating], bands: int) -> None:
@@ -749,7 +757,7 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
     (17.32, 0.0)
     """
     if isinstance(params, NoiseModel):
-        params = CVAParams(params, tolerance=1 if tolerance is None else tolerance)
+        params = CVAParams(params)
     noise = params.noise
     _check_pair(before, after, noise.bands)
     tolerance = params.tolerance if tolerance is None else tolerance
@@ -882,15 +890,10 @@ def fit_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
     # Standardised by the per-pixel spread of the log-ratio (see spread()).
     z = (np.log(ya) - np.log(yb)) / (sigma[:, None] * np.sqrt(1 / yb ** 2 + 1 / ya ** 2))
     noise = _robust_moments(z)
-    shadow = None
-    if shadows:
-        cva_noise = NoiseModel(d.mean, d.cov, d.inlier_fraction)
-        shadow = fit_shadow(before, after, invalid, cva_noise)
-    if vegetation == "auto":
-        vegetation = _default_gate(nb, _GATE_DARK)
     return LogRatioParams(tuple(float(v) for v in dark), tuple(float(v) for v in floor),
-                          tuple(float(v) for v in sigma), noise, shadow=shadow,
-                          vegetation=vegetation, tolerance=int(tolerance))
+                          tuple(float(v) for v in sigma), noise,
+                          **_fit_nuisances(before, after, invalid, d, shadows=shadows,
+                                           vegetation=vegetation, tolerance=tolerance))
 
 
 def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -1037,12 +1040,8 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     b = sample_valid(before, invalid).astype(np.float64)
     a = sample_valid(after, invalid).astype(np.float64)
     res = irmad(b, a)
-    shadow = None
-    if shadows:
-        shadow = fit_shadow(before, after, invalid, fit_noise(before, after, invalid))
-    if vegetation == "auto":
-        vegetation = _default_gate(before.shape[0], _GATE_DARK)
-    return IRMADParams(res, shadow=shadow, vegetation=vegetation, tolerance=int(tolerance))
+    return IRMADParams(res, **_fit_nuisances(before, after, invalid, None, shadows=shadows,
+                                             vegetation=vegetation, tolerance=tolerance))
 
 
 def score_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -1220,7 +1219,7 @@ def fit_structure(before: NDArray[np.floating], after: NDArray[np.floating],
             nu = float(np.clip(2 * (1.349 * q50 / (q75 - q25)) ** 2, 2.0, nu))
         scale = float(max(q50 / (stats.chi2.median(nu) / nu), 1e-6))
     if vegetation == "auto":
-        vegetation = _default_gate(before.shape[0], _GATE_DARK)
+        vegetation = default_vegetation_gate(before.shape[0])
     return StructureParams(float(sigma), log, scale, vegetation, nu)
 
 
