@@ -183,50 +183,48 @@ class _Sink:
         raise NotImplementedError
 
 
-def _ordered(items: list[Block], func: Callable[[Block], BlockOutput], threads: int,
-             ) -> Iterator[BlockOutput]:
-    # Results in submission order, with a bounded number in flight.
-    if threads <= 1:
-        for item in items:
-            yield func(item)
-        return
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="changedet") as pool:
-        pending: deque = deque()
-        it = iter(items)
-        for item in it:
-            pending.append(pool.submit(func, item))
-            if len(pending) >= 2 * threads:
-                break
-        while pending:
-            fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(func, nxt))
-            try:
-                yield fut.result()
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                raise
-
-
-def _ordered_dask(items: list[Block], sources: Sources, plan: Plan, client: Any,
-                  ) -> Iterator[BlockOutput]:
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    in_flight = 2 * n_workers
-    plan_f = client.scatter(plan, broadcast=True)
+def _in_order(items: list[Block], submit: Callable[[Block], Any], in_flight: int,
+              ) -> Iterator[BlockOutput]:
+    # Results in submission order, with at most `in_flight` submitted and
+    # not yet handed on; on an error the ones pending are cancelled.
     pending: deque = deque()
     it = iter(items)
     for item in it:
-        pending.append(client.submit(run_block, sources, plan_f, item, pure=False))
+        pending.append(submit(item))
         if len(pending) >= in_flight:
             break
     while pending:
         fut = pending.popleft()
         nxt = next(it, None)
         if nxt is not None:
-            pending.append(client.submit(run_block, sources, plan_f, nxt, pure=False))
-        yield fut.result()
+            pending.append(submit(nxt))
+        try:
+            yield fut.result()
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
+def _ordered(items: list[Block], func: Callable[[Block], BlockOutput], threads: int,
+             ) -> Iterator[BlockOutput]:
+    # On a thread pool (or here, for one thread).
+    if threads <= 1:
+        for item in items:
+            yield func(item)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="changedet") as pool:
+        yield from _in_order(items, lambda item: pool.submit(func, item), 2 * threads)
+
+
+def _ordered_dask(items: list[Block], sources: Sources, plan: Plan, client: Any,
+                  ) -> Iterator[BlockOutput]:
+    # As tasks on a Dask cluster, the plan sent to the workers once.
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    plan_f = client.scatter(plan, broadcast=True)
+    yield from _in_order(
+        items, lambda item: client.submit(run_block, sources, plan_f, item, pure=False),
+        2 * n_workers)
 
 
 def _merge_boxes(boxes: list[tuple[int, int, int, int]], pad: int,
