@@ -41,14 +41,6 @@ ALIGN_MODES: tuple[str, ...] = ("global", "local")
 _BLOCK_ROWS = 512
 
 
-def _label(src: io.RasterSource) -> str:
-    if isinstance(src, io.Raster):
-        return src.name
-    if isinstance(src, (str, os.PathLike)):
-        return os.fspath(src)
-    return str(getattr(src, "name", "<dataset>"))
-
-
 def _decimated(grid: Grid, factor: int) -> Grid:
     return Grid(grid.transform @ Affine.scale(factor), grid.crs,
                 grid.width // factor, grid.height // factor)
@@ -372,8 +364,8 @@ def coregister(before: io.RasterSource, after: io.RasterSource, *,
     if mode not in ALIGN_MODES:
         raise ValueError(f"mode must be one of {ALIGN_MODES}, not {mode!r}")
     with io.open_raster(before) as bds, io.open_raster(after) as ads:
-        binfo = io.image_info(bds, _label(before) if isinstance(before, io.Raster) else None)
-        ainfo = io.image_info(ads, _label(after) if isinstance(after, io.Raster) else None)
+        binfo = io.image_info(bds, before.name if isinstance(before, io.Raster) else None)
+        ainfo = io.image_info(ads, after.name if isinstance(after, io.Raster) else None)
         abands = tuple(bands) if bands else ainfo.bands
         overlap = overlap_window(binfo.grid, ainfo.grid.bounds, ainfo.grid.crs)
         grid = binfo.grid.window_grid(overlap)
@@ -386,6 +378,6 @@ def coregister(before: io.RasterSource, after: io.RasterSource, *,
     if strict and not alignment.reliable:
         raise CoregistrationError(f"{binfo.name} and {ainfo.name}: no reliable co-registration; "
                                   f"{alignment.note}")
-    return CoregistrationResult(alignment=alignment, grid=grid, before=_label(before),
-                                after=_label(after), bands=abands, dtype=dtype,
+    return CoregistrationResult(alignment=alignment, grid=grid, before=io.source_label(before),
+                                after=io.source_label(after), bands=abands, dtype=dtype,
                                 nodata=ainfo.nodata, resampling=resampling, source=after)

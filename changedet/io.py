@@ -60,6 +60,7 @@ __all__ = [
     "date_tags",
     "read_roi",
     "raster_memfile",
+    "source_label",
     "check_output_path",
     "atomic_output",
     "write_text",
@@ -107,6 +108,15 @@ class Raster:
 
 
 RasterSource = str | os.PathLike | DatasetReader | Raster
+
+
+def source_label(src: RasterSource) -> str:
+    """Return how to name an input in outputs and messages: its full path, or its name."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    if isinstance(src, Raster):
+        return src.name
+    return str(getattr(src, "name", "<dataset>"))
 
 
 def _name(src: RasterSource) -> str:

@@ -238,14 +238,6 @@ class DiffSummary(_Features):
     properties: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _source_label(src: Any) -> str:
-    if isinstance(src, (str, os.PathLike)):
-        return os.fspath(src)
-    if isinstance(src, io.Raster):
-        return src.name
-    return str(getattr(src, "name", "<dataset>"))
-
-
 def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, not {value!r}")
@@ -418,8 +410,8 @@ def _open(before: io.RasterSource, after: io.RasterSource) -> Iterator[_Opened]:
                 paths.append(os.fspath(src) if isinstance(src, (str, os.PathLike)) else ds.name)
             datasets.append(ds)
         bds, ads = datasets
-        binfo = io.image_info(bds, _source_label(before))
-        ainfo = io.image_info(ads, _source_label(after))
+        binfo = io.image_info(bds, io.source_label(before))
+        ainfo = io.image_info(ads, io.source_label(after))
         yield _Opened(bds, ads, binfo, ainfo, (paths[0], paths[1]))
 
 

@@ -225,14 +225,6 @@ class SeriesResult(_Features):
         return list(self.sources)
 
 
-def _label(src: io.RasterSource) -> str:
-    if isinstance(src, (str, os.PathLike)):
-        return os.fspath(src)
-    if isinstance(src, io.Raster):
-        return src.name
-    return str(getattr(src, "name", "<dataset>"))
-
-
 def _resolve_dates(sources: Sequence[io.RasterSource],
                    dates: Sequence[str] | None) -> list[str]:
     if dates is not None:
@@ -251,9 +243,9 @@ def _resolve_dates(sources: Sequence[io.RasterSource],
         d = acquisition_date(src)
         if d is None:
             raise InputError(
-                f"{_label(src)}: no date in its metadata or its name; give every image's date "
-                "with --dates (e.g. --dates 2019-05-01,2020-06-12,...) or put YYYYMMDD in "
-                "the file names")
+                f"{io.source_label(src)}: no date in its metadata or its name; give every "
+                "image's date with --dates (e.g. --dates 2019-05-01,2020-06-12,...) or put "
+                "YYYYMMDD in the file names")
         out.append(d)
     return out
 
@@ -337,7 +329,7 @@ def track_series(sources: Sequence[io.RasterSource], *,
     if dupes:
         raise InputError(f"two images have the same date ({', '.join(dupes)}); give distinct "
                          "dates with --dates")
-    labels = [_label(s) for s in srcs]
+    labels = [io.source_label(s) for s in srcs]
     n = len(srcs)
     steps_total = 2 * n - 1
 
