@@ -62,6 +62,7 @@ __all__ = [
     "raster_memfile",
     "source_label",
     "check_output_path",
+    "check_output_paths",
     "atomic_output",
     "write_text",
     "write_geojson",
@@ -640,6 +641,25 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = False,
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{p}: folder {parent} is not writable")
     return p
+
+
+def check_output_paths(paths: Iterable[str | os.PathLike | None], *, overwrite: bool = False,
+                       inputs: Iterable[Any] = ()) -> None:
+    """Check a run's outputs (None entries skipped): distinct, and each writable.
+
+    Raises
+    ------
+    OutputError
+        If two outputs are the same file, or as :func:`check_output_path`.
+    OutputExistsError
+        As :func:`check_output_path`.
+    """
+    given = [p for p in paths if p is not None]
+    if len({os.path.abspath(p) for p in given}) < len(given):
+        raise OutputError("the same path is given for two outputs; give each its own")
+    inputs = list(inputs)
+    for path in given:
+        check_output_path(path, overwrite=overwrite, inputs=inputs)
 
 
 @contextlib.contextmanager

@@ -890,7 +890,7 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
         Also keep the polygons in the returned summary (for pictures and
         reports); memory then grows with their number.
     extra_outputs : sequence of paths, optional
-        Other files the caller will write (checked to differ from these).{params}
+        Other files the caller will write (checked like these, before any work).{params}
 
     Returns
     -------
@@ -909,13 +909,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
     if output is None and stream is None:
         raise ValueError("give an output path or a stream")
     inputs = [p for p in (before, after) if isinstance(p, (str, os.PathLike))]
-    outputs = [os.path.abspath(p) for p in (output, mask, score, *extra_outputs)
-               if p is not None]
-    if len(set(outputs)) < len(outputs):
-        raise io.OutputError("the same path is given for two outputs; give each its own")
-    for path in (output, mask, score):
-        if path is not None:
-            io.check_output_path(path, overwrite=overwrite, inputs=inputs)
+    io.check_output_paths((output, mask, score, *extra_outputs), overwrite=overwrite,
+                          inputs=inputs)
 
     with _session(before, after, opts, block_size=block_size, threads=threads,
                   scheduler=scheduler, workers=workers, progress=progress) as (prep, run), \

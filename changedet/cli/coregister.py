@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 import rasterio
@@ -11,7 +10,6 @@ import rasterio
 from changedet import io
 from changedet.align import coregister as coregister_images
 from changedet.cli.options import bands_opt, handle_errors, overwrite_opt, verbosity_opt
-from changedet.errors import OutputError
 
 
 @click.command(short_help="Measure and remove the displacement of the after image.")
@@ -52,12 +50,7 @@ def coregister(before: str, after: str, local: bool, output: str | None,
     $ changedet coregister before.tif after.tif --json
     $ changedet coregister before.tif after.tif --local -o aligned.tif --tie-points tp.geojson
     """  # noqa: D301 - \b must stay a backspace: click's no-rewrap marker
-    inputs = [before, after]
-    outputs = [p for p in (output, tie_points) if p]
-    if len({os.path.abspath(p) for p in outputs}) < len(outputs):
-        raise OutputError("the same path is given for two outputs; give each its own")
-    for path in outputs:
-        io.check_output_path(path, overwrite=overwrite, inputs=inputs)
+    io.check_output_paths((output, tie_points), overwrite=overwrite, inputs=[before, after])
 
     with rasterio.Env():
         result = coregister_images(before, after, mode="local" if local else "global",

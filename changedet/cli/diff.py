@@ -25,7 +25,6 @@ from changedet.cli.options import (
     threshold_opt,
     verbosity_opt,
 )
-from changedet.errors import OutputError
 from changedet.pipeline import DiffSummary
 from changedet.pipeline import diff as changedet_diff
 
@@ -93,14 +92,7 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
         raise click.UsageError("give --roi or --bbox, not both")
     if scheduler and workers:
         raise click.UsageError("give --scheduler or --workers, not both")
-    inputs = [before, after]
-    outputs = [p for p in (output, mask_path, score_path, quicklook_path, report_path) if p]
-    if len({os.path.abspath(p) for p in outputs}) < len(outputs):
-        raise OutputError("the same path is given for two outputs; give each its own")
-    # Refuse before working for minutes, not after (diff() checks its own).
-    for path in (quicklook_path, report_path):
-        if path:
-            io.check_output_path(path, overwrite=overwrite, inputs=inputs)
+    # diff() checks every output, pictures included, before it works.
     pictures = bool(quicklook_path or report_path)
     progress = progress_reporter()
     try:
