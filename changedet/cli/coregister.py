@@ -9,7 +9,7 @@ import rasterio
 
 from changedet import io
 from changedet.align import coregister as coregister_images
-from changedet.cli.options import bands_opt, handle_errors, overwrite_opt, verbosity_opt
+from changedet.cli.options import bands_opt, handle_errors, overwrite_opt, quiet, verbosity_opt
 
 
 @click.command(short_help="Measure and remove the displacement of the after image.")
@@ -62,7 +62,7 @@ def coregister(before: str, after: str, local: bool, output: str | None,
     info = result.to_dict()
     if as_json:
         click.echo(json.dumps(info, allow_nan=False))
-    elif click.get_current_context().find_object(dict).get("quiet", 0) == 0:
+    elif not quiet():
         s, a = result.shift, result.alignment
         metres = (f" ({info['shift_m']['x']:+.3f} m east, {info['shift_m']['y']:+.3f} m north)"
                   if "shift_m" in info else "")

@@ -19,6 +19,7 @@ from changedet.cli.options import (
     output_opt,
     overwrite_opt,
     progress_reporter,
+    quiet,
     rgb_opt,
     roi_opt,
     scale_opts,
@@ -112,7 +113,7 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
         _write_pictures(summary, before, after, quicklook_path, report_path, rgb=rgb,
                         geojson_name=os.path.basename(output) if output else "changes.geojson",
                         overwrite=overwrite)
-    if click.get_current_context().find_object(dict).get("quiet", 0) == 0:
+    if not quiet():
         counts = summary.counts
         parts = ", ".join(f"{counts[k]} {k}" for k in ("appeared", "disappeared", "changed")
                           if counts.get(k))

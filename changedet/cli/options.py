@@ -34,6 +34,7 @@ __all__ = [
     "min_area_opt",
     "rgb_opt",
     "progress_reporter",
+    "quiet",
     "configure_logging",
     "handle_errors",
 ]
@@ -214,6 +215,18 @@ rgb_opt = click.option(
          "flagged or named red/green/blue, else the first three).")
 
 
+def _verbosity() -> tuple[int, int]:
+    # (-v count, -q count) of the running command; (0, 0) outside one.
+    ctx = click.get_current_context(silent=True)
+    obj = (ctx.find_object(dict) or {}) if ctx else {}
+    return obj.get("verbose", 0), obj.get("quiet", 0)
+
+
+def quiet() -> bool:
+    """Return whether ``-q`` was given: the one-line summaries are then not printed."""
+    return _verbosity()[1] > 0
+
+
 def progress_reporter(stream: Any = None) -> Progress | None:
     """Return a ``progress(stage, done, total)`` callable for the library, or None.
 
@@ -221,11 +234,10 @@ def progress_reporter(stream: Any = None) -> Progress | None:
     nor ``-v`` was given: logs and pipes stay clean.
     """
     stream = stream if stream is not None else sys.stderr
-    ctx = click.get_current_context(silent=True)
-    obj = (ctx.find_object(dict) or {}) if ctx else {}
+    verbose, quiet_ = _verbosity()
     isatty = getattr(stream, "isatty", None)
     # -v logs each stage on its own line already; a status line would garble it.
-    if obj.get("quiet", 0) or obj.get("verbose", 0) or not (callable(isatty) and isatty()):
+    if quiet_ or verbose or not (callable(isatty) and isatty()):
         return None
     return Progress(enabled=True, stream=stream)
 

@@ -18,6 +18,7 @@ from changedet.cli.options import (
     output_opt,
     overwrite_opt,
     progress_reporter,
+    quiet,
     threshold_opt,
     verbosity_opt,
 )
@@ -88,7 +89,7 @@ def series(images: tuple[str, ...], output: str | None, dates: list[str] | None,
             sys.stdout.write(chunk)
         sys.stdout.flush()
 
-    if click.get_current_context().find_object(dict).get("quiet", 0) == 0:
+    if not quiet():
         for step in result.steps:
             click.echo(f"{step['from']} → {step['to']}: {step['appeared']} appeared, "
                        f"{step['disappeared']} disappeared, {step['changed']} changed "
