@@ -67,7 +67,7 @@ from changedet.scores import (
     score_change,
     vegetation_mask,
 )
-from changedet.thresholds import Threshold, ThresholdMethod, select_threshold
+from changedet.thresholds import HISTOGRAM_METHODS, Threshold, ThresholdMethod, select_threshold
 
 __all__ = ["ChangeResult", "DiffSummary", "detect", "diff", "PROPERTY_KEYS", "DetectMethod",
            "DETECT_METHODS", "AUTO_METHOD"]
@@ -513,7 +513,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     params = fit_score(score_method, b_s, a_s, inv_s, tolerance=tolerance)
     stats_b, stats_a = band_stats(b_s, inv_s), band_stats(a_s, inv_s)
     floor = default_gradient_floor(gradient_magnitude(b_s, inv_s, stats=stats_b))
-    if isinstance(threshold, str) and threshold in ("otsu", "ki"):
+    if isinstance(threshold, str) and threshold in HISTOGRAM_METHODS:
         # Histogram thresholds need the score's distribution: from the samples.
         scores = score_change(b_s, a_s, params)[~inv_s]
         thr = select_threshold(scores, dof=params.dof, method=threshold)

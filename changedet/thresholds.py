@@ -39,6 +39,7 @@ from skimage.filters import threshold_otsu as _sk_otsu
 __all__ = [
     "ThresholdMethod",
     "THRESHOLD_METHODS",
+    "HISTOGRAM_METHODS",
     "P_SEED",
     "P_GROW",
     "Threshold",
@@ -53,6 +54,9 @@ __all__ = [
 
 ThresholdMethod = Literal["auto", "chi2", "otsu", "ki"]
 THRESHOLD_METHODS: tuple[str, ...] = get_args(ThresholdMethod)
+#: The methods that look at the score's distribution (the others need only
+#: its degrees of freedom).
+HISTOGRAM_METHODS: tuple[str, ...] = ("otsu", "ki")
 
 #: Tail probabilities of the default chi-square hysteresis thresholds.
 P_SEED = 1e-7
@@ -249,7 +253,7 @@ def select_threshold(score: NDArray[np.floating], *, dof: int,
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold must be one of {THRESHOLD_METHODS} or a number, "
                          f"not {method!r}")
-    if method in ("otsu", "ki"):
+    if method in HISTOGRAM_METHODS:
         t = threshold_otsu(score, invalid) if method == "otsu" else threshold_ki(score, invalid)
         return guard(t, dof) if guarded else t
     return threshold_chi2(dof)
