@@ -48,6 +48,7 @@ __all__ = [
     "ChangeObject",
     "WindowResult",
     "Selector",
+    "is_complete",
     "process_window",
     "threshold_masks",
 ]
@@ -210,6 +211,24 @@ def threshold_masks(score: NDArray[np.float32], threshold: Threshold,
     return cand, cand & (score > threshold.high)
 
 
+def is_complete(bbox: NDArray[np.int64], edges: Edges, shape: tuple[int, int],
+                ) -> NDArray[np.bool_]:
+    """Which groups a window holds whole: clear of its inner edges by `SAFE_MARGIN`.
+
+    Parameters
+    ----------
+    bbox : (n, 4) ndarray of int
+        ``row0, col0, row1, col1`` of each group, in the window's pixels.
+    edges : Edges
+        Which sides of the window are the processing grid's own edges.
+    shape : (h, w)
+        The window's size.
+    """
+    h, w, m = shape[0], shape[1], SAFE_MARGIN
+    return ((edges.top | (bbox[:, 0] >= m)) & (edges.left | (bbox[:, 1] >= m))
+            & (edges.bottom | (bbox[:, 2] <= h - m)) & (edges.right | (bbox[:, 3] <= w - m)))
+
+
 def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
                    invalid: NDArray[np.bool_], plan: Plan, *, row_off: int, col_off: int,
                    edges: Edges = Edges(), select: Selector | None = None) -> WindowResult:
@@ -277,8 +296,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
                     np.int64).reshape(-1, 4)
     first = first_pixel(glabels, ids)
     anchors = np.stack([first // w, first % w], axis=1)
-    complete = ((edges.top | (bbox[:, 0] >= m)) & (edges.left | (bbox[:, 1] >= m))
-                & (edges.bottom | (bbox[:, 2] <= h - m)) & (edges.right | (bbox[:, 3] <= w - m)))
+    complete = is_complete(bbox, edges, (h, w))
     offset = np.array([row_off, col_off], np.int64)
     g_anchor = anchors + offset
     g_bbox = bbox + np.concatenate([offset, offset])

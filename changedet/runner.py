@@ -29,11 +29,11 @@ from rasterio.windows import Window
 
 from changedet import io
 from changedet.blocks import (
-    SAFE_MARGIN,
     ChangeObject,
     Edges,
     Plan,
     WindowResult,
+    is_complete,
     process_window,
 )
 from changedet.coreg import window_transform
@@ -309,11 +309,11 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
 
 
 def _complete_in(bbox: NDArray[np.int64], block: Block) -> bool:
-    w, e, m = block.window, block.edges, SAFE_MARGIN
+    # `bbox` (row0, col0, row1, col1 on the processing grid) held whole by `block`?
+    w = block.window
     r0, c0 = int(w.row_off), int(w.col_off)
-    r1, c1 = r0 + int(w.height), c0 + int(w.width)
-    return bool((e.top or bbox[0] >= r0 + m) and (e.left or bbox[1] >= c0 + m)
-                and (e.bottom or bbox[2] <= r1 - m) and (e.right or bbox[3] <= c1 - m))
+    local = np.asarray(bbox, np.int64).reshape(1, 4) - np.array([r0, c0, r0, c0])
+    return bool(is_complete(local, block.edges, (int(w.height), int(w.width)))[0])
 
 
 def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
