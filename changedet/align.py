@@ -46,6 +46,14 @@ def _decimated(grid: Grid, factor: int) -> Grid:
                 grid.width // factor, grid.height // factor)
 
 
+def _read(ds: DatasetReader, window: Window, bands: list[int], name: str, factor: int,
+          ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    # A window of a dataset on its own grid, decimated by `factor`.
+    w, h = int(window.width), int(window.height)
+    out_shape = None if factor == 1 else (h // factor, w // factor)
+    return io.read_window(ds, window, bands=bands, name=name, out_shape=out_shape)
+
+
 class _BeforeReader:
     """Windows of the before image, relative to the overlap."""
 
@@ -59,11 +67,10 @@ class _BeforeReader:
 
     def read(self, window: Window, factor: int = 1,
              ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-        w, h = int(window.width), int(window.height)
         win = Window(int(window.col_off + self.overlap.col_off),
-                     int(window.row_off + self.overlap.row_off), w, h)
-        out_shape = None if factor == 1 else (h // factor, w // factor)
-        return io.read_window(self.ds, win, bands=self.bands, name=self.name, out_shape=out_shape)
+                     int(window.row_off + self.overlap.row_off),
+                     int(window.width), int(window.height))
+        return _read(self.ds, win, self.bands, self.name, factor)
 
 
 class _AfterReader:
@@ -90,9 +97,7 @@ class _AfterReader:
         if self.offset is not None:
             c0, r0 = int(window.col_off) + self.offset[0], int(window.row_off) + self.offset[1]
             if c0 >= 0 and r0 >= 0 and c0 + w <= self.own.width and r0 + h <= self.own.height:
-                out_shape = None if factor == 1 else (h // factor, w // factor)
-                return io.read_window(self.ds, Window(c0, r0, w, h), bands=self.bands,
-                                      name=self.name, out_shape=out_shape)
+                return _read(self.ds, Window(c0, r0, w, h), self.bands, self.name, factor)
         grid = _decimated(self.grid.window_grid(window), factor)
         return io.read_warped(self.ds, grid, bands=self.bands, name=self.name,
                               resampling=self.resampling if factor == 1 else Resampling.average)
