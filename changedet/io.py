@@ -986,16 +986,15 @@ class GeoJSONWriter:
                  inputs: Iterable[Any] = ()) -> None:
         if (path is None) == (stream is None):
             raise ValueError("give a path or a stream")
-        self._path = None if path is None else check_output_path(
-            path, overwrite=overwrite, inputs=inputs)
-        self._overwrite = overwrite
-        self._tmp: str | None = None
-        if self._path is not None:
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".part",
-                                             dir=self._path.parent)
-            self._f: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        self._path = path
+        # A file is written as every other output is (see _open_atomic):
+        # closing the stack publishes it, aborting drops it.
+        self._stack = contextlib.ExitStack()
+        if path is None:
+            self._f: IO[str] = stream  # type: ignore[assignment]
         else:
-            self._f = stream  # type: ignore[assignment]
+            self._f = self._stack.enter_context(
+                _open_atomic(path, "w", overwrite=overwrite, inputs=inputs))
         self.count = 0
         self._bounds = [np.inf, np.inf, -np.inf, -np.inf]
         text = json.dumps({"type": "FeatureCollection", **head}, ensure_ascii=False,
@@ -1029,27 +1028,18 @@ class GeoJSONWriter:
         if self._path is None:
             self._f.flush()
             return
-        try:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-            if self._path.exists() and not self._overwrite:
-                raise OutputExistsError(f"{self._path}: appeared while changedet was running; "
-                                        "use --overwrite to replace it")
-            os.chmod(self._tmp, 0o666 & ~_umask())
-            os.replace(self._tmp, self._path)
-        except BaseException:
-            self.abort()
-            raise
+        self._stack.close()
 
     def abort(self) -> None:
         """Drop a partial file; the destination is untouched."""
-        if self._tmp is not None:
-            with contextlib.suppress(Exception):
-                self._f.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
-            self._tmp = None
+        self._stack.__exit__(_Aborted, _Aborted(), None)
+
+
+class _Aborted(Exception):
+    # Thrown into a GeoJSONWriter's atomic file to drop it.
+    pass
+
+
 def package_text(relpath: str) -> str:
     """Text of a file shipped inside the changedet package (e.g. vendored JS)."""
     from importlib.resources import files

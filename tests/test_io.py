@@ -283,3 +283,21 @@ def test_decimated_read_in_pieces_equals_one_gdal_read(tmp_path, monkeypatch, wi
     # the other way, nothing more.
     np.testing.assert_allclose(got, want, atol=1.0)
     assert np.mean(got != want) < 0.01
+
+
+def test_geojson_writer_publishes_on_close_and_leaves_nothing_on_abort(tmp_path):
+    feature = {"type": "Feature", "geometry": None, "properties": {}}
+    w = io.GeoJSONWriter(tmp_path / "a.geojson", {"changedet": {}})
+    w.write(feature, [0, 0, 1, 1])
+    w.abort()
+    assert list(tmp_path.iterdir()) == []          # no partial file, no temporary
+    w = io.GeoJSONWriter(tmp_path / "a.geojson", {"changedet": {}})
+    w.write(feature, [0, 0, 1, 1])
+    w.close()
+    assert json.loads((tmp_path / "a.geojson").read_text())["bbox"] == [0, 0, 1, 1]
+    w = io.GeoJSONWriter(tmp_path / "b.geojson", {})
+    (tmp_path / "b.geojson").write_text("someone else's")
+    with pytest.raises(OutputExistsError, match="appeared while changedet was running"):
+        w.close()
+    assert (tmp_path / "b.geojson").read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.geojson", "b.geojson"]
