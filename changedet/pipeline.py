@@ -382,6 +382,8 @@ class _Opened:
     binfo: io.ImageInfo
     ainfo: io.ImageInfo
     sources_paths: tuple[str, str]
+    #: Closes, with the inputs, what the estimation opens on them.
+    stack: contextlib.ExitStack
 
 
 #: GDAL's block cache, MB, unless the user sets GDAL_CACHEMAX: GDAL's own
@@ -412,7 +414,7 @@ def _open(before: io.RasterSource, after: io.RasterSource) -> Iterator[_Opened]:
         bds, ads = datasets
         binfo = io.image_info(bds, io.source_label(before))
         ainfo = io.image_info(ads, io.source_label(after))
-        yield _Opened(bds, ads, binfo, ainfo, (paths[0], paths[1]))
+        yield _Opened(bds, ads, binfo, ainfo, (paths[0], paths[1]), stack)
 
 
 @dataclass(frozen=True)
@@ -456,12 +458,16 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     wgrid = grid.window_grid(window)
     resampling = resampling_for(grid, ainfo.grid)
 
+    # The after image is read as the blocks will read it (runner.read_block).
+    after_tiles = opened.stack.enter_context(io.TileReader(
+        opened.sources_paths[1], bands=use_bands, name=ainfo.name, max_bytes=0))
+
     def read_after(win: Window, alignment: Alignment | None = None,
                    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         p = None if alignment is None else alignment.for_window(
             win.col_off - context.col_off, win.row_off - context.row_off)
-        return io.read_warped(ads, grid.window_grid(win), bands=use_bands, pixel_transform=p,
-                              resampling=resampling, name=ainfo.name)
+        return io.read_aligned(after_tiles, grid.window_grid(win), pixel_transform=p,
+                               resampling=resampling)
 
     # Check there is data at all before anything else, so an empty image gets
     # one clear error rather than a co-registration warning first.

@@ -10,7 +10,7 @@ flight at once.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import warnings
 from collections import deque
@@ -58,6 +58,11 @@ DEFAULT_BLOCK_SIZE = 1024
 #: the first pass.
 DEFAULT_HALO = 96
 
+#: GDAL's block cache during the block stage, MB, unless the user sets
+#: GDAL_CACHEMAX: the decoded tiles are kept by the runner's TileReaders,
+#: and GDAL's cache would only hold second copies of them.
+BLOCK_GDAL_CACHE_MB = 16
+
 #: Largest side of the window grown for an oversized change; beyond it the
 #: change is processed as cut and a warning says so.
 MAX_GROWN_WINDOW = 4096
@@ -97,17 +102,31 @@ class BlockOutput:
     deferred: NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 6), np.int64))
 
 
-def layout(shape: tuple[int, int], block_size: int, halo: int) -> list[Block]:
-    """Tile a ``(height, width)`` grid into blocks, row by row."""
+#: Width, in blocks, of the column stripes blocks are visited in: a stripe's
+#: rows of blocks share tiles, and a narrow stripe keeps the tiles to cache
+#: few whatever the raster's width.
+STRIPE_BLOCKS = 4
+
+
+def layout(shape: tuple[int, int], block_size: int, halo: int,
+           stripe: int = STRIPE_BLOCKS) -> list[Block]:
+    """Tile a ``(height, width)`` grid into blocks.
+
+    Blocks come stripe by stripe (columns of `stripe` blocks, left to right),
+    row by row within a stripe: consecutive blocks then share most of the
+    tiles their halos read.
+    """
     h, w = shape
     out = []
-    for r0 in range(0, h, block_size):
-        for c0 in range(0, w, block_size):
-            r1, c1 = min(r0 + block_size, h), min(c0 + block_size, w)
-            wr0, wc0 = max(0, r0 - halo), max(0, c0 - halo)
-            wr1, wc1 = min(h, r1 + halo), min(w, c1 + halo)
-            window = Window(wc0, wr0, wc1 - wc0, wr1 - wr0)
-            out.append(Block(Window(c0, r0, c1 - c0, r1 - r0), window, _edges(window, shape)))
+    for s0 in range(0, w, block_size * stripe):
+        for r0 in range(0, h, block_size):
+            for c0 in range(s0, min(w, s0 + block_size * stripe), block_size):
+                r1, c1 = min(r0 + block_size, h), min(c0 + block_size, w)
+                wr0, wc0 = max(0, r0 - halo), max(0, c0 - halo)
+                wr1, wc1 = min(h, r1 + halo), min(w, c1 + halo)
+                window = Window(wc0, wr0, wc1 - wc0, wr1 - wr0)
+                out.append(Block(Window(c0, r0, c1 - c0, r1 - r0), window,
+                                 _edges(window, shape)))
     return out
 
 
@@ -117,9 +136,60 @@ def _edges(window: Window, shape: tuple[int, int]) -> Edges:
                  right=c0 + int(window.width) == shape[1])
 
 
-def read_block(sources: Sources, plan: Plan, window: Window,
+class Readers:
+    """The two images opened for a run's blocks, their decoded tiles shared.
+
+    Parameters
+    ----------
+    sources : Sources
+    plan : Plan
+    max_bytes : int, optional
+        Bound on each image's cached tiles (see :class:`changedet.io.TileReader`).
+    """
+
+    def __init__(self, sources: Sources, plan: Plan, max_bytes: int = io.TILE_CACHE_BYTES,
+                 ) -> None:
+        self.before = io.TileReader(sources.before, bands=plan.bands, name=sources.before_name,
+                                    max_bytes=max_bytes)
+        try:
+            self.after = io.TileReader(sources.after, bands=plan.bands,
+                                       name=sources.after_name, max_bytes=max_bytes)
+        except BaseException:
+            self.before.close()
+            raise
+
+    def close(self) -> None:
+        """Close both images."""
+        self.before.close()
+        self.after.close()
+
+    def __enter__(self) -> Readers:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def cache_bytes(plan: Plan, block_size: int, halo: int, stripe: int = STRIPE_BLOCKS) -> int:
+    """Tile cache per image that lets a stripe of blocks decode each tile about once.
+
+    One and a half rows of halo'd blocks across a stripe, at 8 bytes a
+    pixel and band (the widest type read).
+    """
+    bands = len(plan.bands) if plan.bands else 4
+    w = min(plan.grid.width, block_size * stripe) + 2 * halo
+    h = min(plan.grid.height, block_size) + 2 * halo
+    return max(16 * 2 ** 20, int(1.5 * w * h * bands * 2))
+
+
+def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | None = None,
                ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
     """Read a window of both images, the after image aligned and normalised.
+
+    Parameters
+    ----------
+    readers : Readers, optional
+        The images opened for the run (default: opened for this window).
 
     Returns
     -------
@@ -127,6 +197,9 @@ def read_block(sources: Sources, plan: Plan, window: Window,
     invalid : (h, w) ndarray of bool
         Invalid in either image, or outside the region of interest.
     """
+    if readers is None:
+        with Readers(sources, plan, max_bytes=0) as own:
+            return read_block(sources, plan, window, own)
     r0, c0 = int(window.row_off), int(window.col_off)
     grid = plan.grid.window_grid(window)
     src_window = Window(c0 + sources.origin[1], r0 + sources.origin[0],
@@ -136,11 +209,9 @@ def read_block(sources: Sources, plan: Plan, window: Window,
     # Runs in worker threads: no warning filters here (catch_warnings is not
     # thread-safe); run_blocks silences rasterio's NotGeoreferencedWarning
     # for pixel-space inputs from the calling thread.
-    with rasterio.open(sources.before) as bds, rasterio.open(sources.after) as ads:
-        b, inv_b = io.read_window(bds, src_window, bands=plan.bands, name=sources.before_name)
-        a, inv_a = io.read_warped(ads, grid, bands=plan.bands, pixel_transform=local,
-                                  resampling=Resampling[plan.resampling],
-                                  name=sources.after_name)
+    b, inv_b = readers.before.read(src_window)
+    a, inv_a = io.read_aligned(readers.after, grid, pixel_transform=local,
+                               resampling=Resampling[plan.resampling])
     invalid = inv_b | inv_a
     if plan.roi is not None:
         invalid |= geometry_mask([plan.roi], out_shape=grid.shape, transform=grid.transform)
@@ -155,9 +226,10 @@ def _inside(rows: NDArray[np.int64], cols: NDArray[np.int64], win: Window) -> ND
             & (cols >= c0) & (cols < c0 + int(win.width)))
 
 
-def run_block(sources: Sources, plan: Plan, block: Block) -> BlockOutput:
+def run_block(sources: Sources, plan: Plan, block: Block, readers: Readers | None = None,
+              ) -> BlockOutput:
     """Process one block: the unit of work sent to a thread or a Dask worker."""
-    b, a, invalid = read_block(sources, plan, block.window)
+    b, a, invalid = read_block(sources, plan, block.window, readers)
     r0, c0 = int(block.window.row_off), int(block.window.col_off)
 
     def in_core(anchors: NDArray[np.int64], bbox: NDArray[np.int64]) -> NDArray[np.bool_]:
@@ -290,22 +362,28 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
     halo = max(halo, plan.halo)
     blocks = layout(plan.grid.shape, block_size, halo)
     threads = threads or os.cpu_count() or 1
-    if client is not None:
-        outputs = _ordered_dask(blocks, sources, plan, client)
-    else:
-        outputs = _ordered(blocks, lambda blk: run_block(sources, plan, blk), threads)
-    deferred: list[NDArray[np.int64]] = []
-    for i, out in enumerate(outputs, start=1):
-        sink.block(out)
-        for obj in out.objects:
-            sink.object(obj)
-        if len(out.deferred):
-            deferred.append(out.deferred)
-        if progress is not None:
-            progress("blocks", i, len(blocks))
-    if deferred:
-        _resolve_deferred(np.concatenate(deferred), sources, plan, sink, blocks, block_size,
-                          halo)
+    with contextlib.ExitStack() as stack:
+        if "GDAL_CACHEMAX" not in os.environ:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=BLOCK_GDAL_CACHE_MB * 2 ** 20))
+        readers = stack.enter_context(Readers(sources, plan, cache_bytes(plan, block_size,
+                                                                          halo)))
+        if client is not None:
+            outputs = _ordered_dask(blocks, sources, plan, client)
+        else:
+            outputs = _ordered(blocks, lambda blk: run_block(sources, plan, blk, readers),
+                               threads)
+        deferred: list[NDArray[np.int64]] = []
+        for i, out in enumerate(outputs, start=1):
+            sink.block(out)
+            for obj in out.objects:
+                sink.object(obj)
+            if len(out.deferred):
+                deferred.append(out.deferred)
+            if progress is not None:
+                progress("blocks", i, len(blocks))
+        if deferred:
+            _resolve_deferred(np.concatenate(deferred), sources, plan, sink, blocks,
+                              block_size, halo, readers)
 
 
 def _complete_in(bbox: NDArray[np.int64], block: Block) -> bool:
@@ -317,14 +395,16 @@ def _complete_in(bbox: NDArray[np.int64], block: Block) -> bool:
 
 
 def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
-                      blocks: list[Block], block_size: int, halo: int) -> None:
+                      blocks: list[Block], block_size: int, halo: int, readers: Readers,
+                      ) -> None:
     """Second pass: groups too large for their block, in grown windows."""
     h, w = plan.grid.shape
-    per_row = math.ceil(w / block_size)
     emitted: set[tuple[int, int]] = set()
+    by_core = {(int(b.core.row_off), int(b.core.col_off)): b for b in blocks}
 
     def anchor_block(anchor: NDArray[np.int64]) -> Block:
-        return blocks[int(anchor[0]) // block_size * per_row + int(anchor[1]) // block_size]
+        return by_core[(int(anchor[0]) // block_size * block_size,
+                        int(anchor[1]) // block_size * block_size)]
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
     for region in _merge_boxes(boxes, halo):  # type: ignore[arg-type]
@@ -344,7 +424,7 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                 _chosen.extend(tuple(int(v) for v in a) for a in anchors[keep])
                 return keep
 
-            b, a, invalid = read_block(sources, plan, win)
+            b, a, invalid = read_block(sources, plan, win, readers)
             res: WindowResult = process_window(
                 b, a, invalid, plan, row_off=int(win.row_off), col_off=int(win.col_off),
                 edges=edges, select=select)
