@@ -662,19 +662,25 @@ def _tolerant_distance(wa: NDArray[np.float32], wb: NDArray[np.float32],
                        ) -> NDArray[np.float32]:
     # For each candidate pixel: the smallest distance between after(p) and any
     # before pixel within `radius`, and vice versa; the larger of the two.
-    h, w = wa.shape[1:]
-    a_c = wa[:, rows, cols]
-    b_c = wb[:, rows, cols]
+    # (np.take on flat indices gathers several times faster than 2-D fancy
+    # indexing.)
+    bands, h, w = wa.shape
+    flat_a, flat_b = wa.reshape(bands, -1), wb.reshape(bands, -1)
+    centre = rows * w + cols
+    a_c, b_c = np.take(flat_a, centre, axis=1), np.take(flat_b, centre, axis=1)
     best_ab = np.full(rows.size, np.inf, np.float32)
     best_ba = np.full(rows.size, np.inf, np.float32)
     for dy in range(-radius, radius + 1):
-        rr = np.clip(rows + dy, 0, h - 1)
+        rr = np.clip(rows + dy, 0, h - 1) * w
         for dx in range(-radius, radius + 1):
             if dx * dx + dy * dy > radius * radius + radius:
                 continue
-            cc = np.clip(cols + dx, 0, w - 1)
-            np.minimum(best_ab, ((a_c - wb[:, rr, cc]) ** 2).sum(axis=0), out=best_ab)
-            np.minimum(best_ba, ((wa[:, rr, cc] - b_c) ** 2).sum(axis=0), out=best_ba)
+            near = rr + np.clip(cols + dx, 0, w - 1)
+            for flat, centre_values, best in ((flat_b, a_c, best_ab), (flat_a, b_c, best_ba)):
+                d = np.take(flat, near, axis=1)
+                d -= centre_values
+                np.square(d, out=d)
+                np.minimum(best, d.sum(axis=0), out=best)
     return np.sqrt(np.maximum(best_ab, best_ba))
 
 
