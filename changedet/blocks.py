@@ -311,14 +311,22 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
         return WindowResult(score, [], incomplete)
 
     lut = np.concatenate([[False], emit])
+    # Nothing below reaches further than `k` past a group: work in the box
+    # that holds the emitted groups with that margin (a block with a few
+    # structures then costs a few structures' worth), the same result as on
+    # the whole window.
+    r0, c0 = np.maximum(bbox[emit, :2].min(axis=0) - k - m, 0)
+    r1, c1 = np.minimum(bbox[emit, 2:].max(axis=0) + k + m, (h, w))
+    box = np.s_[r0:r1, c0:c1]
     # In a complete group every candidate component holds a seed, so the
     # hysteresis result there is simply the live candidates.
-    kept = delineate(score, live & lut[glabels], floor=plan.threshold.low)
+    kept = delineate(score[box], live[box] & lut[glabels[box]], floor=plan.threshold.low)
     cleaned = clean_mask(kept, pixel_area_m2=plan.pixel_area_m2, min_area_m2=plan.min_area_m2,
                          open_radius=plan.open_radius, close_radius=plan.close_radius,
-                         invalid=invalid)
+                         invalid=invalid[box])
     labels, n = label_components(cleaned)
-    objects = _objects(before, after, invalid, score, labels, n, plan, row_off, col_off)
+    objects = _objects(before[(slice(None),) + box], after[(slice(None),) + box], invalid[box],
+                       score[box], labels, n, plan, row_off + int(r0), col_off + int(c0))
     return WindowResult(score, objects, incomplete)
 
 
