@@ -70,6 +70,13 @@ _LOWPASS_SIGMA = 0.15
 #: pixels on its longer side.
 _COARSE_SIDE = 1024
 
+#: Side, pixels, of the central region of the overlap searched first for
+#: large shifts (up to a quarter of it): on a larger overlap, decimating all
+#: of it would decode every tile of both files, a full read, for a search
+#: range no real pair needs. The whole overlap is searched only when the
+#: region finds no confident shift.
+_COARSE_REGION = 4096
+
 #: Window sizes (pixels) of the global consensus: the largest that fits,
 #: within these bounds.
 _GLOBAL_WINDOW = (32, 512)
@@ -787,6 +794,16 @@ def _coarse(before: tuple[NDArray[np.float32], NDArray[np.bool_], _Image],
     return (round(float(x[0]) * factor), round(float(y[0]) * factor)), float(psr[0])
 
 
+def _coarse_in(rb: WindowReader, ra: WindowReader, region: Window, min_psr: float,
+               ) -> tuple[tuple[int, int], float, _Image, _Image]:
+    """Band weights and coarse shift from `region` of the overlap, decimated."""
+    factor = max(1, math.ceil(max(int(region.width), int(region.height)) / _COARSE_SIDE))
+    bd, bi, ad, ai = _read_both(rb, ra, region, region, factor)
+    b_img, a_img = _Image(rb, _band_weights(bd, bi)), _Image(ra, _band_weights(ad, ai))
+    offset, psr = _coarse((bd, bi, b_img), (ad, ai, a_img), factor, min_psr)
+    return offset, psr, b_img, a_img
+
+
 def _global(before: _Image, after: _Image, shape: tuple[int, int], min_psr: float,
             offset: tuple[int, int], coarse_psr: float) -> tuple[Shift, TiePoints, str]:
     c0, c1, r0, r1 = _span(shape, offset)
@@ -935,12 +952,14 @@ def estimate_alignment(before: NDArray[np.floating] | WindowReader,
     Notes
     -----
     1. Bands are combined into their standardised mean (weights from the
-       whole image, so every window uses the same combination), and windows
-       are matched on its gradient magnitude, which survives gain, offset
+       coarse read below, so every window uses the same combination), and
+       windows are matched on its gradient magnitude, which survives gain, offset
        and haze.
-    2. The whole overlap, decimated to at most 1024 pixels a side, is
-       phase-correlated to find large shifts (up to about a third of the
-       overlap), as whole pixels.
+    2. The overlap's central 4096 x 4096 pixels (or all of a smaller
+       overlap), decimated to at most 1024 pixels a side, are
+       phase-correlated to find large shifts (up to about a quarter of that
+       region), as whole pixels; the whole overlap only if that region finds
+       no confident peak. The band weights come from the same read.
     3. A 3 x 3 grid of windows (as large as fits, up to 512 px), each
        displaced by that integer shift, is phase-correlated [1]_ with a
        Gaussian low-pass on the normalised cross-power spectrum (which
@@ -996,12 +1015,11 @@ def estimate_alignment(before: NDArray[np.floating] | WindowReader,
         raise ValueError(f"window must be at least 16 pixels, not {window}")
     h, w = shape
     full = Window(0, 0, w, h)
-    factor = max(1, math.ceil(max(h, w) / _COARSE_SIDE))
-    # The decimated overlap gives the band weights and the coarse shift.
-    bd, bi, ad, ai = _read_both(rb, ra, full, full, factor)
-    b_img, a_img = _Image(rb, _band_weights(bd, bi)), _Image(ra, _band_weights(ad, ai))
-    offset, coarse_psr = _coarse((bd, bi, b_img), (ad, ai, a_img), factor, min_psr)
-    del bd, bi, ad, ai
+    region = Window((w - min(w, _COARSE_REGION)) // 2, (h - min(h, _COARSE_REGION)) // 2,
+                    min(w, _COARSE_REGION), min(h, _COARSE_REGION))
+    offset, coarse_psr, b_img, a_img = _coarse_in(rb, ra, region, min_psr)
+    if coarse_psr < min_psr and region != full:
+        offset, coarse_psr, b_img, a_img = _coarse_in(rb, ra, full, min_psr)
     bands = b_img.weights.size
     matched_on = ("gradient magnitude of the band" if bands == 1 else
                   f"gradient magnitude of the mean of {bands} standardised bands")
