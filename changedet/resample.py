@@ -70,31 +70,27 @@ def cubic_support(offset: float, size: int) -> tuple[int, int]:
     return base - _BEFORE, base + size + _AFTER
 
 
-def _axis(data: NDArray[np.float32], invalid: NDArray[np.bool_], frac: float, size: int,
-          axis: int) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-    # Convolve `data` along `axis` (of its last two) with the four weights,
-    # keeping `size` outputs; a pixel is invalid where any source pixel
-    # with a non-zero weight is.
-    w = cubic_weights(frac)
-    out_shape = list(data.shape)
-    out_shape[axis] = size
-    out = np.zeros(out_shape, np.float32)
-    iaxis = axis - data.ndim + invalid.ndim
-    inv_shape = list(invalid.shape)
-    inv_shape[iaxis] = size
-    inv = np.zeros(inv_shape, bool)
-    tmp = np.empty_like(out)
-    for k in range(4):
-        if w[k] == 0.0:
-            continue
-        take = [slice(None)] * data.ndim
-        take[axis] = slice(k, k + size)
-        np.multiply(data[tuple(take)], w[k], out=tmp)
+def _taps(n: int, weights: NDArray[np.float32], size: int, axis: int,
+          ) -> list[tuple[float, tuple[slice, ...]]]:
+    # (weight, slice) of the taps with a non-zero weight, along `axis` of an
+    # n-dimensional array.
+    out = []
+    for k, wk in enumerate(weights):
+        if wk != 0.0:
+            take = [slice(None)] * n
+            take[axis] = slice(k, k + size)
+            out.append((float(wk), tuple(take)))
+    return out
+
+
+def _convolve(src: NDArray[np.float32], taps: list[tuple[float, tuple[slice, ...]]],
+              out: NDArray[np.float32], tmp: NDArray[np.float32]) -> None:
+    # out = sum of weight * src[slice], with one scratch array.
+    (w0, s0), *rest = taps
+    np.multiply(src[s0], np.float32(w0), out=out)
+    for wk, sk in rest:
+        np.multiply(src[sk], np.float32(wk), out=tmp)
         out += tmp
-        itake = [slice(None)] * invalid.ndim
-        itake[iaxis] = slice(k, k + size)
-        inv |= invalid[tuple(itake)]
-    return out, inv
 
 
 def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: float, dy: float,
@@ -139,9 +135,21 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
     src = np.asarray(data, np.float32)
     if src.ndim == 2:
         src = src[None]
-    fy, fx = dy - math.floor(dy), dx - math.floor(dx)
-    tmp, inv = _axis(src, invalid, fx, w, axis=2)
-    out, inv = _axis(tmp, inv, fy, h, axis=1)
-    del tmp
+    tx = _taps(2, cubic_weights(dx - math.floor(dx)), w, axis=1)
+    ty = _taps(2, cubic_weights(dy - math.floor(dy)), h, axis=0)
+    # Invalid wherever a tap (of either pass) reads an invalid pixel.
+    across = np.zeros((h + 3, w), bool)
+    for _, sk in tx:
+        across |= invalid[sk]
+    inv = np.zeros((h, w), bool)
+    for _, sk in ty:
+        inv |= across[sk]
+    # Band by band: the scratch arrays stay the size of one band.
+    out = np.empty((src.shape[0], h, w), np.float32)
+    rows = np.empty((h + 3, w), np.float32)
+    tmp_rows, tmp = np.empty_like(rows), np.empty((h, w), np.float32)
+    for band, dst in zip(src, out, strict=True):
+        _convolve(band, tx, rows, tmp_rows)
+        _convolve(rows, ty, dst, tmp)
     out[:, inv] = 0
     return (out if np.ndim(data) == 3 else out[0]), inv
