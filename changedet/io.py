@@ -649,6 +649,10 @@ class TileReader:
         return np.pad(data, ((0, 0),) + pad, mode="edge"), np.pad(invalid, pad, mode="edge")
 
 
+#: Offsets this close to whole pixels are whole pixels.
+_SNAP_PX = 1e-6
+
+
 def _translation(src: Grid, grid: Grid, pixel_transform: Affine | None,
                  ) -> tuple[float, float] | None:
     # Where `grid`'s pixel (0, 0) samples `src`, in src pixel indices, when
@@ -660,7 +664,11 @@ def _translation(src: Grid, grid: Grid, pixel_transform: Affine | None,
         m = m @ pixel_transform
     if max(abs(m.a - 1), abs(m.e - 1), abs(m.b), abs(m.d)) > 1e-9:
         return None
-    return m.c, m.f
+    # Grids on one lattice give whole pixels up to rounding (0.6 m pixels:
+    # 7.000000000931): snap, or the kernel's ~1e-9 weights would make
+    # every pixel next to an invalid one invalid too.
+    return tuple(round(v) if abs(v - round(v)) < _SNAP_PX else v  # type: ignore[return-value]
+                 for v in (m.c, m.f))
 
 
 def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None = None,

@@ -1,0 +1,158 @@
+"""cubic_shift against known answers and against GDAL's own cubic warp."""
+
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+
+from changedet.resample import cubic_shift, cubic_support, cubic_weights
+from tests.conftest import UTM, utm_transform, write_tif
+
+
+def _shift(src, invalid, dx, dy, shape):
+    # Output pixel (row, col) samples src at (row + dy, col + dx): slice the
+    # kernel's support out of src and shift it, as io.read_aligned does.
+    (r0, r1), (c0, c1) = cubic_support(dy, shape[0]), cubic_support(dx, shape[1])
+    assert r0 >= 0 and c0 >= 0 and r1 <= src.shape[-2] and c1 <= src.shape[-1]
+    return cubic_shift(src[..., r0:r1, c0:c1], invalid[r0:r1, c0:c1], dx - c0, dy - r0, shape)
+
+
+def _smooth(shape=(64, 64)):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    return (100 + 50 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.3 * xx).astype(np.float32)
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.1, 0.25, 0.5, 0.7, 0.999])
+def test_cubic_weights_sum_to_one_and_mirror(frac):
+    w = cubic_weights(frac)
+    assert w.shape == (4,) and w.dtype == np.float32
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+    # The sample's first moment is frac: the kernel reproduces a ramp.
+    assert float(w @ np.array([-1, 0, 1, 2], np.float32)) == pytest.approx(frac, abs=1e-6)
+    np.testing.assert_allclose(cubic_weights(1.0 - frac)[::-1], w, atol=1e-6)
+
+
+def test_cubic_weights_known_values():
+    assert cubic_weights(0.0).tolist() == [0.0, 1.0, 0.0, 0.0]
+    np.testing.assert_allclose(cubic_weights(0.5), [-0.0625, 0.5625, 0.5625, -0.0625])
+    # Keys (a = -0.5) at 0.25 by hand.
+    np.testing.assert_allclose(cubic_weights(0.25),
+                               [-0.0703125, 0.8671875, 0.2265625, -0.0234375], atol=1e-7)
+
+
+@pytest.mark.parametrize("offset, size, expected", [
+    (2.3, 10, (1, 14)), (0.0, 5, (-1, 7)), (3.0, 1, (2, 6)), (-0.5, 4, (-2, 5)),
+    (-2.0, 3, (-3, 3)),
+])
+def test_cubic_support(offset, size, expected):
+    assert cubic_support(offset, size) == expected
+    start, stop = expected
+    assert stop - start == size + 3
+
+
+@pytest.mark.parametrize("dx, dy", [(3, 2), (1, 7), (6.0, 1.0)])
+def test_integer_shift_is_an_exact_copy(dx, dy):
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(2, 48, 48)).astype(np.float32)
+    out, inv = _shift(src, np.zeros((48, 48), bool), dx, dy, (30, 32))
+    assert out.dtype == np.float32 and out.shape == (2, 30, 32)
+    r, c = int(dy), int(dx)
+    np.testing.assert_array_equal(out, src[:, r:r + 30, c:c + 32])
+    assert not inv.any()
+
+
+@pytest.mark.parametrize("dx, dy", [(1.25, 1.0), (2.5, 3.75), (4.9, 1.05), (1.0, 2.3)])
+def test_linear_ramp_is_reproduced_at_fractional_shifts(dx, dy):
+    yy, xx = np.mgrid[0:48, 0:48].astype(np.float32)
+    src = 3 * xx - 2 * yy + 5
+    out, inv = _shift(src[None], np.zeros((48, 48), bool), dx, dy, (30, 30))
+    rows, cols = np.mgrid[0:30, 0:30]
+    np.testing.assert_allclose(out[0], 3 * (cols + dx) - 2 * (rows + dy) + 5, atol=1e-4)
+    assert not inv.any()
+
+
+@pytest.mark.parametrize("dx, dy", [(1.3, 1.7), (2.25, 1.6), (5.5, 3.1), (1.0, 4.4)])
+def test_fractional_shift_matches_gdal_cubic(tmp_path, dx, dy):
+    img = _smooth()
+    path = write_tif(tmp_path / "smooth.tif", img)
+    h, w = 40, 40
+    # XSCALE/YSCALE = 1: left to itself, GDAL's unmasked cubic path widens
+    # the kernel by its estimate of the source window's size (48/49 here),
+    # which blurs a little; the kernel proper is the one compared.
+    with rasterio.open(path) as ds, WarpedVRT(
+            ds, crs=UTM, transform=utm_transform() @ Affine.translation(dx, dy),
+            width=w, height=h, resampling=Resampling.cubic, XSCALE="1", YSCALE="1") as vrt:
+        gdal = vrt.read(1)
+    out, inv = _shift(img, np.zeros(img.shape, bool), dx, dy, (h, w))
+    assert not inv.any()
+    np.testing.assert_allclose(out[3:-3, 3:-3], gdal[3:-3, 3:-3], rtol=0,
+                               atol=1e-5 * float(np.ptp(img)))
+    # The shift did something: not the unshifted pixels.
+    r, c = math.floor(dy), math.floor(dx)
+    assert np.abs(out - img[r:r + h, c:c + w]).max() > 0.1
+
+
+def _support_mask(n, shift, bad):
+    # Outputs along one axis whose non-zero weights reach source index `bad`.
+    s = np.arange(n) + shift
+    if shift == math.floor(shift):
+        return s == bad
+    base = np.floor(s)
+    return (base - 1 <= bad) & (bad <= base + 2)
+
+
+@pytest.mark.parametrize("dx, dy, count", [
+    (2.3, 1.7, 16),   # fractional in both axes: a 4 x 4 support
+    (2.3, 2.0, 4),    # fractional in x only
+    (2.0, 1.6, 4),    # fractional in y only
+    (3.0, 2.0, 1),    # integer: a copy
+])
+def test_invalid_pixel_makes_its_support_invalid(dx, dy, count):
+    src = _smooth((40, 40))
+    invalid = np.zeros((40, 40), bool)
+    invalid[18, 15] = True
+    out, inv = _shift(src, invalid, dx, dy, (30, 30))
+    expected = _support_mask(30, dy, 18)[:, None] & _support_mask(30, dx, 15)[None, :]
+    assert inv.sum() == count
+    np.testing.assert_array_equal(inv, expected)
+    assert (out[inv] == 0).all()
+    # The invalid pixel's value reaches no valid output.
+    garbage = src.copy()
+    garbage[18, 15] = 1e6
+    out2, inv2 = _shift(garbage, invalid, dx, dy, (30, 30))
+    np.testing.assert_array_equal(inv2, inv)
+    np.testing.assert_array_equal(out2, out)
+
+
+def test_two_dimensional_input_gives_two_dimensional_output():
+    src = _smooth((20, 20))
+    out3, inv3 = cubic_shift(src[None, :13, :13], np.zeros((13, 13), bool), 1.4, 1.2, (10, 10))
+    out2, inv2 = cubic_shift(src[:13, :13], np.zeros((13, 13), bool), 1.4, 1.2, (10, 10))
+    assert out3.shape == (1, 10, 10) and out2.shape == (10, 10)
+    np.testing.assert_array_equal(out2, out3[0])
+    np.testing.assert_array_equal(inv2, inv3)
+
+
+def test_input_is_not_mutated():
+    src = _smooth((20, 20))[None, :13, :13].copy()
+    invalid = np.zeros((13, 13), bool)
+    invalid[5, 5] = True
+    before = src.copy()
+    cubic_shift(src, invalid, 0.5, 0.5, (10, 10))
+    np.testing.assert_array_equal(src, before)
+    assert invalid.sum() == 1
+
+
+@pytest.mark.parametrize("data_shape, mask_shape", [
+    ((1, 12, 13), (12, 13)),    # one row short
+    ((1, 13, 13), (13, 12)),    # mask of another shape
+    ((1, 10, 10), (10, 10)),    # no room for the support
+])
+def test_wrong_shape_raises(data_shape, mask_shape):
+    with pytest.raises(ValueError, match="source must be"):
+        cubic_shift(np.zeros(data_shape, np.float32), np.zeros(mask_shape, bool),
+                    0.5, 0.5, (10, 10))
