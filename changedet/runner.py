@@ -28,6 +28,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import geometry_mask
 from rasterio.windows import Window
+from threadpoolctl import threadpool_limits
 
 from changedet import io
 from changedet.blocks import (
@@ -384,6 +385,11 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
     with contextlib.ExitStack() as stack:
         if "GDAL_CACHEMAX" not in os.environ:
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=BLOCK_GDAL_CACHE_MB * 2 ** 20))
+        if client is None and threads > 1:
+            # numpy's BLAS (a tensordot per block) would start its own thread
+            # per core inside each of ours: oversubscribed, it runs ten
+            # times slower than on one thread.
+            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         release_free_memory()
         readers = stack.enter_context(Readers(sources, plan, cache_bytes(plan, block_size,
                                                                           halo)))
