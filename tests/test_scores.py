@@ -261,3 +261,20 @@ def test_mismatched_inputs_raise():
 def test_shadow_model_metadata():
     s = ShadowModel((1.0, 2.0), (0.3, 0.4), 10)
     assert s.to_dict() == {"dark": [1.0, 2.0], "ratio": [0.3, 0.4], "support": 10}
+
+
+@pytest.mark.parametrize("method", SCORE_METHODS)
+def test_scoring_in_strips_equals_scoring_whole(method):
+    # A tall block is scored strip by strip with the score's reach as margin:
+    # the result must be the very same array (shadows make the reach 30 px).
+    from changedet import synthetic
+
+    pair = synthetic.random_pair((700, 300), bands=4, seed=3, n_appeared=6,
+                                 heights_m=(3.0, 9.0), dtype="uint16",
+                                 sun_after=synthetic.Sun(azimuth=200, elevation=35))
+    b, a = np.asarray(pair.before, np.float32), np.asarray(pair.after, np.float32)
+    params = fit_score(method, b, a, np.zeros(b.shape[1:], bool), tolerance=2)
+    whole = score_change(b, a, params, strip_rows=0)
+    assert whole.max() > 5           # the scene holds change to score
+    for rows in (7, 64, 100):
+        np.testing.assert_array_equal(score_change(b, a, params, strip_rows=rows), whole)
