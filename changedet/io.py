@@ -1221,7 +1221,7 @@ class RasterBlockWriter:
             ds.close()
             with _raster_output(self.path, overwrite=self.overwrite, inputs=()) as out:
                 rasterio.shutil.copy(
-                    self._tmp, out, driver="COG", compress="DEFLATE",
+                    self._tmp, out, driver="COG", compress="DEFLATE", num_threads="ALL_CPUS",
                     predictor=self._predictor, blocksize=512, BIGTIFF="IF_SAFER",
                     overview_resampling=self._ovr,
                     overviews="AUTO" if min(self.grid.shape) > 512 else "NONE")
