@@ -73,9 +73,9 @@ _COARSE_SIDE = 1024
 #: Side, pixels, of the central region of the overlap searched first for
 #: large shifts (up to a quarter of it): on a larger overlap, decimating all
 #: of it would decode every tile of both files, a full read, for a search
-#: range no real pair needs. The whole overlap is searched only when the
-#: region finds no confident shift.
-_COARSE_REGION = 4096
+#: range few real pairs need. The whole overlap is searched only when the
+#: windows placed from the region's answer find no reliable shift.
+_COARSE_REGION = 2048
 
 #: Window sizes (pixels) of the global consensus: the largest that fits,
 #: within these bounds.
@@ -955,11 +955,12 @@ def estimate_alignment(before: NDArray[np.floating] | WindowReader,
        coarse read below, so every window uses the same combination), and
        windows are matched on its gradient magnitude, which survives gain, offset
        and haze.
-    2. The overlap's central 4096 x 4096 pixels (or all of a smaller
+    2. The overlap's central 2048 x 2048 pixels (or all of a smaller
        overlap), decimated to at most 1024 pixels a side, are
        phase-correlated to find large shifts (up to about a quarter of that
-       region), as whole pixels; the whole overlap only if that region finds
-       no confident peak. The band weights come from the same read.
+       region), as whole pixels; the whole overlap too when the windows
+       of step 3, placed by that answer, find no reliable shift. The band
+       weights come from the same read.
     3. A 3 x 3 grid of windows (as large as fits, up to 512 px), each
        displaced by that integer shift, is phase-correlated [1]_ with a
        Gaussian low-pass on the normalised cross-power spectrum (which
@@ -1018,12 +1019,18 @@ def estimate_alignment(before: NDArray[np.floating] | WindowReader,
     region = Window((w - min(w, _COARSE_REGION)) // 2, (h - min(h, _COARSE_REGION)) // 2,
                     min(w, _COARSE_REGION), min(h, _COARSE_REGION))
     offset, coarse_psr, b_img, a_img = _coarse_in(rb, ra, region, min_psr)
-    if coarse_psr < min_psr and region != full:
-        offset, coarse_psr, b_img, a_img = _coarse_in(rb, ra, full, min_psr)
+    gshift, gtp, note = _global(b_img, a_img, shape, min_psr, offset, coarse_psr)
+    if not gshift.reliable and region != full:
+        # The central region held nothing to match, or a shift too large for
+        # it (which it then aliases): search the whole overlap.
+        offset2, psr2, b2, a2 = _coarse_in(rb, ra, full, min_psr)
+        if offset2 != offset:
+            retry = _global(b2, a2, shape, min_psr, offset2, psr2)
+            if retry[0].reliable:
+                (gshift, gtp, note), b_img, a_img = retry, b2, a2
     bands = b_img.weights.size
     matched_on = ("gradient magnitude of the band" if bands == 1 else
                   f"gradient magnitude of the mean of {bands} standardised bands")
-    gshift, gtp, note = _global(b_img, a_img, shape, min_psr, offset, coarse_psr)
     result = Alignment(mode=mode, model="translation", shift=gshift,
                        pixel_transform=Affine.translation(gshift.x, gshift.y), shape=shape,
                        tie_points=gtp, rmse=gshift.spread, matched_on=matched_on, note=note)

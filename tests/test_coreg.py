@@ -5,6 +5,7 @@ import pytest
 from affine import Affine
 from scipy import ndimage
 
+from changedet import coreg
 from changedet.coreg import (
     Alignment,
     ArrayReader,
@@ -64,6 +65,26 @@ def test_large_shifts_up_to_a_quarter_of_the_width(dx, dy):
     s = estimate_shift(b, a)
     assert s.reliable
     assert (s.x, s.y) == pytest.approx((dx, dy), abs=0.05)
+
+
+@pytest.mark.parametrize("ox, oy", [(300, -200), (-1100, 1050)])
+def test_large_shift_on_a_large_overlap(ox, oy, monkeypatch):
+    # The coarse search looks at the overlap's central 2048 px first; a shift
+    # beyond what that region can tell (it aliases one over 1024 px) is
+    # found on the whole overlap.
+    m, n = 1100, 2600
+    tex = ndimage.gaussian_filter(np.random.default_rng(5).random((n + 2 * m,) * 2,
+                                                                   np.float32), 3)
+    b = tex[m:m + n, m:m + n]
+    a = tex[m + oy:m + oy + n, m + ox:m + ox + n]
+    searched = []
+    coarse_in = coreg._coarse_in
+    monkeypatch.setattr(coreg, "_coarse_in", lambda rb, ra, region, psr: searched.append(
+        int(region.width)) or coarse_in(rb, ra, region, psr))
+    s = estimate_shift(b, a)
+    assert s.reliable
+    assert (s.x, s.y) == pytest.approx((-ox, -oy), abs=0.05)
+    assert searched == ([2048] if abs(ox) < 512 else [2048, n])
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
