@@ -508,6 +508,10 @@ class TileReader:
         # No mask to read when GDAL says every pixel of every band is valid.
         self._all_valid = all(MaskFlags.all_valid in ds.mask_flag_enums[i - 1]
                               for i in self.bands)
+        #: Bytes a cached pixel takes: its bands' values, and its mask.
+        types = [np.dtype(ds.dtypes[i - 1]) for i in self.bands]
+        self.pixel_bytes = (sum(t.itemsize for t in types)
+                            + (0 if self._all_valid and all(t.kind != "f" for t in types) else 1))
 
     def dataset(self) -> DatasetReader:
         """Return this thread's handle on the raster."""

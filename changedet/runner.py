@@ -146,20 +146,22 @@ class Readers:
     ----------
     sources : Sources
     plan : Plan
-    max_bytes : int, optional
-        Bound on each image's cached tiles (see :class:`changedet.io.TileReader`).
+    cache_pixels : int, optional
+        Pixels (per band) of each image's decoded tiles to keep (see
+        :class:`changedet.io.TileReader`); 0 keeps only the tile in use.
     """
 
-    def __init__(self, sources: Sources, plan: Plan, max_bytes: int = io.TILE_CACHE_BYTES,
-                 ) -> None:
+    def __init__(self, sources: Sources, plan: Plan, cache_pixels: int = 0) -> None:
         self.before = io.TileReader(sources.before, bands=plan.bands, name=sources.before_name,
-                                    max_bytes=max_bytes)
+                                    max_bytes=0)
         try:
             self.after = io.TileReader(sources.after, bands=plan.bands,
-                                       name=sources.after_name, max_bytes=max_bytes)
+                                       name=sources.after_name, max_bytes=0)
         except BaseException:
             self.before.close()
             raise
+        for reader in (self.before, self.after):
+            reader.max_bytes = cache_pixels * reader.pixel_bytes
 
     def close(self) -> None:
         """Close both images."""
@@ -190,16 +192,15 @@ def release_free_memory() -> None:
     trim(0)
 
 
-def cache_bytes(plan: Plan, block_size: int, halo: int, stripe: int = STRIPE_BLOCKS) -> int:
-    """Tile cache per image that lets a stripe of blocks decode each tile about once.
+def cache_pixels(plan: Plan, block_size: int, halo: int, stripe: int = STRIPE_BLOCKS) -> int:
+    """Tile cache per image, in pixels, that lets each tile be decoded about once.
 
-    One and a half rows of halo'd blocks across a stripe, at 8 bytes a
-    pixel and band (the widest type read).
+    Two rows of halo'd blocks across a stripe: the rows of tiles the
+    current row of blocks shares with the next stay cached until it comes.
     """
-    bands = len(plan.bands) if plan.bands else 4
     w = min(plan.grid.width, block_size * stripe) + 2 * halo
     h = min(plan.grid.height, block_size) + 2 * halo
-    return max(16 * 2 ** 20, int(1.5 * w * h * bands * 2))
+    return 2 * w * h
 
 
 def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | None = None,
@@ -218,7 +219,7 @@ def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | 
         Invalid in either image, or outside the region of interest.
     """
     if readers is None:
-        with Readers(sources, plan, max_bytes=0) as own:
+        with Readers(sources, plan) as own:
             return read_block(sources, plan, window, own)
     r0, c0 = int(window.row_off), int(window.col_off)
     grid = plan.grid.window_grid(window)
@@ -391,8 +392,8 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
             # times slower than on one thread.
             stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         release_free_memory()
-        readers = stack.enter_context(Readers(sources, plan, cache_bytes(plan, block_size,
-                                                                          halo)))
+        readers = stack.enter_context(Readers(sources, plan,
+                                              cache_pixels(plan, block_size, halo)))
         if client is not None:
             outputs = _ordered_dask(blocks, sources, plan, client)
         else:

@@ -516,7 +516,10 @@ def _gate(score: NDArray[np.float32], before: NDArray[np.floating],
     # painted with a pigment as bright in the near-infrared as leaves (some
     # green paints are) on grass is missed: NDVI cannot tell them apart.
     if gate is not None:
-        score[vegetation_mask(before, gate) & vegetation_mask(after, gate)] = 0
+        veg = vegetation_mask(before, gate)
+        if veg.any():  # built-up strips: no need to look at the other date
+            veg &= vegetation_mask(after, gate)
+            score[veg] = 0
 
 
 def default_vegetation_gate(bands: int, dark: NDArray[np.floating] | None = None,
