@@ -467,7 +467,8 @@ class TileReader:
     (a GDAL handle must not be shared between threads); two threads asking
     for the same tile wait for one decode.
 
-    Untiled (striped) files are read window by window, uncached.
+    Files whose blocks are wider or taller than 2048 pixels (the strips of a
+    wide untiled image) are read window by window, uncached.
 
     Parameters
     ----------

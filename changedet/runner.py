@@ -5,7 +5,9 @@ Blocks are read with a halo, processed by
 outputs are the same whatever finishes first. Groups of change too large
 for their block's halo are processed again afterwards in a window grown to
 hold them. Memory stays bounded: at most ``2 * threads`` blocks are in
-flight at once.
+flight at once, and the tiles decoded for them are shared through a cache
+sized for a stripe of blocks (see :func:`layout`), whatever the raster's
+size.
 """
 
 from __future__ import annotations
@@ -45,10 +47,14 @@ from changedet.radiometry import apply_normalisation
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "STRIPE_BLOCKS",
     "Block",
     "Sources",
     "BlockOutput",
     "layout",
+    "Readers",
+    "cache_pixels",
+    "release_free_memory",
     "read_block",
     "run_block",
     "run_blocks",
