@@ -55,8 +55,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage, stats
+from scipy import ndimage
 
+from changedet import chi2
 from changedet.radiometry import IRMAD, irmad, sample_valid
 
 __all__ = [
@@ -153,9 +154,9 @@ def _robust_moments(d: NDArray[np.float64], *, quantile: float = 0.5, iterations
     mean = np.median(d, axis=1)
     mad = np.median(np.abs(d - mean[:, None]), axis=1) * 1.4826
     cov = np.diag(np.maximum(mad, 1e-6) ** 2)
-    cut = stats.chi2.ppf(quantile, nb)
+    cut = chi2.ppf(quantile, nb)
     # Covariance of a normal truncated to its `quantile` region, relative to full.
-    consistency = stats.chi2.cdf(cut, nb + 2) / quantile
+    consistency = chi2.cdf(cut, nb + 2) / quantile
     keep = np.ones(d.shape[1], bool)
     for _ in range(iterations):
         inv = np.linalg.pinv(cov)
@@ -352,7 +353,7 @@ def fit_shadow(before: NDArray[np.floating], after: NDArray[np.floating],
     proposals = np.stack([np.asarray(ndimage.median(qb[core], lab[core], hyp)) for qb in q],
                          axis=1) if hyp.size else np.zeros((0, nb))
     wm = noise.whitening().astype(np.float64)
-    cut = float(stats.chi2.ppf(0.99, nb))
+    cut = float(chi2.ppf(0.99, nb))
     in_region = np.isin(lab, regions)
     best, best_count = None, 0
     for k in proposals:
@@ -696,7 +697,7 @@ def _whitened_score(wb: NDArray[np.float32], wa: NDArray[np.float32], dof: int,
     np.square(diff, out=diff)
     score = np.sqrt(diff.sum(axis=0, dtype=np.float32))
     del diff
-    cut = float(np.sqrt(stats.chi2.isf(candidate_p, dof)))
+    cut = float(np.sqrt(chi2.isf(candidate_p, dof)))
     candidates = score > cut
     if tolerance > 0:
         rows, cols = np.nonzero(candidates)
@@ -1226,7 +1227,7 @@ def fit_structure(before: NDArray[np.floating], after: NDArray[np.floating],
         # Relative spread of a chi-square / dof is about sqrt(2 / dof).
         if q75 > q25:
             nu = float(np.clip(2 * (1.349 * q50 / (q75 - q25)) ** 2, 2.0, nu))
-        scale = float(max(q50 / (stats.chi2.median(nu) / nu), 1e-6))
+        scale = float(max(q50 / (chi2.ppf(0.5, nu) / nu), 1e-6))
     if vegetation == "auto":
         vegetation = default_vegetation_gate(before.shape[0])
     return StructureParams(float(sigma), log, scale, vegetation, nu)

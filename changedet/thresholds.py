@@ -32,9 +32,10 @@ from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats
 from skimage.filters import apply_hysteresis_threshold
 from skimage.filters import threshold_otsu as _sk_otsu
+
+from changedet import chi2
 
 __all__ = [
     "ThresholdMethod",
@@ -108,8 +109,8 @@ def threshold_chi2(dof: int, *, p_seed: float = P_SEED, p_grow: float = P_GROW) 
     """
     if not 0 < p_seed <= p_grow < 1:
         raise ValueError("need 0 < p_seed <= p_grow < 1")
-    return Threshold(float(np.sqrt(stats.chi2.isf(p_grow, dof))),
-                     float(np.sqrt(stats.chi2.isf(p_seed, dof))), "chi2")
+    return Threshold(float(np.sqrt(chi2.isf(p_grow, dof))),
+                     float(np.sqrt(chi2.isf(p_seed, dof))), "chi2")
 
 
 def threshold_otsu(score: NDArray[np.floating], invalid: NDArray[np.bool_] | None = None,
@@ -216,7 +217,7 @@ def guard(threshold: Threshold, dof: int, *, p_seed: float = P_SEED) -> Threshol
     >>> t.low, round(t.high, 2), t.method
     (2.0, 5.95, 'otsu+guard')
     """
-    seed = float(np.sqrt(stats.chi2.isf(p_seed, dof)))
+    seed = float(np.sqrt(chi2.isf(p_seed, dof)))
     return Threshold(threshold.low, max(threshold.high, seed), threshold.method + "+guard")
 
 
