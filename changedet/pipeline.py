@@ -23,6 +23,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import IO, Any, Literal, get_args
@@ -473,8 +474,12 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     # one clear error rather than a co-registration warning first.
     report("reading")
     windows = _sample_windows(context)
-    before_raw = [io.read_window(bds, win, bands=use_bands, name=binfo.name) for win in windows]
-    after_raw = [read_after(win) for win in windows]
+    # The after image (its own handle per thread) is read alongside.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(lambda: [read_after(win) for win in windows])
+        before_raw = [io.read_window(bds, win, bands=use_bands, name=binfo.name)
+                      for win in windows]
+        after_raw = pending.result()
     for raw, info in ((before_raw, binfo), (after_raw, ainfo)):
         if all(inv.all() for _, inv in raw):
             raise InputError(f"{info.name}: has no valid pixels where the images overlap "
