@@ -58,12 +58,14 @@ def _run(n, tmp_path):
 
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_raster(tmp_path):
-    # Both sizes exceed the fixed-size windows that parameters are estimated
-    # on (1024 px), so any growth is the block stage's.
-    small_count, small = _run(1280, tmp_path)
-    big_count, big = _run(2560, tmp_path)   # 4 times the pixels
+    # Both sizes exceed what the parameters are estimated on (samples of
+    # about 1024^2 px, and co-registration's central 2048 px), whose peak is
+    # the run's; so any growth is the block stage's.
+    small_count, small = _run(2304, tmp_path)
+    big_count, big = _run(4608, tmp_path)   # 4 times the pixels
     assert big_count > 3 * small_count      # the big one really was processed
     # An in-memory pipeline holds several float32 copies of both images; one
-    # float32 copy of ONE image grows by 3 x (2560^2 - 1280^2) x 4 B = 59 MB.
-    one_copy = 3 * (2560 ** 2 - 1280 ** 2) * 4 / 2 ** 20
-    assert big - small < one_copy, (small, big)
+    # float32 copy of ONE band of one image grows by (4608^2 - 2304^2) x 4 B
+    # = 61 MB.
+    one_band = (4608 ** 2 - 2304 ** 2) * 4 / 2 ** 20
+    assert big - small < one_band, (small, big)
