@@ -181,8 +181,13 @@ class WindowResult:
     objects : list of ChangeObject
         Objects of the complete groups the selector accepted, by anchor.
     incomplete : (n, 6) ndarray of int64
-        Groups that touch an inner edge: anchor row, anchor col, and global
-        bounding box row0, col0, row1, col1 (end exclusive).
+        Groups that touch an inner edge: the row and col of their first seed
+        (of their first pixel if they hold none), and global bounding box
+        row0, col0, row1, col1 (end exclusive). The block whose core holds
+        that pixel defers the group: a seedless candidate reaching a
+        window's edge can join a seeded group to one whose first pixel lies
+        in another block's core, where that candidate, seen whole, is
+        nothing; the seed's block still answers for it.
     """
 
     score: NDArray[np.float32]
@@ -306,7 +311,10 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
         chosen = np.zeros(ng, bool)
         chosen[emit] = select(g_anchor[emit], g_bbox[emit])
         emit = chosen
-    incomplete = np.concatenate([g_anchor, g_bbox], axis=1)[~complete]
+    seed_first = first_pixel(np.where(seeds, glabels, 0), ids)
+    key = np.where((seed_first >= 0)[:, None],
+                   np.stack([seed_first // w, seed_first % w], axis=1) + offset, g_anchor)
+    incomplete = np.concatenate([key, g_bbox], axis=1)[~complete]
     if not emit.any():
         return WindowResult(score, [], incomplete)
 

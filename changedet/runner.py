@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import os
 import warnings
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -406,17 +407,22 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
             outputs = _ordered(blocks, lambda blk: run_block(sources, plan, blk, readers),
                                threads)
         deferred: list[NDArray[np.int64]] = []
+        # Anchors of the objects emitted, as row * width + col: the second
+        # pass recomputes whole regions and must not emit them again.
+        emitted = array("q")
+        width = plan.grid.width
         for i, out in enumerate(outputs, start=1):
             sink.block(out)
             for obj in out.objects:
                 sink.object(obj)
+                emitted.append(obj.anchor[0] * width + obj.anchor[1])
             if len(out.deferred):
                 deferred.append(out.deferred)
             if progress is not None:
                 progress("blocks", i, len(blocks))
         if deferred:
             _resolve_deferred(np.concatenate(deferred), sources, plan, sink, blocks,
-                              block_size, halo, readers)
+                              block_size, halo, readers, np.sort(np.asarray(emitted)))
 
 
 def _complete_in(bbox: NDArray[np.int64], block: Block) -> bool:
@@ -429,8 +435,17 @@ def _complete_in(bbox: NDArray[np.int64], block: Block) -> bool:
 
 def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
                       blocks: list[Block], block_size: int, halo: int, readers: Readers,
-                      ) -> None:
-    """Second pass: groups too large for their block, in grown windows."""
+                      first_pass: NDArray[np.int64]) -> None:
+    """Second pass: groups too large for their block, in grown windows.
+
+    A region is processed whole, and its objects emitted unless the first
+    pass emitted them (`first_pass`: their sorted anchors, as ``row * width
+    + col``): an object's pixels and attributes are the same in any window
+    that holds its group, so its anchor identifies it. (Whether a group's
+    box fits its anchor block does not tell: there, seedless candidates
+    reaching the block's edge may have joined it to a group that was not
+    complete, and nobody emitted it.)
+    """
     h, w = plan.grid.shape
     emitted: set[tuple[int, int]] = set()
     by_core = {(int(b.core.row_off), int(b.core.col_off)): b for b in blocks}
@@ -438,6 +453,11 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     def anchor_block(anchor: NDArray[np.int64]) -> Block:
         return by_core[(int(anchor[0]) // block_size * block_size,
                         int(anchor[1]) // block_size * block_size)]
+
+    def new(obj: ChangeObject) -> bool:
+        key = obj.anchor[0] * w + obj.anchor[1]
+        i = int(np.searchsorted(first_pass, key))
+        return not (i < first_pass.size and first_pass[i] == key) and obj.anchor not in emitted
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
     for region in _merge_boxes(boxes, halo):  # type: ignore[arg-type]
@@ -448,14 +468,15 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                          min(h, r1 + halo) - max(0, r0 - halo))
             too_big = max(win.width, win.height) > MAX_GROWN_WINDOW
             edges = Edges() if too_big else _edges(win, (h, w))
-            chosen: list[tuple[int, int]] = []
 
             def select(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
-                       _chosen: list[tuple[int, int]] = chosen) -> NDArray[np.bool_]:
-                keep = np.array([tuple(a) not in emitted and not _complete_in(b, anchor_block(a))
+                       _too_big: bool = too_big) -> NDArray[np.bool_]:
+                # In pieces (too big), groups cut by the window are not what
+                # their anchor block saw: leave those it held whole to it.
+                if not _too_big:
+                    return np.ones(len(anchors), bool)
+                return np.array([not _complete_in(b, anchor_block(a))
                                  for a, b in zip(anchors, bbox, strict=True)], bool)
-                _chosen.extend(tuple(int(v) for v in a) for a in anchors[keep])
-                return keep
 
             b, a, invalid = read_block(sources, plan, win, readers)
             res: WindowResult = process_window(
@@ -473,7 +494,8 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                     f"a change larger than {MAX_GROWN_WINDOW} pixels across was processed in "
                     "pieces; its outline may be cut where they meet", LargeChangeWarning,
                     stacklevel=2)
-            emitted.update(chosen)
             for obj in res.objects:
-                sink.object(obj)
+                if new(obj):
+                    emitted.add(obj.anchor)
+                    sink.object(obj)
             break
