@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
-from skimage.morphology import disk
 
 from changedet.labelstats import labelled_median
 
@@ -39,6 +38,10 @@ def _footprint(radius: int) -> NDArray[np.bool_]:
     # (a cross would clip them); larger radii use a disk.
     if radius == 1:
         return np.ones((3, 3), bool)
+    # Imported here: skimage.morphology brings scipy.spatial, a tenth of a
+    # second at every start, and the default radii never need it.
+    from skimage.morphology import disk
+
     return disk(radius).astype(bool)
 
 
