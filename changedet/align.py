@@ -29,7 +29,7 @@ from changedet import io
 from changedet.coreg import MIN_PSR, Alignment, CoregMode, Shift, estimate_alignment
 from changedet.errors import CoregistrationError
 from changedet.geojson import feature, feature_collection, to_wgs84
-from changedet.grid import Grid, overlap_window, resampling_for
+from changedet.grid import Grid, overlap_window, resampling_for, translation_between
 
 __all__ = [
     "estimate_on_window", "CoregistrationResult", "coregister", "ALIGN_MODES"]
@@ -104,16 +104,11 @@ class _AfterReader:
 
 
 def _whole_pixel_offset(grid: Grid, other: Grid) -> tuple[int, int] | None:
-    """Where `grid`'s origin is in `other`'s pixels, if that is all that differs."""
-    if grid.crs != other.crs:
+    """Where `grid`'s origin is in `other`'s pixels, if whole pixels are all that differs."""
+    move = translation_between(other, grid)
+    if move is None or not all(float(v).is_integer() for v in move):
         return None
-    m = ~other.transform @ grid.transform
-    if max(abs(m.a - 1), abs(m.e - 1), abs(m.b), abs(m.d)) > 1e-9:
-        return None
-    c, r = round(m.c), round(m.f)
-    if max(abs(m.c - c), abs(m.f - r)) > 1e-6:
-        return None
-    return (c, r)
+    return (int(move[0]), int(move[1]))
 
 
 def _bands_label(before: Sequence[int], after: Sequence[int]) -> str:

@@ -22,6 +22,7 @@ from shapely.geometry import box, mapping, shape
 from changedet.errors import InputError, NoOverlapError, ROIError
 
 __all__ = [
+    "translation_between",
     "Grid",
     "MIN_OVERLAP_PX",
     "PIXEL_TRANSFORM",
@@ -251,6 +252,36 @@ def roi_window(grid: Grid, roi: dict[str, Any], roi_crs: CRS | None = WGS84, *,
             f"the region of interest covers only {win.width} x {win.height} pixels "
             f"of the images (at least {min_size} x {min_size} needed)")
     return win, mapping(shp)
+
+
+#: Offsets this close to whole pixels are whole pixels.
+_SNAP_PX = 1e-6
+
+
+def translation_between(src: Grid, grid: Grid, pixel_transform: Affine | None = None,
+                        ) -> tuple[float, float] | None:
+    """Return where `grid`'s pixel (0, 0) samples `src`, in `src` pixel indices.
+
+    Only when a translation is all that differs (same CRS, pixel size and
+    orientation; `pixel_transform`, in `grid` pixels, applied first);
+    otherwise None. Grids on one lattice give whole pixels up to rounding
+    (0.6 m pixels: 7.000000000931), which are snapped to whole pixels.
+
+    Examples
+    --------
+    >>> a = Grid(Affine(0.5, 0, 100, 0, -0.5, 200), None, 10, 10)
+    >>> translation_between(a, a.window_grid(Window(3, 2, 4, 4)))
+    (3, 2)
+    """
+    if src.crs != grid.crs:
+        return None
+    m = ~src.transform @ grid.transform
+    if pixel_transform is not None:
+        m = m @ pixel_transform
+    if max(abs(m.a - 1), abs(m.e - 1), abs(m.b), abs(m.d)) > 1e-9:
+        return None
+    return tuple(round(v) if abs(v - round(v)) < _SNAP_PX else v  # type: ignore[return-value]
+                 for v in (m.c, m.f))
 
 
 def resampling_for(before: Grid, after: Grid) -> Resampling:

@@ -47,7 +47,7 @@ from changedet.errors import (
     RasterReadError,
     ROIError,
 )
-from changedet.grid import PIXEL_TRANSFORM, WGS84, Grid
+from changedet.grid import PIXEL_TRANSFORM, WGS84, Grid, translation_between
 from changedet.resample import cubic_shift, cubic_support
 
 __all__ = [
@@ -277,20 +277,25 @@ def image_info(ds: DatasetReader, name: str | None = None) -> ImageInfo:
     InputError
         If a band flagged as alpha holds image values rather than a mask.
     """
-    georef = ds.crs is not None
-    transform = ds.transform if georef else PIXEL_TRANSFORM
     alpha = _alpha_band(ds)
     if alpha is not None:
         _check_alpha(ds, alpha, name or _name(ds))
     return ImageInfo(
         name=name or _name(ds),
-        grid=Grid(transform, ds.crs if georef else None, ds.width, ds.height),
+        grid=_grid(ds),
         bands=tuple(i for i in range(1, ds.count + 1) if i != alpha),
         dtypes=tuple(ds.dtypes),
         nodata=ds.nodata,
         block_shape=tuple(ds.block_shapes[0]) if ds.block_shapes else (256, ds.width),
         alpha=alpha,
     )
+
+
+def _grid(ds: DatasetReader) -> Grid:
+    # A dataset's own grid; pixel space when it has no CRS.
+    if ds.crs is None:
+        return Grid(PIXEL_TRANSFORM, None, ds.width, ds.height)
+    return Grid(ds.transform, ds.crs, ds.width, ds.height)
 
 
 def _indexes(ds: DatasetReader, bands: Sequence[int] | None, name: str) -> list[int]:
@@ -501,7 +506,7 @@ class TileReader:
         ds = self.dataset()
         self.name = name or _name(ds)
         self.bands = _indexes(ds, bands, self.name)
-        self.grid = image_info(ds, self.name).grid
+        self.grid = _grid(ds)
         self.height, self.width = ds.height, ds.width
         th, tw = ds.block_shapes[0]
         self.tile_shape = (int(th), int(tw))
@@ -654,28 +659,6 @@ class TileReader:
         return np.pad(data, ((0, 0),) + pad, mode="edge"), np.pad(invalid, pad, mode="edge")
 
 
-#: Offsets this close to whole pixels are whole pixels.
-_SNAP_PX = 1e-6
-
-
-def _translation(src: Grid, grid: Grid, pixel_transform: Affine | None,
-                 ) -> tuple[float, float] | None:
-    # Where `grid`'s pixel (0, 0) samples `src`, in src pixel indices, when
-    # that is all that differs (same CRS, pixel size and orientation).
-    if src.crs != grid.crs:
-        return None
-    m = ~src.transform @ grid.transform
-    if pixel_transform is not None:
-        m = m @ pixel_transform
-    if max(abs(m.a - 1), abs(m.e - 1), abs(m.b), abs(m.d)) > 1e-9:
-        return None
-    # Grids on one lattice give whole pixels up to rounding (0.6 m pixels:
-    # 7.000000000931): snap, or the kernel's ~1e-9 weights would make
-    # every pixel next to an invalid one invalid too.
-    return tuple(round(v) if abs(v - round(v)) < _SNAP_PX else v  # type: ignore[return-value]
-                 for v in (m.c, m.f))
-
-
 def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None = None,
                  resampling: Resampling = Resampling.cubic,
                  ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -705,7 +688,7 @@ def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None 
     data : (bands, H, W) ndarray of float32
     invalid : (H, W) ndarray of bool
     """
-    move = _translation(src.grid, grid, pixel_transform)
+    move = translation_between(src.grid, grid, pixel_transform)
     if move is None or resampling != Resampling.cubic:
         return read_warped(src.dataset(), grid, bands=src.bands, pixel_transform=pixel_transform,
                            resampling=resampling, name=src.name)
