@@ -308,9 +308,14 @@ def _indexes(ds: DatasetReader, bands: Sequence[int] | None, name: str) -> list[
     return list(bands)
 
 
-def _invalid_from(data: NDArray[np.float32], masks: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    invalid = (masks == 0).any(axis=0)
-    invalid |= ~np.isfinite(data).all(axis=0)
+def _invalid_from(data: NDArray[Any], masks: NDArray[np.uint8] | None,
+                  ) -> NDArray[np.bool_] | None:
+    # Invalid where any band is masked (masks None: GDAL says none is) or,
+    # for floats, not finite; None when nothing can be.
+    invalid = None if masks is None else (masks == 0).any(axis=0)
+    if data.dtype.kind == "f":
+        bad = ~np.isfinite(data).all(axis=0)
+        invalid = bad if invalid is None else invalid | bad
     return invalid
 
 
@@ -378,7 +383,7 @@ def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | Non
     except RasterioError as exc:
         raise RasterReadError(f"{name}: could not read pixels, the file may be "
                               f"truncated or corrupt ({_first_line(exc)})") from exc
-    invalid = _invalid_from(data, masks)
+    invalid = _invalid_from(data, masks)  # an array: masks were read
     data[:, invalid] = 0
     return data, invalid
 
@@ -559,11 +564,7 @@ class TileReader:
         except RasterioError as exc:
             raise RasterReadError(f"{self.name}: could not read pixels, the file may be "
                                   f"truncated or corrupt ({_first_line(exc)})") from exc
-        invalid = None if masks is None else (masks == 0).any(axis=0)
-        if data.dtype.kind == "f":
-            bad = ~np.isfinite(data).all(axis=0)
-            invalid = bad if invalid is None else invalid | bad
-        return data, invalid
+        return data, _invalid_from(data, masks)
 
     def _tile(self, key: tuple[int, int]) -> tuple[NDArray[Any], NDArray[np.bool_] | None]:
         with self._lock:
@@ -648,13 +649,13 @@ class TileReader:
         """
         r0, c0 = int(window.row_off), int(window.col_off)
         h, w = int(window.height), int(window.width)
-        rr0, cc0 = min(max(r0, 0), self.height - 1), min(max(c0, 0), self.width - 1)
-        rr1, cc1 = max(min(r0 + h, self.height), rr0 + 1), max(min(c0 + w, self.width), cc0 + 1)
+        if r0 + h <= 0 or c0 + w <= 0 or r0 >= self.height or c0 >= self.width:
+            return np.zeros((len(self.bands), h, w), np.float32), np.ones((h, w), bool)
+        rr0, cc0 = max(r0, 0), max(c0, 0)
+        rr1, cc1 = min(r0 + h, self.height), min(c0 + w, self.width)
         data, invalid = self.read(Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
         if (rr0, cc0, rr1, cc1) == (r0, c0, r0 + h, c0 + w):
             return data, invalid
-        if r0 + h <= 0 or c0 + w <= 0 or r0 >= self.height or c0 >= self.width:
-            return np.zeros((len(self.bands), h, w), np.float32), np.ones((h, w), bool)
         pad = ((rr0 - r0, r0 + h - rr1), (cc0 - c0, c0 + w - cc1))
         return np.pad(data, ((0, 0),) + pad, mode="edge"), np.pad(invalid, pad, mode="edge")
 
