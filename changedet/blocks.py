@@ -305,14 +305,14 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     offset = np.array([row_off, col_off], np.int64)
     g_anchor = anchors + offset
     g_bbox = bbox + np.concatenate([offset, offset])
-    has_seed = np.bincount(glabels[seeds], minlength=ng + 1)[1:] > 0
+    seed_first = first_pixel(np.where(seeds, glabels, 0), ids)
+    has_seed = seed_first >= 0
     emit = complete & has_seed
     if select is not None and emit.any():
         chosen = np.zeros(ng, bool)
         chosen[emit] = select(g_anchor[emit], g_bbox[emit])
         emit = chosen
-    seed_first = first_pixel(np.where(seeds, glabels, 0), ids)
-    key = np.where((seed_first >= 0)[:, None],
+    key = np.where(has_seed[:, None],
                    np.stack([seed_first // w, seed_first % w], axis=1) + offset, g_anchor)
     incomplete = np.concatenate([key, g_bbox], axis=1)[~complete]
     if not emit.any():
