@@ -50,6 +50,7 @@ References
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -1338,31 +1339,26 @@ def score_change(before: NDArray[np.floating], after: NDArray[np.floating],
     whole block, each of a dozen passes over memory waits on RAM, and two
     threads then run no faster than one).
     """
-    if not isinstance(params, (CVAParams, LogRatioParams, IRMADParams, StructureParams)):
-        raise TypeError(f"not score parameters: {type(params).__name__}")
+    apply = _scorer(params)
     h = before.shape[-2]
     margin = params.radius + 1
     # Margins of a wide-reaching model (shadows) would otherwise dominate.
     strip_rows = max(strip_rows, 8 * margin) if strip_rows > 0 else 0
     if strip_rows <= 0 or h <= 2 * strip_rows:
-        return _score_whole(before, after, params)
+        return apply(before, after, params)
     out = np.empty(before.shape[-2:], np.float32)
     for r0 in range(0, h, strip_rows):
         r1 = min(h, r0 + strip_rows)
         a0, a1 = max(0, r0 - margin), min(h, r1 + margin)
-        part = _score_whole(before[..., a0:a1, :], after[..., a0:a1, :], params)
+        part = apply(before[..., a0:a1, :], after[..., a0:a1, :], params)
         out[r0:r1] = part[r0 - a0:r1 - a0]
     return out
 
 
-def _score_whole(before: NDArray[np.floating], after: NDArray[np.floating],
-                 params: ScoreParams) -> NDArray[np.float32]:
-    if isinstance(params, CVAParams):
-        return score_cva(before, after, params)
-    if isinstance(params, LogRatioParams):
-        return score_logratio(before, after, params)
-    if isinstance(params, IRMADParams):
-        return score_irmad(before, after, params)
-    if isinstance(params, StructureParams):
-        return score_structure(before, after, params)
+def _scorer(params: ScoreParams) -> Callable[..., NDArray[np.float32]]:
+    # The score function that applies `params`.
+    for kind, func in ((CVAParams, score_cva), (LogRatioParams, score_logratio),
+                       (IRMADParams, score_irmad), (StructureParams, score_structure)):
+        if isinstance(params, kind):
+            return func
     raise TypeError(f"not score parameters: {type(params).__name__}")
