@@ -415,7 +415,7 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
             sink.block(out)
             for obj in out.objects:
                 sink.object(obj)
-                emitted.append(obj.anchor[0] * width + obj.anchor[1])
+                emitted.append(_anchor_key(obj, width))
             if len(out.deferred):
                 deferred.append(out.deferred)
             if progress is not None:
@@ -423,6 +423,11 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
         if deferred:
             _resolve_deferred(np.concatenate(deferred), sources, plan, sink, blocks,
                               block_size, halo, readers, np.sort(np.asarray(emitted)))
+
+
+def _anchor_key(obj: ChangeObject, width: int) -> int:
+    # An object's identity across windows: its first pixel, row * width + col.
+    return obj.anchor[0] * width + obj.anchor[1]
 
 
 def _complete_in(bbox: NDArray[np.int64], block: Block) -> bool:
@@ -447,17 +452,19 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     complete, and nobody emitted it.)
     """
     h, w = plan.grid.shape
-    emitted: set[tuple[int, int]] = set()
+    emitted: set[int] = set()   # keys, as first_pass's, of this pass's objects
     by_core = {(int(b.core.row_off), int(b.core.col_off)): b for b in blocks}
 
     def anchor_block(anchor: NDArray[np.int64]) -> Block:
         return by_core[(int(anchor[0]) // block_size * block_size,
                         int(anchor[1]) // block_size * block_size)]
 
-    def new(obj: ChangeObject) -> bool:
-        key = obj.anchor[0] * w + obj.anchor[1]
+    def emit(obj: ChangeObject) -> None:
+        key = _anchor_key(obj, w)
         i = int(np.searchsorted(first_pass, key))
-        return not (i < first_pass.size and first_pass[i] == key) and obj.anchor not in emitted
+        if key not in emitted and not (i < first_pass.size and first_pass[i] == key):
+            emitted.add(key)
+            sink.object(obj)
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
     for region in _merge_boxes(boxes, halo):  # type: ignore[arg-type]
@@ -495,7 +502,5 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                     "pieces; its outline may be cut where they meet", LargeChangeWarning,
                     stacklevel=2)
             for obj in res.objects:
-                if new(obj):
-                    emitted.add(obj.anchor)
-                    sink.object(obj)
+                emit(obj)
             break
