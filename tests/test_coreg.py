@@ -320,3 +320,10 @@ def test_a_minority_of_agreeing_windows_beats_a_majority_of_noise():
     al = estimate_alignment(p.before.astype(np.float32), p.after.astype(np.float32))
     assert al.reliable
     assert (al.shift.x, al.shift.y) == pytest.approx(p.shift, abs=0.3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 17, 255, 512, 2048])
+def test_tukey_window_is_scipys(n):
+    from scipy.signal.windows import tukey
+
+    np.testing.assert_allclose(coreg._tukey(n), tukey(n, 0.25), atol=1e-7)
