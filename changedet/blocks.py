@@ -39,7 +39,7 @@ from changedet.grid import Grid
 from changedet.labelstats import first_pixel
 from changedet.radiometry import NormalisationFit
 from changedet.scores import ScoreParams, score_change
-from changedet.thresholds import Threshold
+from changedet.thresholds import Threshold, threshold_masks
 from changedet.vectorize import areas_m2, label_stats, polygons_from_labels, simplify_polygons
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "Selector",
     "is_complete",
     "process_window",
-    "threshold_masks",
 ]
 
 #: Pixels kept clear between a complete group and a window's inner edge.
@@ -199,21 +198,6 @@ class WindowResult:
 #: Chooses, among complete groups, those to emit: called with their global
 #: anchors (n, 2) and bounding boxes (n, 4), returns a boolean (n,) array.
 Selector = Callable[[NDArray[np.int64], NDArray[np.int64]], NDArray[np.bool_]]
-
-
-def threshold_masks(score: NDArray[np.float32], threshold: Threshold,
-                    invalid: NDArray[np.bool_]) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Candidate pixels (above the lower threshold) and seeds (above the upper)."""
-    if not np.isfinite(threshold.high):
-        empty = np.zeros(score.shape, bool)
-        return empty, empty
-    if threshold.low >= threshold.high:
-        cand = score > threshold.high
-        cand &= ~invalid
-        return cand, cand
-    cand = score > threshold.low
-    cand &= ~invalid
-    return cand, cand & (score > threshold.high)
 
 
 def is_complete(bbox: NDArray[np.int64], edges: Edges, shape: tuple[int, int],

@@ -32,7 +32,7 @@ from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
-from skimage.filters import apply_hysteresis_threshold
+from scipy import ndimage
 from skimage.filters import threshold_otsu as _sk_otsu
 
 from changedet import chi2
@@ -51,6 +51,7 @@ __all__ = [
     "guard",
     "select_threshold",
     "apply_threshold",
+    "threshold_masks",
 ]
 
 ThresholdMethod = Literal["auto", "chi2", "otsu", "ki"]
@@ -260,21 +261,44 @@ def select_threshold(score: NDArray[np.floating], *, dof: int,
     return threshold_chi2(dof)
 
 
+def threshold_masks(score: NDArray[np.floating], threshold: Threshold,
+                    invalid: NDArray[np.bool_] | None = None,
+                    ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Candidate pixels (above the lower threshold) and seeds (above the upper).
+
+    Invalid pixels are neither.
+    """
+    if not np.isfinite(threshold.high):
+        empty = np.zeros(score.shape, bool)
+        return empty, empty
+    if threshold.low >= threshold.high:
+        cand = score > threshold.high
+        if invalid is not None:
+            cand &= ~invalid
+        return cand, cand
+    cand = score > threshold.low
+    if invalid is not None:
+        cand &= ~invalid
+    return cand, cand & (score > threshold.high)
+
+
 def apply_threshold(score: NDArray[np.floating], threshold: Threshold,
                     invalid: NDArray[np.bool_] | None = None) -> NDArray[np.bool_]:
     """Binary change mask: hysteresis between ``threshold.low`` and ``.high``.
+
+    The candidates (above ``low``) that are 8-connected to a seed (above
+    ``high``), as the pipeline keeps them; invalid pixels neither count nor
+    connect.
 
     Returns
     -------
     (H, W) ndarray of bool
         True where changed; never True where `invalid`.
     """
-    if not np.isfinite(threshold.high):
-        return np.zeros(score.shape, bool)
-    if threshold.low >= threshold.high:
-        mask = score > threshold.high
-    else:
-        mask = apply_hysteresis_threshold(score, threshold.low, threshold.high)
-    if invalid is not None:
-        mask &= ~invalid
-    return mask
+    cand, seeds = threshold_masks(score, threshold, invalid)
+    if cand is seeds or not seeds.any():
+        return seeds.copy()
+    labels, n = ndimage.label(cand, structure=np.ones((3, 3), bool))
+    seeded = np.bincount(labels[seeds], minlength=n + 1) > 0
+    seeded[0] = False
+    return seeded[labels]

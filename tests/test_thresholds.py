@@ -41,6 +41,26 @@ def test_hysteresis_grows_from_seeds_only():
     assert m[10:15, 10:15].all() and not m[2:6, 2:6].any()
 
 
+def test_hysteresis_connects_diagonally_as_the_pipeline_does():
+    score = np.zeros((12, 12), np.float32)
+    score[2, 2] = 9.0                           # a seed
+    score[3, 3] = score[4, 4] = 5.0             # a diagonal run of weak pixels
+    score[8:10, 8:10] = 5.0                     # weak, alone
+    m = apply_threshold(score, threshold_chi2(3))
+    assert m[2, 2] and m[3, 3] and m[4, 4]
+    assert not m[8:10, 8:10].any()
+
+
+def test_invalid_pixels_do_not_bridge_a_seed_to_weak_change():
+    score = np.zeros((5, 9), np.float32)
+    score[2, 1] = 9.0
+    score[2, 2:8] = 5.0
+    inv = np.zeros((5, 9), bool)
+    inv[:, 4] = True
+    m = apply_threshold(score, threshold_chi2(3), inv)
+    assert m[2, 1:4].all() and not m[2, 4:].any()
+
+
 def test_invalid_pixels_are_never_change():
     score = np.full((10, 10), 100.0, np.float32)
     inv = np.zeros((10, 10), bool)
