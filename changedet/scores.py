@@ -1177,8 +1177,9 @@ def _structure_ratio(before: NDArray[np.floating], after: NDArray[np.floating],
     weights_sq = 1.0 / (4 * np.pi * sigma ** 2)  # sum of squared window weights
     total = np.zeros(before.shape[1:], np.float32)
     spread = log.spread(before, after)
+    ratio = log.log(after) - log.log(before)
     for i in range(nb):
-        d = log.log(after[i:i + 1])[0] - log.log(before[i:i + 1])[0]
+        d = ratio[i]
         m = smooth(d)
         v = np.maximum(smooth(d * d) - m * m, 0)
         total += v / np.maximum(smooth(spread[i] ** 2) * (1 - weights_sq), 1e-12)

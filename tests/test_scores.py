@@ -278,3 +278,25 @@ def test_scoring_in_strips_equals_scoring_whole(method):
     assert whole.max() > 5           # the scene holds change to score
     for rows in (7, 64, 100):
         np.testing.assert_array_equal(score_change(b, a, params, strip_rows=rows), whole)
+
+
+def test_structure_uses_each_bands_own_dark_level_and_floor():
+    # The score sums the bands' statistics: listing the bands in another
+    # order (with their parameters) must not change it. It did when every
+    # band was log-transformed with the first band's dark level and floor.
+    from dataclasses import replace
+
+    from changedet.scores import fit_structure, score_structure
+
+    b, a = _noise_pair(shape=(2, 128, 128))
+    b[1] += 5000
+    a[1] += 5000
+    a[1, 40:80, 40:80] += 60         # a change seen in the bright band only
+    params = fit_structure(b, a, np.zeros((128, 128), bool), vegetation=None)
+    log = params.log
+    swapped = replace(params, log=replace(
+        log, dark=log.dark[::-1], floor=log.floor[::-1], sigma=log.sigma[::-1]))
+    score = score_structure(b, a, params)
+    np.testing.assert_allclose(score_structure(b[::-1], a[::-1], swapped), score,
+                               rtol=1e-5, atol=1e-5)
+    assert score[38:82, 38:82].max() > threshold_chi2(1).high   # its outline is found
