@@ -32,10 +32,10 @@ from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 from skimage.filters import threshold_otsu as _sk_otsu
 
 from changedet import chi2
+from changedet.cleanup import label_components
 
 __all__ = [
     "ThresholdMethod",
@@ -298,7 +298,7 @@ def apply_threshold(score: NDArray[np.floating], threshold: Threshold,
     cand, seeds = threshold_masks(score, threshold, invalid)
     if cand is seeds or not seeds.any():
         return seeds.copy()
-    labels, n = ndimage.label(cand, structure=np.ones((3, 3), bool))
+    labels, n = label_components(cand)
     seeded = np.bincount(labels[seeds], minlength=n + 1) > 0
     seeded[0] = False
     return seeded[labels]
