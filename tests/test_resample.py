@@ -156,3 +156,20 @@ def test_wrong_shape_raises(data_shape, mask_shape):
     with pytest.raises(ValueError, match="source must be"):
         cubic_shift(np.zeros(data_shape, np.float32), np.zeros(mask_shape, bool),
                     0.5, 0.5, (10, 10))
+
+
+@pytest.mark.parametrize("h", [1, 63, 64, 65, 200])
+def test_strips_give_the_whole_array_result(h, monkeypatch):
+    import changedet.resample as resample
+
+    rng = np.random.default_rng(h)
+    data = rng.normal(1000, 100, (3, h + 3, 53)).astype(np.float32)
+    invalid = rng.random((h + 3, 53)) < 0.01
+    whole = cubic_shift(data, invalid, 0.37, 2.81, (h, 50))
+    monkeypatch.setattr(resample, "_STRIP_ROWS", 64)
+    strips = cubic_shift(data, invalid, 0.37, 2.81, (h, 50))
+    monkeypatch.setattr(resample, "_STRIP_ROWS", 10 ** 6)
+    once = cubic_shift(data, invalid, 0.37, 2.81, (h, 50))
+    for a, b in ((whole, strips), (strips, once)):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
