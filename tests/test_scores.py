@@ -300,3 +300,22 @@ def test_structure_uses_each_bands_own_dark_level_and_floor():
     np.testing.assert_allclose(score_structure(b[::-1], a[::-1], swapped), score,
                                rtol=1e-5, atol=1e-5)
     assert score[38:82, 38:82].max() > threshold_chi2(1).high   # its outline is found
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_tolerant_distance_is_the_nearest_match_both_ways(radius):
+    from changedet.scores import _tolerant_distance
+
+    rng = np.random.default_rng(radius)
+    wa, wb = rng.normal(0, 1, (2, 3, 9, 11)).astype(np.float32)
+    rows, cols = np.nonzero(rng.random((9, 11)) < 0.5)
+    got = _tolerant_distance(wa, wb, rows, cols, radius)
+    for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
+        ab = ba = np.inf
+        for dy in range(-radius, radius + 1):
+            for dx in range(-radius, radius + 1):
+                if dx * dx + dy * dy <= radius * radius + radius:
+                    rr, cc = min(max(r + dy, 0), 8), min(max(c + dx, 0), 10)
+                    ab = min(ab, float(((wa[:, r, c] - wb[:, rr, cc]) ** 2).sum()))
+                    ba = min(ba, float(((wb[:, r, c] - wa[:, rr, cc]) ** 2).sum()))
+        assert got[k] == pytest.approx(np.sqrt(max(ab, ba)), rel=1e-5)
