@@ -135,3 +135,17 @@ def test_histogram_matching_undoes_a_monotone_change():
     assert isinstance(fit, HistogramFit) and fit.to_dict()["method"] == "histogram"
     out = apply_normalisation(a, fit)
     assert np.percentile(np.abs(out - b), 99) < 2
+
+
+@pytest.mark.parametrize("h", [1, 64, 130])
+def test_linear_fit_is_applied_exactly_in_place_or_not(h):
+    from changedet.radiometry import RadiometricFit
+
+    rng = np.random.default_rng(h)
+    a = rng.normal(500, 50, (3, h, 7)).astype(np.float32)
+    fit = RadiometricFit((1.1, 0.9, 1.3), (5.0, -2.0, 0.5), "linear")
+    expected = a * np.array(fit.gain, np.float32)[:, None, None] \
+        + np.array(fit.offset, np.float32)[:, None, None]
+    np.testing.assert_array_equal(apply_normalisation(a, fit), expected)
+    np.testing.assert_array_equal(apply_normalisation(a, fit, out=a), expected)
+    np.testing.assert_array_equal(a, expected)
