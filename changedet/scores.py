@@ -49,6 +49,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,17 +128,23 @@ class NoiseModel:
 
     def whitening(self) -> NDArray[np.float32]:
         """Matrix ``W`` with ``W @ cov @ W.T = I`` (inverse Cholesky factor)."""
-        cov = np.asarray(self.cov, np.float64)
-        # A floor keeps a constant band (zero variance) from blowing up.
-        floor = max(float(np.trace(cov)) / len(cov), 1e-12) * 1e-6
-        chol = np.linalg.cholesky(cov + floor * np.eye(len(cov)))
-        return np.linalg.inv(chol).astype(np.float32)
+        # Every strip of every block asks: computed once per model.
+        return _whitening(self.cov).copy()
 
     def to_dict(self) -> dict[str, object]:
         """Plain-typed description, for metadata."""
         return {"mean": [round(m, 6) for m in self.mean],
                 "std": [round(float(np.sqrt(self.cov[i][i])), 6) for i in range(self.bands)],
                 "inlier_fraction": round(self.inlier_fraction, 4)}
+
+
+@functools.lru_cache(maxsize=16)
+def _whitening(cov: tuple[tuple[float, ...], ...]) -> NDArray[np.float32]:
+    c = np.asarray(cov, np.float64)
+    # A floor keeps a constant band (zero variance) from blowing up.
+    floor = max(float(np.trace(c)) / len(c), 1e-12) * 1e-6
+    chol = np.linalg.cholesky(c + floor * np.eye(len(c)))
+    return np.linalg.inv(chol).astype(np.float32)
 
 
 def _identity_noise(nb: int) -> NoiseModel:
