@@ -367,7 +367,8 @@ def coregister(before: io.RasterSource, after: io.RasterSource, *,
         binfo = io.image_info(bds, before.name if isinstance(before, io.Raster) else None)
         ainfo = io.image_info(ads, after.name if isinstance(after, io.Raster) else None)
         abands = tuple(bands) if bands else ainfo.bands
-        overlap = overlap_window(binfo.grid, ainfo.grid.bounds, ainfo.grid.crs)
+        overlap = overlap_window(binfo.grid, ainfo.grid.bounds, ainfo.grid.crs,
+                                 names=(binfo.name, ainfo.name))
         grid = binfo.grid.window_grid(overlap)
         resampling = resampling_for(binfo.grid, ainfo.grid)
         alignment = estimate_on_window(

@@ -155,7 +155,9 @@ def _pixel_window(grid: Grid, bounds: tuple[float, float, float, float]) -> Wind
 
 
 def overlap_window(grid: Grid, other_bounds: tuple[float, float, float, float],
-                   other_crs: CRS | None, *, min_size: int = MIN_OVERLAP_PX) -> Window:
+                   other_crs: CRS | None, *, min_size: int = MIN_OVERLAP_PX,
+                   names: tuple[str, str] = ("the first image", "the second image"),
+                   ) -> Window:
     """Window of `grid` that another image's footprint covers.
 
     Parameters
@@ -168,6 +170,8 @@ def overlap_window(grid: Grid, other_bounds: tuple[float, float, float, float],
         CRS of the other image; ``None`` only if `grid` is in pixel space too.
     min_size : int, optional
         Smallest acceptable overlap, in pixels on each side.
+    names : (str, str), optional
+        How messages name the image of `grid` and the other one (their files).
 
     Returns
     -------
@@ -176,32 +180,56 @@ def overlap_window(grid: Grid, other_bounds: tuple[float, float, float, float],
 
     Raises
     ------
+    InputError
+        If one image is georeferenced and the other not, or neither is and
+        their sizes differ.
     NoOverlapError
         If the footprints do not overlap by at least `min_size` pixels.
     """
+    first, second = names
     if (grid.crs is None) != (other_crs is None):
-        raise InputError("one image is georeferenced and the other is not")
+        plain, geo = (second, first) if grid.crs is not None else (first, second)
+        raise InputError(
+            f"{plain} carries no georeferencing but {geo} does, so they cannot be placed on "
+            f"one grid; georeference {plain} (e.g. QGIS's Georeferencer, or gdal_translate "
+            "-a_srs -a_ullr) or give two plain images of the same size")
     if grid.crs is None:
         ow, oh = round(other_bounds[2] - other_bounds[0]), round(other_bounds[3] - other_bounds[1])
         if (ow, oh) != (grid.width, grid.height):
             raise InputError(
-                f"neither image is georeferenced and their sizes differ ({grid.width} x "
-                f"{grid.height} and {ow} x {oh} pixels), so how they align is unknown; "
-                "georeference them first (e.g. gdal_translate -a_srs -a_ullr, or QGIS's "
-                "Georeferencer)")
+                f"neither image is georeferenced and their sizes differ ({first}: "
+                f"{grid.width} x {grid.height}, {second}: {ow} x {oh} pixels), so how they "
+                "align is unknown; georeference them first (e.g. gdal_translate -a_srs "
+                "-a_ullr, or QGIS's Georeferencer)")
+    own_bounds = other_bounds
     if grid.crs is not None and other_crs != grid.crs:
         other_bounds = transform_bounds(other_crs, grid.crs, *other_bounds, densify_pts=21)
     left, bottom, right, top = grid.bounds
     ol, ob, orr, ot = other_bounds
     inter = (max(left, ol), max(bottom, ob), min(right, orr), min(top, ot))
     if inter[0] >= inter[2] or inter[1] >= inter[3]:
-        raise NoOverlapError("the two images do not overlap")
+        raise NoOverlapError(
+            f"{first} and {second} do not overlap ({first} covers "
+            f"{_lonlat(grid.bounds, grid.crs)}, {second} {_lonlat(own_bounds, other_crs)}); "
+            "check that both show the same place and that each carries its right CRS "
+            "(gdalinfo or rio info prints them)")
     win = _pixel_window(grid, inter)
     if win.width < min_size or win.height < min_size:
         raise NoOverlapError(
-            f"the two images overlap by only {win.width} x {win.height} pixels "
+            f"{first} and {second} overlap by only {win.width} x {win.height} pixels "
             f"(at least {min_size} x {min_size} needed)")
     return win
+
+
+def _lonlat(bounds: tuple[float, float, float, float], crs: CRS | None) -> str:
+    # A footprint as a reader can check it on a map.
+    if crs is None:
+        return f"pixels {bounds[0]:g} to {bounds[2]:g} across"
+    try:
+        w, s, e, n = transform_bounds(crs, WGS84, *bounds, densify_pts=21)
+    except (CRSError, ValueError):  # pragma: no cover - a CRS GDAL cannot transform
+        return f"{bounds} in {crs}"
+    return f"lon {w:.5f} to {e:.5f}, lat {s:.5f} to {n:.5f}"
 
 
 def geometry_to_crs(geometry: dict[str, Any], src_crs: CRS, dst_crs: CRS | None) -> dict[str, Any]:

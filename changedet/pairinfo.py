@@ -223,8 +223,10 @@ def describe_pair(before: io.RasterSource, after: io.RasterSource, *,
         found: Shift | None = None
         shift_m = None
         try:
-            bw = overlap_window(bi.grid, ai.grid.bounds, ai.grid.crs, min_size=1)
-            aw = overlap_window(ai.grid, bi.grid.bounds, bi.grid.crs, min_size=1)
+            bw = overlap_window(bi.grid, ai.grid.bounds, ai.grid.crs, min_size=1,
+                                names=(bi.name, ai.name))
+            aw = overlap_window(ai.grid, bi.grid.bounds, bi.grid.crs, min_size=1,
+                                names=(ai.name, bi.name))
         except NoOverlapError:
             notes.append("the images do not overlap: there is nothing to compare")
         else:

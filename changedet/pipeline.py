@@ -259,22 +259,6 @@ def _pick_bands(binfo: io.ImageInfo, ainfo: io.ImageInfo,
     return None
 
 
-def _check_georeferencing(binfo: io.ImageInfo, ainfo: io.ImageInfo) -> None:
-    bgeo, ageo = binfo.grid.crs is not None, ainfo.grid.crs is not None
-    if bgeo != ageo:
-        plain, geo = (ainfo, binfo) if bgeo else (binfo, ainfo)
-        raise InputError(
-            f"{plain.name} carries no georeferencing but {geo.name} does, so they cannot be "
-            f"placed on one grid; georeference {plain.name} (e.g. QGIS's Georeferencer, or "
-            "gdal_translate -a_srs -a_ullr) or give two plain images of the same size")
-    if not bgeo and binfo.grid.shape != ainfo.grid.shape:
-        raise InputError(
-            f"neither image is georeferenced and their sizes differ ({binfo.name}: "
-            f"{binfo.grid.width} x {binfo.grid.height}, {ainfo.name}: {ainfo.grid.width} x "
-            f"{ainfo.grid.height} pixels), so how they align is unknown; georeference them "
-            "first (e.g. gdal_translate -a_srs -a_ullr, or QGIS's Georeferencer)")
-
-
 #: Pixel-size ratios from which a pair is warned about, and refused.
 RESOLUTION_WARN = 4.0
 RESOLUTION_REFUSE = 20.0
@@ -437,9 +421,9 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     use_bands = _pick_bands(binfo, ainfo, bands)
     roi_geom, roi_crs = _roi_geometry(roi, bbox)
     grid = binfo.grid
-    _check_georeferencing(binfo, ainfo)
+    overlap = overlap_window(grid, ainfo.grid.bounds, ainfo.grid.crs,
+                             names=(binfo.name, ainfo.name))
     _check_resolutions(binfo, ainfo)
-    overlap = overlap_window(grid, ainfo.grid.bounds, ainfo.grid.crs)
     window = overlap
 
     if roi_geom is not None:

@@ -347,8 +347,8 @@ def track_series(sources: Sequence[io.RasterSource], *,
             with io.open_raster(src) as ds:
                 info = io.image_info(ds)
                 counts.append(info.count)
-                window = _intersect(window, overlap_window(rinfo.grid, info.grid.bounds,
-                                                           info.grid.crs))
+                window = _intersect(window, overlap_window(
+                    rinfo.grid, info.grid.bounds, info.grid.crs, names=(rinfo.name, info.name)))
         if bands is None and len(set(counts)) > 1:
             raise BandMismatchError(
                 f"the images have different band counts ({', '.join(map(str, counts))}); "

@@ -254,3 +254,22 @@ def test_jpeg_pair_finds_every_structure(tmp_path):
     for g in p.appeared + p.disappeared:
         g = affine_transform(g, [1, 0, 0, -1, 0, 0])  # (col, row) -> (x, -row)
         assert any(q.intersection(g).area > 0.5 * g.area for q in found)
+
+
+@pytest.mark.parametrize("case", [no_overlap, overlap_too_small, georeferenced_with_plain,
+                                  plain_images_of_other_sizes],
+                         ids=lambda c: c.__name__)
+def test_coregister_names_the_files_in_its_errors(case, tmp_path):
+    args, message = case(tmp_path)
+    r = CliRunner().invoke(main, ["coregister", *args])
+    assert r.exit_code == 1, r.output
+    line = r.stderr.strip()
+    assert line.startswith("Error: ") and message in line and "\n" not in line, line
+    assert Path(args[0]).name in line and Path(args[1]).name in line
+
+
+def test_no_overlap_says_where_each_image_lies(tmp_path):
+    args, _ = no_overlap(tmp_path)
+    r = CliRunner().invoke(main, ["diff", *args])
+    # Both footprints in lon/lat (UTM 52N near Pyongyang, 50 km apart).
+    assert "covers lon 125.75" in r.stderr and "a.tif lon 126.46" in r.stderr, r.stderr

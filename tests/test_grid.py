@@ -43,8 +43,8 @@ def test_no_and_too_small_overlap(grid):
 
 
 def test_georeferenced_with_pixel_space_is_an_error(grid):
-    with pytest.raises(InputError, match="georeferenced"):
-        overlap_window(grid, (0, 0, 10, 10), None)
+    with pytest.raises(InputError, match="b.tif carries no georeferencing but a.tif does"):
+        overlap_window(grid, (0, 0, 10, 10), None, names=("a.tif", "b.tif"))
 
 
 def test_roi_window(grid):
