@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from rasterio.windows import Window
 from scipy import fft
 
-from changedet.features import gradient_magnitude
+from changedet.features import band_stats, gradient_magnitude
 from changedet.grid import Grid
 
 __all__ = [
@@ -518,12 +518,8 @@ def _reliability(psr: NDArray[np.float64] | float, min_psr: float) -> NDArray[np
 
 def _band_weights(data: NDArray[np.float32], invalid: NDArray[np.bool_]) -> NDArray[np.float32]:
     """Weights that make the band sum the standardised mean (up to a constant)."""
-    valid = ~invalid
-    out = np.zeros(data.shape[0], np.float32)
-    if valid.any():
-        for i, band in enumerate(data):
-            std = float(band[valid].std(dtype=np.float64))
-            out[i] = 1.0 / std if std > 0 else 0.0
+    std = band_stats(data, invalid).std
+    out = np.array([1.0 / s if s > 0 else 0.0 for s in std], np.float32)
     return out / max(data.shape[0], 1)
 
 
