@@ -490,6 +490,9 @@ class TileReader:
         The input's name in messages.
     max_bytes : int, optional
         Bound on the decoded tiles kept.
+    max_pixels : int, optional
+        The bound as pixels of a band instead (``max_pixels * pixel_bytes``
+        bytes; the bytes a pixel takes are known once the file is open).
 
     Examples
     --------
@@ -498,7 +501,8 @@ class TileReader:
     """
 
     def __init__(self, path: str, *, bands: Sequence[int] | None = None,
-                 name: str | None = None, max_bytes: int = TILE_CACHE_BYTES) -> None:
+                 name: str | None = None, max_bytes: int = TILE_CACHE_BYTES,
+                 max_pixels: int | None = None) -> None:
         self.path, self.max_bytes = path, int(max_bytes)
         self._local = threading.local()
         self._handles: list[DatasetReader] = []
@@ -523,6 +527,8 @@ class TileReader:
         types = [np.dtype(ds.dtypes[i - 1]) for i in self.bands]
         self.pixel_bytes = (sum(t.itemsize for t in types)
                             + (0 if self._all_valid and all(t.kind != "f" for t in types) else 1))
+        if max_pixels is not None:
+            self.max_bytes = int(max_pixels) * self.pixel_bytes
 
     def dataset(self) -> DatasetReader:
         """Return this thread's handle on the raster."""

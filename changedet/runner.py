@@ -160,15 +160,13 @@ class Readers:
 
     def __init__(self, sources: Sources, plan: Plan, cache_pixels: int = 0) -> None:
         self.before = io.TileReader(sources.before, bands=plan.bands, name=sources.before_name,
-                                    max_bytes=0)
+                                    max_pixels=cache_pixels)
         try:
             self.after = io.TileReader(sources.after, bands=plan.bands,
-                                       name=sources.after_name, max_bytes=0)
+                                       name=sources.after_name, max_pixels=cache_pixels)
         except BaseException:
             self.before.close()
             raise
-        for reader in (self.before, self.after):
-            reader.max_bytes = cache_pixels * reader.pixel_bytes
 
     def close(self) -> None:
         """Close both images."""

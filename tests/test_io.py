@@ -384,6 +384,15 @@ def test_tile_reader_small_cache_stays_bounded(tmp_path):
         assert r.decoded > once        # evicted tiles are decoded again
 
 
+def test_tile_reader_bound_in_pixels(tmp_path):
+    path = _tiled(tmp_path)
+    with io.TileReader(str(path), max_pixels=3 * 64 * 64) as r:
+        assert r.pixel_bytes == 3 * 2 + 1 and r.max_bytes == 3 * 64 * 64 * 7
+        for w in TILE_WINDOWS:
+            r.read(w)
+            assert r._bytes <= r.max_bytes
+
+
 def test_tile_reader_without_cache_keeps_one_tile(tmp_path):
     path = _tiled(tmp_path)
     with io.TileReader(str(path), max_bytes=0) as r:
