@@ -325,13 +325,9 @@ def _ordered_dask(items: list[Block], sources: Sources, plan: Plan, client: Any,
         2 * n_workers)
 
 
-def _merge_boxes(boxes: list[tuple[int, int, int, int]], pad: int, limit: int,
+def _merge_boxes(boxes: list[tuple[int, int, int, int]], pad: int,
                  ) -> list[tuple[int, int, int, int]]:
-    # Union (row0, col0, row1, col1) boxes that overlap once padded, until
-    # none do, so shared pixels are read once; but not into a box whose
-    # padded side would exceed `limit`: many changes along a seam would
-    # otherwise become one window as long as the seam. Regions left apart
-    # may overlap: the second pass emits an object once whichever holds it.
+    # Union boxes that overlap once padded, until none do.
     merged = [list(b) for b in boxes]
     changed = True
     while changed:
@@ -340,9 +336,7 @@ def _merge_boxes(boxes: list[tuple[int, int, int, int]], pad: int, limit: int,
         for b in merged:
             for o in out:
                 if (b[0] - pad < o[2] and o[0] - pad < b[2]
-                        and b[1] - pad < o[3] and o[1] - pad < b[3]
-                        and max(b[2], o[2]) - min(b[0], o[0]) + 2 * pad <= limit
-                        and max(b[3], o[3]) - min(b[1], o[1]) + 2 * pad <= limit):
+                        and b[1] - pad < o[3] and o[1] - pad < b[3]):
                     o[0], o[1] = min(o[0], b[0]), min(o[1], b[1])
                     o[2], o[3] = max(o[2], b[2]), max(o[3], b[3])
                     changed = True
@@ -471,7 +465,7 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             sink.object(obj)
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
-    for region in _merge_boxes(boxes, halo, MAX_GROWN_WINDOW):  # type: ignore[arg-type]
+    for region in _merge_boxes(boxes, halo):  # type: ignore[arg-type]
         r0, c0, r1, c1 = region
         while True:
             win = Window(max(0, c0 - halo), max(0, r0 - halo),

@@ -151,49 +151,6 @@ def test_a_change_larger_than_the_grown_window_warns_and_is_kept(scene, monkeypa
     assert len(r) >= 8
 
 
-def test_many_changes_along_a_seam_are_not_merged_into_one_window(tmp_path, monkeypatch):
-    # Six bars, each too tall for its block's halo, side by side across row
-    # seams: their padded boxes overlap in a chain wider than the grown-window
-    # limit. Each is resolved on its own (no "processed in pieces"), exactly
-    # as in one block.
-    import warnings
-
-    import changedet.runner as runner
-
-    rng = np.random.default_rng(3)
-    shape, s = (300, 700), 2
-    ground = textured_ground((shape[0] * s, shape[1] * s), "pavement", rng=rng,
-                             texture=0.15, grain=4.0)
-    bars = [SceneObject(rect(200 + 50 * i, 30, 20, 200), "white") for i in range(6)]
-    before = render(ground, [], sun=Sun(), sensor=Sensor(noise=0.006), pixel_size=0.5,
-                    supersample=s, rng=rng)
-    after = render(ground, bars, sun=Sun(), sensor=Sensor(noise=0.006), pixel_size=0.5,
-                   supersample=s, rng=rng)
-    b = write_tif(tmp_path / "b.tif", quantise(before, "uint16", full_scale=1.0))
-    a = write_tif(tmp_path / "a.tif", quantise(after, "uint16", full_scale=1.0))
-    one = changedet.detect(b, a, block_size=4096, threads=1)
-    assert len(one) == 6
-    assert all(p["area_m2"] == pytest.approx(20 * 200 * 0.25, rel=0.15) for p in one.properties)
-    monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 450)  # one bar's window fits
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", changedet.LargeChangeWarning)
-        many = changedet.detect(b, a, block_size=64, threads=2)
-    np.testing.assert_array_equal(many.classes, one.classes)
-    assert _features(many) == _features(one)
-
-
-def test_merged_second_pass_regions_stay_within_the_limit():
-    from changedet.runner import _merge_boxes
-
-    boxes = [(30, 40 + 50 * i, 230, 60 + 50 * i) for i in range(6)]
-    assert _merge_boxes(boxes, 96, 10_000) == [(30, 40, 230, 310)]
-    regions = _merge_boxes(boxes, 96, 450)
-    assert all(r1 - r0 + 192 <= 450 and c1 - c0 + 192 <= 450 for r0, c0, r1, c1 in regions)
-    assert sorted(boxes) == sorted(b for b in boxes
-                                   if any(r[0] <= b[0] and r[1] <= b[1] and b[2] <= r[2]
-                                          and b[3] <= r[3] for r in regions))
-
-
 @pytest.mark.realdata
 def test_dense_change_in_small_blocks_equals_one_block(shared_data):
     # A tornado tile with --threshold otsu: candidates everywhere join into
