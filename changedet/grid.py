@@ -227,8 +227,9 @@ def _lonlat(bounds: tuple[float, float, float, float], crs: CRS | None) -> str:
         return f"pixels {bounds[0]:g} to {bounds[2]:g} across"
     try:
         w, s, e, n = transform_bounds(crs, WGS84, *bounds, densify_pts=21)
-    except (CRSError, ValueError):  # pragma: no cover - a CRS GDAL cannot transform
-        return f"{bounds} in {crs}"
+    except Exception:  # noqa: BLE001 - GDAL's errors vary; a local CRS has no lon/lat
+        left, bottom, right, top = bounds
+        return f"x {left:g} to {right:g}, y {bottom:g} to {top:g} in its own CRS"
     return f"lon {w:.5f} to {e:.5f}, lat {s:.5f} to {n:.5f}"
 
 

@@ -69,3 +69,13 @@ def test_geographic_pixel_area():
     # 1e-5 degree is about 1.11 m north-south and 0.86 m east-west at 39 N.
     sx, sy = g.pixel_size_m()
     assert sy == pytest.approx(1.11, abs=0.01) and sx == pytest.approx(0.865, abs=0.01)
+
+
+def test_no_overlap_in_a_local_crs_says_where_in_its_own_units():
+    # An engineering CRS has no lon/lat: the footprints are given as they are.
+    local = CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
+                         'AXIS["Northing",NORTH]]')
+    g = Grid(Affine(1, 0, 0, 0, -1, 100), local, 100, 100)
+    with pytest.raises(NoOverlapError, match=r"a.tif covers x 0 to 100, y 0 to 100 in its own "
+                                             r"CRS, b.tif x 5000 to 5100"):
+        overlap_window(g, (5000, 0, 5100, 100), local, names=("a.tif", "b.tif"))
