@@ -217,7 +217,9 @@ def describe_pair(before: io.RasterSource, after: io.RasterSource, *,
         One image is georeferenced and the other is not.
     """
     with io.open_raster(before) as bds, io.open_raster(after) as ads:
-        bi, ai = io.image_info(bds), io.image_info(ads)
+        # As coregister names them: a Raster by its name, a file by GDAL's.
+        bi, ai = (io.image_info(ds, src.name if isinstance(src, io.Raster) else None)
+                  for ds, src in ((bds, before), (ads, after)))
         notes: list[str] = []
         overlap = None
         found: Shift | None = None

@@ -340,12 +340,12 @@ def track_series(sources: Sequence[io.RasterSource], *,
 
     # The common grid: the first date's, cropped to what every date covers.
     with io.open_raster(srcs[0]) as ref:
-        rinfo = io.image_info(ref)
+        rinfo = io.image_info(ref, labels[0])
         window = Window(0, 0, rinfo.grid.width, rinfo.grid.height)
         counts = [rinfo.count]
-        for src in srcs[1:]:
+        for src, label in zip(srcs[1:], labels[1:], strict=True):
             with io.open_raster(src) as ds:
-                info = io.image_info(ds)
+                info = io.image_info(ds, label)
                 counts.append(info.count)
                 window = _intersect(window, overlap_window(
                     rinfo.grid, info.grid.bounds, info.grid.crs, names=(rinfo.name, info.name)))

@@ -286,3 +286,15 @@ def test_landsat_series_dates_from_year_names(shared_data):
     assert len(r) > 0
     areas = [p["area_m2"] for p in r.properties]
     assert all(a > 0 for a in areas)
+
+
+def test_images_that_do_not_overlap_are_named():
+    from changedet.errors import NoOverlapError
+    from changedet.io import Raster
+    from tests.conftest import UTM, utm_transform
+
+    data = np.ones((3, 64, 64), np.uint16)
+    first = Raster(data, utm_transform(), UTM, name="march.tif")
+    far = Raster(data, utm_transform(origin=(800000.0, 4322620.0)), UTM, name="april.tif")
+    with pytest.raises(NoOverlapError, match="march.tif and april.tif do not overlap"):
+        track_series([first, far], dates=["2021-03", "2021-04"])
