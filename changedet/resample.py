@@ -155,7 +155,7 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
     # In strips of rows, band by band: the scratch arrays and the strip in
     # hand stay in the core's cache (whole-band passes were memory-bound).
     out = np.empty((src.shape[0], h, w), np.float32)
-    step = min(h, _STRIP_ROWS)
+    step = max(min(h, _STRIP_ROWS), 1)
     rows = np.empty((step + 3, w), np.float32)
     tmp_rows, tmp = np.empty_like(rows), np.empty((step, w), np.float32)
     for r0 in range(0, h, step):

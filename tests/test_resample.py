@@ -173,3 +173,9 @@ def test_strips_give_the_whole_array_result(h, monkeypatch):
     for a, b in ((whole, strips), (strips, once)):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_empty_output_is_empty():
+    out, inv = cubic_shift(np.zeros((2, 3, 8), np.float32), np.zeros((3, 8), bool), 0.5, 0.5,
+                           (0, 5))
+    assert out.shape == (2, 0, 5) and inv.shape == (0, 5)
