@@ -266,16 +266,15 @@ def threshold_masks(score: NDArray[np.floating], threshold: Threshold,
                     ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """Candidate pixels (above the lower threshold) and seeds (above the upper).
 
-    Invalid pixels are neither.
+    Invalid pixels are neither. The two arrays are always distinct.
     """
     if not np.isfinite(threshold.high):
-        empty = np.zeros(score.shape, bool)
-        return empty, empty
+        return np.zeros(score.shape, bool), np.zeros(score.shape, bool)
     if threshold.low >= threshold.high:
         cand = score > threshold.high
         if invalid is not None:
             cand &= ~invalid
-        return cand, cand
+        return cand, cand.copy()
     cand = score > threshold.low
     if invalid is not None:
         cand &= ~invalid
@@ -296,8 +295,8 @@ def apply_threshold(score: NDArray[np.floating], threshold: Threshold,
         True where changed; never True where `invalid`.
     """
     cand, seeds = threshold_masks(score, threshold, invalid)
-    if cand is seeds or not seeds.any():
-        return seeds.copy()
+    if not seeds.any() or threshold.low >= threshold.high:
+        return seeds
     labels, n = label_components(cand)
     seeded = np.bincount(labels[seeds], minlength=n + 1) > 0
     seeded[0] = False

@@ -110,3 +110,14 @@ def test_guarded_histogram_threshold_still_grows_real_change():
 def test_threshold_metadata_is_plain():
     assert threshold_chi2(3).to_dict()["method"] == "chi2"
     assert threshold_otsu(np.zeros(4)).to_dict() == {"method": "otsu", "low": None, "high": None}
+
+
+@pytest.mark.parametrize("threshold", [threshold_fixed(1.0), threshold_chi2(3)])
+def test_threshold_masks_are_two_arrays(threshold):
+    from changedet.thresholds import threshold_masks
+
+    score = np.full((4, 4), 50.0, np.float32)
+    cand, seeds = threshold_masks(score, threshold)
+    assert cand.all() and seeds.all()
+    cand[0, 0] = False
+    assert seeds[0, 0]
