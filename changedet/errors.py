@@ -80,4 +80,4 @@ class ResolutionMismatchWarning(ChangeDetWarning):
 
 
 class LargeChangeWarning(ChangeDetWarning):
-    """A change too large to hold in one window was processed in pieces."""
+    """A change too large to hold in one window was cut: the part beyond it is missing."""

@@ -496,9 +496,10 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                 continue
             if too_big:
                 warnings.warn(
-                    f"a change larger than {MAX_GROWN_WINDOW} pixels across was processed in "
-                    "pieces; its outline may be cut where they meet", LargeChangeWarning,
-                    stacklevel=2)
+                    f"a change larger than {MAX_GROWN_WINDOW} pixels across was cut at the edge "
+                    "of the largest window processed at once: the part beyond it is missing; "
+                    "use blocks as large as the change (--block-size) or crop to it (--bbox)",
+                    LargeChangeWarning, stacklevel=2)
             for obj in res.objects:
                 emit(obj)
             break
