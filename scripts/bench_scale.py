@@ -12,7 +12,7 @@ and checks that the block-wise result equals the in-memory one on a pair
 that fits. Prints a table.
 
     $ python scripts/bench_scale.py [--sizes 8192 20000] [--workdir /tmp/cd-scale]
-      [--threads 2] [--keep]
+      [--threads 2] [--repeat 3] [--keep]
 
 The after image is the before image's texture displaced by (1.37, -0.62)
 pixels (an exact Fourier shift of a periodic texture), with other gain and
@@ -174,6 +174,9 @@ def main() -> None:
     ap.add_argument("--naive-max", type=int, default=8192,
                     help="largest size the naive pipeline is run on (it needs ~80 B/px)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of the read floor and of diff, alternated (medians are reported: "
+                         "on a shared or virtual machine single runs vary by 20 %% or more)")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -188,10 +191,13 @@ def main() -> None:
                   flush=True)
             out = work / f"out_{n}"
             out.mkdir(exist_ok=True)
-            floor = run(READ_FLOOR, str(b), str(a))
+            floors, diffs = [], []
+            for _ in range(max(args.repeat, 1)):
+                floors.append(run(READ_FLOOR, str(b), str(a)))
+                diffs.append(run(CHANGEDET, str(b), str(a), str(out), str(args.threads)))
+            floor = _median(floors)
             rows.append((n, "read floor", floor, floor))
-            rows.append((n, "changedet diff", run(CHANGEDET, str(b), str(a), str(out),
-                                                  str(args.threads)), floor))
+            rows.append((n, "changedet diff", _median(diffs), floor))
             if n <= args.naive_max:
                 rows.append((n, "naive whole-array", run(NAIVE, str(b), str(a)), floor))
             else:
@@ -204,6 +210,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print()
+    print(f"Wall times: median of {max(args.repeat, 1)} runs (range); the naive pipeline runs "
+          "once; peak RSS: the largest of the runs.")
     print("| size | pipeline | wall s | x read floor | peak RSS MiB | polygons |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -211,12 +219,27 @@ def main() -> None:
     print(json.dumps({"threads": args.threads, "cpu_count": os.cpu_count()}))
 
 
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median wall time of `runs` (with its range), their largest peak RSS, the first result."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    times = sorted(r["TIME"] for r in runs)
+    out = dict(runs[0])
+    out.update(TIME=float(np.median(times)), MIN=times[0], MAX=times[-1],
+               RSS=max(r["RSS"] for r in runs))
+    return out
+
+
 def _row(n: int, name: str, vals: dict[str, float], floor: dict[str, float]) -> str:
     if "error" in vals:
         return f"| {n} | {name} | - | - | - | {vals['error']} |"
     ratio = vals["TIME"] / floor["TIME"] if floor.get("TIME") else float("nan")
     res = int(vals["RESULT"]) if "RESULT" in vals else ""
-    return f"| {n} | {name} | {vals['TIME']:.1f} | {ratio:.2f} | {vals['RSS']:.0f} | {res} |"
+    spread = f" ({vals['MIN']:.1f}-{vals['MAX']:.1f})" if vals.get("MAX", 0) > vals.get(
+        "MIN", 0) else ""
+    return (f"| {n} | {name} | {vals['TIME']:.1f}{spread} | {ratio:.2f} | {vals['RSS']:.0f} "
+            f"| {res} |")
 
 
 if __name__ == "__main__":
