@@ -39,7 +39,7 @@ from changedet.grid import Grid
 from changedet.labelstats import first_pixel
 from changedet.radiometry import NormalisationFit
 from changedet.scores import ScoreParams, score_change
-from changedet.thresholds import Threshold, threshold_masks
+from changedet.thresholds import Threshold, seeded_components, threshold_masks
 from changedet.vectorize import areas_m2, label_stats, polygons_from_labels, simplify_polygons
 
 __all__ = [
@@ -260,8 +260,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     # holding a seed, and those touching an inner edge (their seed may lie
     # beyond it). Grouping every seedless speck of noise would join them
     # all into one group spanning the image.
-    clabels, nc = label_components(cand)
-    seeded = np.bincount(clabels[seeds], minlength=nc + 1) > 0
+    clabels, seeded = seeded_components(cand, seeds)
     band = np.zeros((h, w), bool)
     if not edges.top:
         band[:m] = True

@@ -52,6 +52,7 @@ __all__ = [
     "select_threshold",
     "apply_threshold",
     "threshold_masks",
+    "seeded_components",
 ]
 
 ThresholdMethod = Literal["auto", "chi2", "otsu", "ki"]
@@ -297,7 +298,22 @@ def apply_threshold(score: NDArray[np.floating], threshold: Threshold,
     cand, seeds = threshold_masks(score, threshold, invalid)
     if not seeds.any() or threshold.low >= threshold.high:
         return seeds
+    labels, seeded = seeded_components(cand, seeds)
+    return seeded[labels]
+
+
+def seeded_components(cand: NDArray[np.bool_], seeds: NDArray[np.bool_],
+                      ) -> tuple[NDArray[np.int32], NDArray[np.bool_]]:
+    """Label the 8-connected components of `cand`; say which hold a seed.
+
+    Returns
+    -------
+    labels : (H, W) ndarray of int32
+        0 is the background.
+    seeded : (n + 1,) ndarray of bool
+        By label; False for the background.
+    """
     labels, n = label_components(cand)
     seeded = np.bincount(labels[seeds], minlength=n + 1) > 0
     seeded[0] = False
-    return seeded[labels]
+    return labels, seeded
