@@ -160,16 +160,27 @@ def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
     name = os.path.basename(path) or path
     if "://" not in path and not os.path.exists(path):
         raise RasterReadError(f"{path}: no such file")
+    with _open_path(path) as ds:
+        _check_dataset(ds, name)
+        yield ds
+
+
+def _open_path(path: str) -> DatasetReader:
+    # rasterio.open without its warning on pixel-space files (changedet says
+    # so itself, once); GDAL's refusal as a RasterReadError.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(path)
+            return rasterio.open(path)
     except RasterioError as exc:
         raise RasterReadError(f"{path}: cannot be read as a raster: not an image GDAL knows, "
                               f"or truncated or corrupt ({_first_line(exc)})") from exc
-    with ds:
-        _check_dataset(ds, name)
-        yield ds
+
+
+def _unreadable(name: str, exc: BaseException) -> RasterReadError:
+    # GDAL failed mid-read: the file opened, its pixels did not decode.
+    return RasterReadError(f"{name}: could not read pixels, the file may be truncated or "
+                           f"corrupt ({_first_line(exc)})")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -381,8 +392,7 @@ def read_window(ds: DatasetReader, window: Window, *, bands: Sequence[int] | Non
         else:
             data, masks = _read_decimated(ds, idx, window, out_shape)
     except RasterioError as exc:
-        raise RasterReadError(f"{name}: could not read pixels, the file may be "
-                              f"truncated or corrupt ({_first_line(exc)})") from exc
+        raise _unreadable(name, exc) from exc
     invalid = _invalid_from(data, masks)  # an array: masks were read
     data[:, invalid] = 0
     return data, invalid
@@ -534,14 +544,7 @@ class TileReader:
         """Return this thread's handle on the raster."""
         ds = getattr(self._local, "ds", None)
         if ds is None:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                    ds = rasterio.open(self.path)
-            except RasterioError as exc:
-                raise RasterReadError(f"{self.path}: cannot be read as a raster "
-                                      f"({_first_line(exc)})") from exc
-            self._local.ds = ds
+            ds = self._local.ds = _open_path(self.path)
             with self._lock:
                 self._handles.append(ds)
         return ds
@@ -568,8 +571,7 @@ class TileReader:
             data = ds.read(self.bands, window=window)
             masks = None if self._all_valid else ds.read_masks(self.bands, window=window)
         except RasterioError as exc:
-            raise RasterReadError(f"{self.name}: could not read pixels, the file may be "
-                                  f"truncated or corrupt ({_first_line(exc)})") from exc
+            raise _unreadable(self.name, exc) from exc
         return data, _invalid_from(data, masks)
 
     def _tile(self, key: tuple[int, int]) -> tuple[NDArray[Any], NDArray[np.bool_] | None]:
