@@ -18,11 +18,16 @@ first pixel in raster order (its *anchor*); a group that is too large for
 its anchor block's halo is reported as incomplete and is processed again in
 a window grown to hold it (see :mod:`changedet.runner`). The result is the
 same for any block size, on one thread, several, or a Dask cluster.
+
+A group too large for any window is processed in tiles: each reports the
+:class:`Piece` of it in its core, and :func:`join_pieces` joins them. That
+is complete but not exact: each tile delineates the change from its own
+view of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,23 +38,31 @@ from scipy import ndimage
 from shapely.geometry.base import BaseGeometry
 
 from changedet.cleanup import CONNECTIVITY, clean_mask, delineate, label_components
-from changedet.direction import CLASS_NAMES, classify_direction
+from changedet.direction import CLASS_NAMES, Direction, classify_direction
 from changedet.features import BandStats
 from changedet.grid import Grid
-from changedet.labelstats import first_pixel
+from changedet.labelstats import first_pixel, labelled_maximum
 from changedet.radiometry import NormalisationFit
 from changedet.scores import ScoreParams, score_change
 from changedet.thresholds import Threshold, seeded_components, threshold_masks
-from changedet.vectorize import areas_m2, label_stats, polygons_from_labels, simplify_polygons
+from changedet.vectorize import (
+    areas_m2,
+    join_polygons,
+    label_stats,
+    polygons_from_labels,
+    simplify_polygons,
+)
 
 __all__ = [
     "Plan",
     "Edges",
     "ChangeObject",
+    "Piece",
     "WindowResult",
     "Selector",
     "is_complete",
     "process_window",
+    "join_pieces",
 ]
 
 #: Pixels kept clear between a complete group and a window's inner edge.
@@ -167,6 +180,76 @@ class ChangeObject:
     change: int
     properties: dict[str, Any]
     geometry: BaseGeometry
+    parts: tuple[tuple[int, int, NDArray[np.uint8], tuple[int, int]], ...] = ()
+
+    def masks(self) -> Iterator[tuple[int, int, NDArray[np.bool_]]]:
+        """Yield ``(row_off, col_off, mask)`` for each part of the object's pixels.
+
+        An object assembled from pieces (see :class:`Piece`) keeps its other
+        pieces' masks packed in :attr:`parts`; they are unpacked one at a
+        time here.
+        """
+        yield self.row_off, self.col_off, self.mask
+        for row_off, col_off, packed, shape in self.parts:
+            yield row_off, col_off, _unpack(packed, shape)
+
+
+@dataclass
+class Piece:
+    """The part, within a window's core, of an object whose group the window cuts.
+
+    A change too large for any window is processed in tiles; each tile
+    reports the pieces of such objects that fall in its core, and
+    :func:`join_pieces` joins them.
+
+    Attributes
+    ----------
+    row_off, col_off : int
+        Global position of the mask's upper-left pixel.
+    shape : (int, int)
+        The mask's shape.
+    packed : ndarray of uint8
+        The mask, packed 8 pixels a byte (:attr:`mask` unpacks it).
+    anchor : (int, int)
+        Global (row, col) of its first pixel.
+    change : int
+        Direction of the object the piece belongs to, as the window saw it.
+    confidence : float
+    pixels : int
+    score_sum, score_max : float
+        Sum and maximum of the score over the piece's pixels.
+    group_bbox : (4,) tuple of int
+        Global ``row0, col0, row1, col1`` of the piece's group within the
+        window.
+    """
+
+    row_off: int
+    col_off: int
+    shape: tuple[int, int]
+    packed: NDArray[np.uint8]
+    anchor: tuple[int, int]
+    change: int
+    confidence: float
+    pixels: int
+    score_sum: float
+    score_max: float
+    group_bbox: tuple[int, int, int, int]
+
+    @property
+    def mask(self) -> NDArray[np.bool_]:
+        """(h, w) ndarray of bool: the piece's pixels."""
+        return _unpack(self.packed, self.shape)
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """Global ``row0, col0, row1, col1`` of the piece."""
+        return (self.row_off, self.col_off, self.row_off + self.shape[0],
+                self.col_off + self.shape[1])
+
+
+def _unpack(packed: NDArray[np.uint8], shape: tuple[int, int]) -> NDArray[np.bool_]:
+    n = shape[0] * shape[1]
+    return np.unpackbits(packed, count=n).view(bool).reshape(shape)
 
 
 @dataclass
@@ -193,6 +276,7 @@ class WindowResult:
     objects: list[ChangeObject] = field(default_factory=list)
     incomplete: NDArray[np.int64] = field(
         default_factory=lambda: np.zeros((0, 6), np.int64))
+    pieces: list[Piece] = field(default_factory=list)
 
 
 #: Chooses, among complete groups, those to emit: called with their global
@@ -220,7 +304,9 @@ def is_complete(bbox: NDArray[np.int64], edges: Edges, shape: tuple[int, int],
 
 def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
                    invalid: NDArray[np.bool_], plan: Plan, *, row_off: int, col_off: int,
-                   edges: Edges = Edges(), select: Selector | None = None) -> WindowResult:
+                   edges: Edges = Edges(), select: Selector | None = None,
+                   core: tuple[int, int, int, int] | None = None,
+                   cut_elsewhere: Selector | None = None) -> WindowResult:
     """Detect change objects in one window of the processing grid.
 
     Parameters
@@ -238,6 +324,14 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
         (default: all, i.e. the window is the whole grid).
     select : callable, optional
         Which complete groups to emit (default: all).
+    core : (row0, col0, row1, col1), optional
+        Window pixels (end exclusive) whose pieces of incomplete groups to
+        return as :attr:`WindowResult.pieces` (default: none). Their
+        delineation and direction are those of the window's view of them.
+    cut_elsewhere : callable, optional
+        With `core`: which complete groups that `select` did not choose are
+        cut where they are emitted (by the window that holds their anchor):
+        their pieces are returned as well (default: none).
 
     Returns
     -------
@@ -298,16 +392,26 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     key = np.where(has_seed[:, None],
                    np.stack([seed_first // w, seed_first % w], axis=1) + offset, g_anchor)
     incomplete = np.concatenate([key, g_bbox], axis=1)[~complete]
-    if not emit.any():
+    cut = np.zeros(ng, bool)
+    if core is not None:
+        cr0, cc0, cr1, cc1 = core
+        meets = ((bbox[:, 0] < cr1) & (bbox[:, 2] > cr0)
+                 & (bbox[:, 1] < cc1) & (bbox[:, 3] > cc0))
+        cut = ~complete & meets
+        elsewhere = complete & has_seed & ~emit & meets
+        if cut_elsewhere is not None and elsewhere.any():
+            cut[elsewhere] = cut_elsewhere(g_anchor[elsewhere], g_bbox[elsewhere])
+    work = emit | cut
+    if not work.any():
         return WindowResult(score, [], incomplete)
 
-    lut = np.concatenate([[False], emit])
+    lut = np.concatenate([[False], work])
     # Nothing below reaches further than `k` past a group: work in the box
     # that holds the emitted groups with that margin (a block with a few
     # structures then costs a few structures' worth), the same result as on
     # the whole window.
-    r0, c0 = np.maximum(bbox[emit, :2].min(axis=0) - k - m, 0)
-    r1, c1 = np.minimum(bbox[emit, 2:].max(axis=0) + k + m, (h, w))
+    r0, c0 = np.maximum(bbox[work, :2].min(axis=0) - k - m, 0)
+    r1, c1 = np.minimum(bbox[work, 2:].max(axis=0) + k + m, (h, w))
     box = np.s_[r0:r1, c0:c1]
     # In a complete group every candidate component holds a seed, so the
     # hysteresis result there is simply the live candidates.
@@ -316,23 +420,65 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
                          open_radius=plan.open_radius, close_radius=plan.close_radius,
                          invalid=invalid[box])
     labels, n = label_components(cleaned)
-    objects = _objects(before[(slice(None),) + box], after[(slice(None),) + box], invalid[box],
-                       score[box], labels, n, plan, row_off + int(r0), col_off + int(c0))
-    return WindowResult(score, objects, incomplete)
+    # Each object lies in one group (groups are further apart than the
+    # clean-up reaches).
+    group = labelled_maximum(glabels[box], labels, np.arange(1, n + 1)).astype(np.int64) - 1
+    whole = emit[group]
+    objects, direction = _objects(
+        before[(slice(None),) + box], after[(slice(None),) + box], invalid[box], score[box],
+        labels, n, plan, row_off + int(r0), col_off + int(c0), whole=whole)
+    pieces: list[Piece] = []
+    if core is not None and not whole.all():
+        lr0, lc0 = max(cr0 - int(r0), 0), max(cc0 - int(c0), 0)
+        lr1, lc1 = min(cr1 - int(r0), labels.shape[0]), min(cc1 - int(c0), labels.shape[1])
+        inner = np.where(whole[np.maximum(labels - 1, 0)], 0, labels)[lr0:lr1, lc0:lc1]
+        pieces = _pieces(inner, score[box][lr0:lr1, lc0:lc1], direction, g_bbox[group],
+                         row_off + int(r0) + lr0, col_off + int(c0) + lc0)
+    return WindowResult(score, objects, incomplete, pieces)
+
+
+def _pieces(labels: NDArray[np.int32], score: NDArray[np.float32], direction: Direction,
+            group_bbox: NDArray[np.int64], row_off: int, col_off: int) -> list[Piece]:
+    # Each labelled object's part in `labels` (a window's core), with its
+    # score statistics there and the direction found for the whole object.
+    out: list[Piece] = []
+    for i, sl in enumerate(ndimage.find_objects(labels)):
+        if sl is None:
+            continue
+        mask = labels[sl] == i + 1
+        vals = score[sl][mask]
+        first = int(np.flatnonzero(mask.ravel())[0])
+        pr, pc = sl[0].start + row_off, sl[1].start + col_off
+        out.append(Piece(row_off=pr, col_off=pc, shape=mask.shape, packed=np.packbits(mask),
+                         anchor=(pr + first // mask.shape[1], pc + first % mask.shape[1]),
+                         change=int(direction.classes[i]),
+                         confidence=float(direction.confidence[i]), pixels=int(vals.size),
+                         score_sum=float(vals.sum(dtype=np.float64)),
+                         score_max=float(vals.max()),
+                         group_bbox=tuple(int(v) for v in group_bbox[i])))
+    return out
 
 
 def _objects(before: NDArray[np.float32], after: NDArray[np.float32],
              invalid: NDArray[np.bool_], score: NDArray[np.float32],
              labels: NDArray[np.int32], n: int, plan: Plan, row_off: int, col_off: int,
-             ) -> list[ChangeObject]:
-    if n == 0:
-        return []
+             whole: NDArray[np.bool_] | None = None,
+             ) -> tuple[list[ChangeObject], Direction]:
+    # The objects labelled 1..n (those `whole` marks, default all), sorted
+    # by anchor, and the direction of every label.
     direction = classify_direction(before, after, labels, n, invalid=invalid,
                                    stats_before=plan.stats_before,
                                    stats_after=plan.stats_after,
                                    gradient_floor=plan.gradient_floor)
+    if n == 0:
+        return [], direction
+    if whole is None:
+        whole = np.ones(n, bool)
+    # Only the objects reported whole are outlined.
+    outlined = labels if whole.all() else np.where(
+        np.concatenate([[False], whole])[labels], labels, 0)
     transform = plan.grid.transform @ Affine.translation(col_off, row_off)
-    geoms = polygons_from_labels(labels, n, transform)
+    geoms = polygons_from_labels(outlined, n, transform)
     if plan.simplify > 0:
         geoms = simplify_polygons(geoms, plan.simplify)
     areas = areas_m2(geoms, plan.grid)
@@ -341,6 +487,8 @@ def _objects(before: NDArray[np.float32], after: NDArray[np.float32],
     first = first_pixel(labels, np.arange(1, n + 1))
     out = []
     for i, sl in enumerate(ndimage.find_objects(labels)):
+        if not whole[i]:
+            continue
         cls = int(direction.classes[i])
         props = {
             "change": CLASS_NAMES[cls],
@@ -355,4 +503,159 @@ def _objects(before: NDArray[np.float32], after: NDArray[np.float32],
             row_off=sl[0].start + row_off, col_off=sl[1].start + col_off,
             mask=labels[sl] == i + 1, change=cls, properties=props, geometry=geoms[i]))
     out.sort(key=lambda o: o.anchor)
+    return out, direction
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int], pad: int = 0,
+             ) -> tuple[int, int, int, int] | None:
+    # Intersection of box `a` grown by `pad` with box `b`, or None.
+    r0, c0 = max(a[0] - pad, b[0]), max(a[1] - pad, b[1])
+    r1, c1 = min(a[2] + pad, b[2]), min(a[3] + pad, b[3])
+    return (r0, c0, r1, c1) if r0 < r1 and c0 < c1 else None
+
+
+def _crop(mask: NDArray[np.bool_], origin: tuple[int, int], box: tuple[int, int, int, int],
+          ) -> NDArray[np.bool_]:
+    # `mask` (upper-left pixel at global `origin`) over the global `box`,
+    # False outside it.
+    out = np.zeros((box[2] - box[0], box[3] - box[1]), bool)
+    r0, c0 = max(box[0], origin[0]), max(box[1], origin[1])
+    r1 = min(box[2], origin[0] + mask.shape[0])
+    c1 = min(box[3], origin[1] + mask.shape[1])
+    if r0 < r1 and c0 < c1:
+        out[r0 - box[0]:r1 - box[0], c0 - box[1]:c1 - box[1]] = \
+            mask[r0 - origin[0]:r1 - origin[0], c0 - origin[1]:c1 - origin[1]]
     return out
+
+
+def _touches(a: Piece, b: Piece) -> bool:
+    # Is a pixel of `b` 8-adjacent to (or on) a pixel of `a`?
+    box = _overlap(a.bbox, b.bbox, pad=1)
+    if box is None:
+        return False
+    grown = (box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1)
+    near = ndimage.binary_dilation(_crop(a.mask, a.bbox[:2], grown), structure=CONNECTIVITY)
+    return bool((near[1:-1, 1:-1] & _crop(b.mask, b.bbox[:2], box)).any())
+
+
+def _near_any(piece: Piece, keys: NDArray[np.int64], width: int, reach: int) -> bool:
+    # Is one of the pixels `keys` (sorted row * width + col) within `reach`
+    # pixels (chessboard distance) of the piece?
+    r0, c0, r1, c1 = piece.bbox
+    lo, hi = np.searchsorted(keys, [max(r0 - reach, 0) * width, (r1 + reach) * width])
+    rows, cols = np.divmod(keys[lo:hi], width)
+    inside = (cols >= c0 - reach) & (cols < c1 + reach)
+    if not inside.any():
+        return False
+    grown = (r0 - reach, c0 - reach, r1 + reach, c1 + reach)
+    near = ndimage.binary_dilation(_crop(piece.mask, (r0, c0), grown), structure=CONNECTIVITY,
+                                   iterations=reach) if reach else piece.mask
+    return bool(near[rows[inside] - grown[0], cols[inside] - grown[1]].any())
+
+
+#: Pixels around a joined change within which an anchor already reported
+#: marks it as reported (see :func:`join_pieces`).
+ANCHOR_REACH = 3
+
+
+def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = (),
+                emitted: NDArray[np.int64] | None = None) -> list[ChangeObject]:
+    """Join the pieces of changes too large for any window into change objects.
+
+    Pieces that touch (8-connected) become one object. Its outline is the
+    union of theirs; its pixels, mean and maximum score are over all of
+    them; its direction is the one found for most of its pixels, with the
+    mean confidence of those pieces.
+
+    Parameters
+    ----------
+    pieces : list of Piece
+        From the tiles of a region, their cores not overlapping.
+    plan : Plan
+    whole : list of ChangeObject, optional
+        Objects the tiles held whole: a piece on one of them is a part of
+        it that another tile saw cut, and is dropped.
+    emitted : (n,) ndarray of int64, optional
+        Anchors (``row * width + col``, sorted) of objects already reported:
+        a joined object holding one of them, or within :data:`ANCHOR_REACH`
+        pixels of one, is not reported again.
+
+    Returns
+    -------
+    list of ChangeObject
+        Sorted by anchor.
+    """
+    width = plan.grid.width
+    if len(whole):
+        boxes = np.array([_object_bbox(o) for o in whole], np.int64).reshape(-1, 4)
+
+        def on_whole(p: Piece) -> bool:
+            b = np.array(p.bbox)
+            near = ((boxes[:, :2] < b[2:]) & (b[:2] < boxes[:, 2:])).all(axis=1)
+            return any((_crop(whole[i].mask, (whole[i].row_off, whole[i].col_off), p.bbox)
+                        & p.mask).any() for i in np.flatnonzero(near))
+
+        pieces = [p for p in pieces if not on_whole(p)]
+    n = len(pieces)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if n > 1:
+        boxes = np.array([p.bbox for p in pieces], np.int64)
+        lo, hi = boxes[:, None, :2] - 1, boxes[:, None, 2:] + 1
+        near = ((lo < boxes[None, :, 2:]) & (boxes[None, :, :2] < hi)).all(axis=2)
+        for i, j in zip(*np.nonzero(np.triu(near, 1)), strict=True):
+            if find(i) != find(j) and _touches(pieces[i], pieces[j]):
+                parent[find(i)] = find(j)
+    sets: dict[int, list[Piece]] = {}
+    for i, p in enumerate(pieces):
+        sets.setdefault(find(i), []).append(p)
+    keys = np.zeros(0, np.int64) if emitted is None else np.asarray(emitted, np.int64)
+    out = []
+    for members in sets.values():
+        # Tiles trim a change's edge by their own view of it: an anchor a
+        # pixel or two outside the pieces is still theirs.
+        if keys.size and any(_near_any(p, keys, width, ANCHOR_REACH) for p in members):
+            continue
+        out.append(_joined(sorted(members, key=lambda p: p.anchor), plan))
+    out.sort(key=lambda o: o.anchor)
+    return out
+
+
+def _object_bbox(obj: ChangeObject) -> tuple[int, int, int, int]:
+    return (obj.row_off, obj.col_off, obj.row_off + obj.mask.shape[0],
+            obj.col_off + obj.mask.shape[1])
+
+
+def _joined(members: list[Piece], plan: Plan) -> ChangeObject:
+    # One object from touching pieces, the first (by anchor) first.
+    parts = [polygons_from_labels(p.mask.astype(np.int32), 1,
+                                  Affine.translation(p.col_off, p.row_off))[0] for p in members]
+    geom = join_polygons(parts, plan.grid.transform)
+    if plan.simplify > 0:
+        geom = simplify_polygons([geom], plan.simplify)[0]
+    area = float(areas_m2([geom], plan.grid)[0])
+    pixels = np.array([p.pixels for p in members], np.int64)
+    classes = np.array([p.change for p in members])
+    votes = np.bincount(classes, weights=pixels, minlength=4)
+    cls = int(np.argmax(votes))
+    mine = classes == cls
+    confidence = float(np.average([p.confidence for p in members], weights=pixels * mine))
+    props = {
+        "change": CLASS_NAMES[cls],
+        "area_m2": None if np.isnan(area) else round(area, 2),
+        "pixels": int(pixels.sum()),
+        "score_mean": round(sum(p.score_sum for p in members) / int(pixels.sum()), 3),
+        "score_max": round(max(p.score_max for p in members), 3),
+        "confidence": round(confidence, 3),
+    }
+    first = members[0]
+    return ChangeObject(anchor=first.anchor, row_off=first.row_off, col_off=first.col_off,
+                        mask=first.mask, change=cls, properties=props, geometry=geom,
+                        parts=tuple((p.row_off, p.col_off, p.packed, p.shape)
+                                    for p in members[1:]))

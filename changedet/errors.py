@@ -80,4 +80,8 @@ class ResolutionMismatchWarning(ChangeDetWarning):
 
 
 class LargeChangeWarning(ChangeDetWarning):
-    """A change too large to hold in one window was cut: the part beyond it is missing."""
+    """A change too large to hold in one window was processed in tiles and joined.
+
+    It is complete, but its outline near the tiles' seams and its attributes are
+    as the tiles saw it, not exactly what one window holding it would give.
+    """

@@ -626,9 +626,9 @@ class _MemorySink:
         self.classes[rows, cols] = _merge_background(current, out.invalid)
 
     def object(self, obj: ChangeObject) -> None:
-        h, w = obj.mask.shape
-        region = self.classes[obj.row_off:obj.row_off + h, obj.col_off:obj.col_off + w]
-        region[obj.mask] = obj.change
+        for r0, c0, mask in obj.masks():
+            h, w = mask.shape
+            self.classes[r0:r0 + h, c0:c0 + w][mask] = obj.change
         self.objects.append(obj)
 
 
@@ -665,9 +665,10 @@ class _FileSink:
             self.geometries.append(obj.geometry)
             self.properties.append(obj.properties)
         if self.classes is not None:
-            h, w = obj.mask.shape
-            self.classes.update(Window(obj.col_off, obj.row_off, w, h),
-                                lambda cur: np.where(obj.mask, obj.change, cur))
+            for r0, c0, mask in obj.masks():
+                h, w = mask.shape
+                self.classes.update(Window(c0, r0, w, h),
+                                    lambda cur, m=mask: np.where(m, obj.change, cur))
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@ Blocks are read with a halo, processed by
 :func:`changedet.blocks.process_window`, and handed back in block order, so
 outputs are the same whatever finishes first. Groups of change too large
 for their block's halo are processed again afterwards in a window grown to
-hold them. Memory stays bounded: at most ``2 * threads`` blocks are in
+hold them, and those larger than :data:`MAX_GROWN_WINDOW` in tiles whose
+pieces are joined. Memory stays bounded: at most ``2 * threads`` blocks are in
 flight at once, and the tiles decoded for them are shared through a cache
 sized for a stripe of blocks (see :func:`layout`), whatever the raster's
 size.
@@ -37,9 +38,11 @@ from changedet import io
 from changedet.blocks import (
     ChangeObject,
     Edges,
+    Piece,
     Plan,
     WindowResult,
     is_complete,
+    join_pieces,
     process_window,
 )
 from changedet.coreg import window_transform
@@ -74,7 +77,8 @@ DEFAULT_HALO = 96
 BLOCK_GDAL_CACHE_MB = 16
 
 #: Largest side of the window grown for an oversized change; beyond it the
-#: change is processed as cut and a warning says so.
+#: change is processed in tiles of half this side, read with a margin of a
+#: quarter, and its pieces joined (a warning says so).
 MAX_GROWN_WINDOW = 4096
 
 
@@ -419,8 +423,8 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
             if progress is not None:
                 progress("blocks", i, len(blocks))
         if deferred:
-            _resolve_deferred(np.concatenate(deferred), sources, plan, sink, blocks,
-                              block_size, halo, readers, np.sort(np.asarray(emitted)))
+            _resolve_deferred(np.concatenate(deferred), sources, plan, sink, halo, readers,
+                              np.sort(np.asarray(emitted)))
 
 
 def _anchor_key(obj: ChangeObject, width: int) -> int:
@@ -428,17 +432,8 @@ def _anchor_key(obj: ChangeObject, width: int) -> int:
     return obj.anchor[0] * width + obj.anchor[1]
 
 
-def _complete_in(bbox: NDArray[np.int64], block: Block) -> bool:
-    # `bbox` (row0, col0, row1, col1 on the processing grid) held whole by `block`?
-    w = block.window
-    r0, c0 = int(w.row_off), int(w.col_off)
-    local = np.asarray(bbox, np.int64).reshape(1, 4) - np.array([r0, c0, r0, c0])
-    return bool(is_complete(local, block.edges, (int(w.height), int(w.width)))[0])
-
-
 def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
-                      blocks: list[Block], block_size: int, halo: int, readers: Readers,
-                      first_pass: NDArray[np.int64]) -> None:
+                      halo: int, readers: Readers, first_pass: NDArray[np.int64]) -> None:
     """Second pass: groups too large for their block, in grown windows.
 
     A region is processed whole, and its objects emitted unless the first
@@ -451,11 +446,6 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     """
     h, w = plan.grid.shape
     emitted: set[int] = set()   # keys, as first_pass's, of this pass's objects
-    by_core = {(int(b.core.row_off), int(b.core.col_off)): b for b in blocks}
-
-    def anchor_block(anchor: NDArray[np.int64]) -> Block:
-        return by_core[(int(anchor[0]) // block_size * block_size,
-                        int(anchor[1]) // block_size * block_size)]
 
     def emit(obj: ChangeObject) -> None:
         key = _anchor_key(obj, w)
@@ -465,41 +455,117 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             sink.object(obj)
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
+    too_big: list[tuple[int, int, int, int]] = []
     for region in _merge_boxes(boxes, halo):  # type: ignore[arg-type]
         r0, c0, r1, c1 = region
         while True:
             win = Window(max(0, c0 - halo), max(0, r0 - halo),
                          min(w, c1 + halo) - max(0, c0 - halo),
                          min(h, r1 + halo) - max(0, r0 - halo))
-            too_big = max(win.width, win.height) > MAX_GROWN_WINDOW
-            edges = Edges() if too_big else _edges(win, (h, w))
-
-            def select(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
-                       _too_big: bool = too_big) -> NDArray[np.bool_]:
-                # In pieces (too big), groups cut by the window are not what
-                # their anchor block saw: leave those it held whole to it.
-                if not _too_big:
-                    return np.ones(len(anchors), bool)
-                return np.array([not _complete_in(b, anchor_block(a))
-                                 for a, b in zip(anchors, bbox, strict=True)], bool)
-
+            if max(win.width, win.height) > MAX_GROWN_WINDOW:
+                too_big.append((r0, c0, r1, c1))
+                break
             b, a, invalid = read_block(sources, plan, win, readers)
             res: WindowResult = process_window(
                 b, a, invalid, plan, row_off=int(win.row_off), col_off=int(win.col_off),
-                edges=edges, select=select)
+                edges=_edges(win, (h, w)))
             inc = res.incomplete
             touching = inc[(inc[:, 2] < r1) & (inc[:, 4] > r0)
                            & (inc[:, 3] < c1) & (inc[:, 5] > c0)]
-            if len(touching) and not too_big:
+            if len(touching):
                 r0, c0 = min(r0, int(touching[:, 2].min())), min(c0, int(touching[:, 3].min()))
                 r1, c1 = max(r1, int(touching[:, 4].max())), max(c1, int(touching[:, 5].max()))
                 continue
-            if too_big:
-                warnings.warn(
-                    f"a change larger than {MAX_GROWN_WINDOW} pixels across was cut at the edge "
-                    "of the largest window processed at once: the part beyond it is missing; "
-                    "use blocks as large as the change (--block-size) or crop to it (--bbox)",
-                    LargeChangeWarning, stacklevel=2)
             for obj in res.objects:
                 emit(obj)
             break
+    if too_big:
+        known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
+        _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known)
+
+
+def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources, plan: Plan,
+                      sink: _Sink, halo: int, readers: Readers, emitted: NDArray[np.int64],
+                      ) -> None:
+    """Regions too large for one window: processed in tiles, the pieces of what they cut joined.
+
+    The tiles' cores are half of :data:`MAX_GROWN_WINDOW` on a side, read
+    with a margin of a quarter of it, so no window is larger than the
+    largest grown window. A tile emits the objects it holds whole whose
+    anchor is in its core, exactly as any window would; the objects it
+    cuts give pieces (:class:`changedet.blocks.Piece`), and every tile that
+    such a group reaches is processed in turn, until none leads further.
+    The pieces are then joined (:func:`changedet.blocks.join_pieces`).
+    """
+    h, w = plan.grid.shape
+    core = max(MAX_GROWN_WINDOW // 2, 64)
+    margin = max(MAX_GROWN_WINDOW // 4, halo)
+    queue: deque[tuple[int, int]] = deque()
+    seen: set[tuple[int, int]] = set()
+
+    def reach(r0: int, c0: int, r1: int, c1: int) -> None:
+        # Queue the tiles whose cores meet rows r0:r1, cols c0:c1.
+        for ti in range(max(r0, 0) // core, (min(r1, h) - 1) // core + 1):
+            for tj in range(max(c0, 0) // core, (min(c1, w) - 1) // core + 1):
+                if (ti, tj) not in seen:
+                    seen.add((ti, tj))
+                    queue.append((ti, tj))
+
+    for region in regions:
+        reach(*region)
+    whole: list[ChangeObject] = []
+    pieces: list[Piece] = []
+    while queue:
+        ti, tj = queue.popleft()
+        tile = Window(tj * core, ti * core, min(core, w - tj * core), min(core, h - ti * core))
+        cr0, cc0 = int(tile.row_off), int(tile.col_off)
+        cr1, cc1 = cr0 + int(tile.height), cc0 + int(tile.width)
+        wr0, wc0 = max(0, cr0 - margin), max(0, cc0 - margin)
+        win = Window(wc0, wr0, min(w, cc1 + margin) - wc0, min(h, cr1 + margin) - wr0)
+
+        def in_tile(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
+                    _tile: Window = tile) -> NDArray[np.bool_]:
+            return _inside(anchors[:, 0], anchors[:, 1], _tile)
+
+        def cut_by_anchor_tile(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
+                               ) -> NDArray[np.bool_]:
+            # Held whole here, but cut by the window of the tile that emits
+            # it: that tile gives pieces, so this one must too.
+            out = np.zeros(len(anchors), bool)
+            for i, (ar, ac) in enumerate(anchors):
+                r0, c0 = max(0, ar // core * core - margin), max(0, ac // core * core - margin)
+                r1 = min(h, (ar // core + 1) * core + margin)
+                c1 = min(w, (ac // core + 1) * core + margin)
+                anchor_win = Window(c0, r0, c1 - c0, r1 - r0)
+                local = bbox[i:i + 1] - np.array([r0, c0, r0, c0])
+                out[i] = not is_complete(local, _edges(anchor_win, (h, w)), (r1 - r0, c1 - c0))[0]
+            return out
+
+        b, a, invalid = read_block(sources, plan, win, readers)
+        res = process_window(b, a, invalid, plan, row_off=wr0, col_off=wc0,
+                             edges=_edges(win, (h, w)), select=in_tile,
+                             core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0),
+                             cut_elsewhere=cut_by_anchor_tile)
+        del b, a, invalid
+        whole.extend(res.objects)
+        for piece in res.pieces:
+            pieces.append(piece)
+            g0, g1, g2, g3 = piece.group_bbox
+            reach(g0 - 1, g1 - 1, g2 + 1, g3 + 1)
+    joined = join_pieces(pieces, plan, whole=whole, emitted=emitted)
+    for obj in sorted([o for o in whole if not _holds_key(emitted, _anchor_key(o, w))] + joined,
+                      key=lambda o: o.anchor):
+        sink.object(obj)
+    if joined:
+        warnings.warn(
+            f"{len(joined)} change(s) larger than {MAX_GROWN_WINDOW} pixels across were "
+            f"processed in tiles of {core} pixels and joined: their pixels, area and outline "
+            "are complete, but within a few pixels of the tiles' seams their outline, and "
+            "their score and direction, are as each tile saw them; for exact results use "
+            "blocks as large as the change (--block-size)",
+            LargeChangeWarning, stacklevel=2)
+
+
+def _holds_key(keys: NDArray[np.int64], key: int) -> bool:
+    i = int(np.searchsorted(keys, key))
+    return i < keys.size and int(keys[i]) == key

@@ -18,6 +18,7 @@ from rasterio.crs import CRS
 from rasterio.features import shapes
 from rasterio.warp import transform_geom
 from scipy import ndimage
+from shapely import affinity
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
@@ -27,6 +28,7 @@ from changedet.labelstats import labelled_maximum
 __all__ = [
     "polygons_from_labels",
     "simplify_polygons",
+    "join_polygons",
     "areas_m2",
     "label_stats",
 ]
@@ -77,6 +79,18 @@ def polygons_from_labels(labels: NDArray[np.integer], n: int, transform: Affine,
         geom = p[0] if len(p) == 1 else shapely.union_all(p)
         out.append(_polygonal(geom))
     return out
+
+
+def join_polygons(geoms: list[BaseGeometry], transform: Affine) -> BaseGeometry:
+    """Union polygons drawn in pixel coordinates, then move them onto the map.
+
+    Outlines of neighbouring pieces of one object share edges exactly when
+    they are in pixel coordinates (whole numbers), so their union has no
+    slivers; `transform` (pixel to map) is applied to the union.
+    """
+    t = transform
+    joined = affinity.affine_transform(shapely.union_all(geoms), [t.a, t.b, t.d, t.e, t.c, t.f])
+    return _polygonal(joined)
 
 
 def simplify_polygons(geoms: list[BaseGeometry], tolerance: float) -> list[BaseGeometry]:

@@ -79,6 +79,61 @@ def make_pair(n: int, folder: Path, every: int = 11) -> tuple[Path, Path]:
     return before, after
 
 
+def make_flood_pair(n: int, folder: Path) -> tuple[Path, Path, float]:
+    """A pair where one change covers most of the raster: a "flood".
+
+    The after image is the before image (same texture, new noise) except
+    inside an ellipse of semi-axes 0.42 n and 0.3 n, with a wavy edge,
+    where it is dark water. Returns the paths and the flood's area in m2.
+    """
+    import rasterio
+    from affine import Affine
+    from scipy import ndimage
+
+    before, after = folder / f"before_flood_{n}.tif", folder / f"after_flood_{n}.tif"
+    rng = np.random.default_rng(1)
+    base = ndimage.gaussian_filter(rng.random((4, TILE, TILE), dtype=np.float32), (0, 2, 2),
+                                   mode="wrap")
+    base = (base - base.mean()) / base.std()
+    profile = dict(driver="GTiff", width=n, height=n, count=4, dtype="uint16",
+                   crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 5000000),
+                   tiled=True, blockxsize=TILE, blockysize=TILE, compress="deflate",
+                   photometric="RGB", BIGTIFF="IF_SAFER")
+    cy, cx, ry, rx = n / 2, n / 2, 0.3 * n, 0.42 * n
+    area = 0
+    with rasterio.open(before, "w", **profile) as b_ds, \
+            rasterio.open(after, "w", **profile) as a_ds:
+        for _, win in b_ds.block_windows(1):
+            h, w = int(win.height), int(win.width)
+            y, x = np.mgrid[int(win.row_off):int(win.row_off) + h,
+                            int(win.col_off):int(win.col_off) + w].astype(np.float32)
+            theta = np.arctan2((y - cy) / ry, (x - cx) / rx)
+            wavy = 1 + 0.06 * np.sin(7 * theta) + 0.03 * np.sin(19 * theta)
+            water = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < wavy ** 2
+            area += int(water.sum())
+            noise = rng.normal(0, 0.03, (2, 4, h, w)).astype(np.float32)
+            b = base[:, :h, :w] * 3000 + 20000 + noise[0] * 3000
+            a = base[:, :h, :w] * 3000 + 20000 + noise[1] * 3000
+            a = np.where(water, 6000 + noise[1] * 1000, a)
+            b_ds.write(np.clip(b, 0, 65535).astype(np.uint16), window=win)
+            a_ds.write(np.clip(a, 0, 65535).astype(np.uint16), window=win)
+    return before, after, area * 0.25
+
+
+FLOOD = """
+import json, sys, warnings, changedet
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    s = changedet.diff(sys.argv[1], sys.argv[2], sys.argv[3] + "/f.geojson",
+                       mask=sys.argv[3] + "/f.tif", overwrite=True, threads=int(sys.argv[4]))
+fc = json.load(open(sys.argv[3] + "/f.geojson"))
+areas = sorted(f["properties"]["area_m2"] for f in fc["features"])
+print("RESULT", s.count)
+print("LARGEST", areas[-1] if areas else 0)
+print("JOINED", sum("joined" in str(w.message) for w in caught))
+"""
+
+
 READ_FLOOR = """
 import sys, rasterio
 for path in sys.argv[1:3]:
@@ -145,7 +200,7 @@ def run(code: str, *args: str) -> dict[str, float]:
     vals: dict[str, float] = {}
     for line in out.stdout.splitlines():
         key, _, value = line.partition(" ")
-        if key in ("TIME", "RSS", "RESULT"):
+        if key in ("TIME", "RSS", "RESULT", "LARGEST", "JOINED"):
             vals[key] = float(value)
     return vals
 
@@ -177,6 +232,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of the read floor and of diff, alternated (medians are reported: "
                          "on a shared or virtual machine single runs vary by 20 %% or more)")
+    ap.add_argument("--flood", type=int, nargs="*", default=[],
+                    help="also run a pair of this size where one change covers most of the "
+                         "raster (larger than any window: processed in tiles and joined)")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -206,6 +264,20 @@ def main() -> None:
                              floor))
             for r in rows[-3:]:
                 print(_row(*r), flush=True)
+        for n in args.flood:
+            b, a, area = make_flood_pair(n, work)
+            out = work / f"out_flood_{n}"
+            out.mkdir(exist_ok=True)
+            floor = run(READ_FLOOR, str(b), str(a))
+            flood = run(FLOOD, str(b), str(a), str(out), str(args.threads))
+            rows.append((n, "read floor (flood pair)", floor, floor))
+            rows.append((n, "changedet diff (flood pair)", flood, floor))
+            for r in rows[-2:]:
+                print(_row(*r), flush=True)
+            if "LARGEST" in flood:
+                print(f"flood {n}: true area {area:.0f} m2, largest polygon "
+                      f"{flood['LARGEST']:.0f} m2 ({flood['LARGEST'] / area:.4f} of it), "
+                      f"joined-change warnings: {int(flood['JOINED'])}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

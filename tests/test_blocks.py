@@ -140,41 +140,79 @@ def test_layout_covers_the_grid_once():
     assert (cover == 1).all()
 
 
-def test_a_change_larger_than_the_grown_window_warns_and_is_kept(scene, monkeypatch):
+def test_a_change_larger_than_the_grown_window_is_joined_from_tiles(scene, reference,
+                                                                   monkeypatch):
     import changedet.runner as runner
 
+    # Tiles of 75 px: the 200 x 120 px structure is cut by four tile seams.
     monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 150)
-    with pytest.warns(changedet.LargeChangeWarning, match="the part beyond it is missing"):
+    with pytest.warns(changedet.LargeChangeWarning, match="1 change.*joined"):
         r = changedet.detect(*scene, block_size=64, threads=1)
-    # The big structure is still reported (as pieces), the others as before.
-    assert r.classes[200:250, 250:350].astype(bool).any()
-    assert len(r) >= 8
+    assert len(r) == len(reference)
+    big = max(r.properties, key=lambda p: p["area_m2"])
+    ref = max(reference.properties, key=lambda p: p["area_m2"])
+    assert big["change"] == ref["change"] == "appeared"
+    assert big["pixels"] == pytest.approx(ref["pixels"], rel=0.02)
+    assert big["area_m2"] == pytest.approx(ref["area_m2"], rel=0.02)
+    # The other seven are held whole by some tile: exactly the in-memory ones.
+    others = [f for f in _features(r) if json.loads(f[1]) != big]
+    assert others == [f for f in _features(reference) if json.loads(f[1]) != ref]
+    # Every pixel of the joined object is in the class raster, and no other.
+    assert (r.classes.astype(bool) != reference.classes.astype(bool)).mean() < 0.002
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the second pass does not follow a change "
-                   "past MAX_GROWN_WINDOW; the part beyond the window is missing")
-def test_a_change_longer_than_the_grown_window_is_reported_whole(tmp_path, monkeypatch):
-    import warnings
-
-    import changedet.runner as runner
-
-    rng = np.random.default_rng(3)
-    shape, s = (260, 1100), 2
+def _bar_pair(tmp_path, shape=(260, 1100), bar=(60, 100, 950, 30), seed=3):
+    rng = np.random.default_rng(seed)
+    s = 2
     ground = textured_ground((shape[0] * s, shape[1] * s), "pavement", rng=rng,
                              texture=0.15, grain=4.0)
-    bar = [SceneObject(rect(60, 100, 950, 30), "white")]
+    objects = [SceneObject(rect(*bar), "white")]
     before = render(ground, [], sun=Sun(), sensor=Sensor(noise=0.006), pixel_size=0.5,
                     supersample=s, rng=rng)
-    after = render(ground, bar, sun=Sun(), sensor=Sensor(noise=0.006), pixel_size=0.5,
+    after = render(ground, objects, sun=Sun(), sensor=Sensor(noise=0.006), pixel_size=0.5,
                    supersample=s, rng=rng)
-    b = write_tif(tmp_path / "b.tif", quantise(before, "uint16", full_scale=1.0))
-    a = write_tif(tmp_path / "a.tif", quantise(after, "uint16", full_scale=1.0))
+    return (write_tif(tmp_path / "b.tif", quantise(before, "uint16", full_scale=1.0)),
+            write_tif(tmp_path / "a.tif", quantise(after, "uint16", full_scale=1.0)))
+
+
+def test_a_change_longer_than_the_grown_window_is_reported_whole(tmp_path, monkeypatch):
+    # A 950 px bar with windows of at most 450 px: it used to be cut at the
+    # window's edge (3190 of its 7125 m2 were reported).
+    import changedet.runner as runner
+
+    b, a = _bar_pair(tmp_path)
+    reference = changedet.detect(b, a, block_size=2048, threads=1)
     monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 450)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", changedet.LargeChangeWarning)
+    with pytest.warns(changedet.LargeChangeWarning, match="joined"):
         r = changedet.detect(b, a, block_size=64, threads=1)
-    # 950 x 30 px at 0.5 m; 3190 m2 (a piece of it) were found when this was written.
-    assert sum(p["area_m2"] for p in r.properties) == pytest.approx(950 * 30 * 0.25, rel=0.1)
+    assert len(reference) == 1 and len(r) == 1
+    (p,), (q,) = r.properties, reference.properties
+    assert p["area_m2"] == pytest.approx(950 * 30 * 0.25, rel=0.1)
+    assert p["area_m2"] == pytest.approx(q["area_m2"], rel=0.01)
+    assert p["change"] == q["change"] == "appeared"
+    assert r.geometries[0].geom_type == "Polygon"
+    assert r.geometries[0].symmetric_difference(reference.geometries[0]).area < \
+        0.01 * reference.geometries[0].area
+    # Each tile trims the bar's blurred edge by its own view of the bar's
+    # score: a few pixels along the edge differ, no more.
+    changed, ref = r.classes.astype(bool), reference.classes.astype(bool)
+    assert (changed != ref).sum() < 0.005 * ref.sum()
+
+
+def test_a_joined_change_is_streamed_whole(tmp_path, monkeypatch):
+    import changedet.runner as runner
+
+    b, a = _bar_pair(tmp_path)
+    monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 450)
+    with pytest.warns(changedet.LargeChangeWarning):
+        memory = changedet.detect(b, a, block_size=64, threads=2)
+        changedet.diff(b, a, tmp_path / "c.geojson", mask=tmp_path / "m.tif", block_size=64,
+                       threads=2)
+    fc = json.loads((tmp_path / "c.geojson").read_text())
+    assert len(fc["features"]) == 1
+    assert fc["features"][0]["properties"] == memory.properties[0]
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        np.testing.assert_array_equal(ds.read(1), memory.classes)
 
 
 @pytest.mark.realdata
