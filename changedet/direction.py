@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from changedet.features import BandStats, gradient_magnitude
-from changedet.labelstats import labelled_median
+from changedet.labelstats import LabelGroups, labelled_median
 
 __all__ = [
     "NODATA_CLASS",
@@ -96,7 +96,9 @@ def _cores(labels: NDArray[np.int32]) -> NDArray[np.int32]:
     # Each polygon's core: its pixels 2 px from its outline, or the whole
     # polygon when it is too thin to have any.
     core = np.where(ndimage.grey_erosion(labels, size=(5, 5)) == labels, labels, 0)
-    return np.where(np.isin(np.arange(labels.max() + 1), np.unique(core))[labels], core, labels)
+    has_core = np.bincount(core.ravel(), minlength=int(labels.max()) + 1) > 0
+    has_core[0] = True
+    return np.where(has_core[labels], core, labels)
 
 
 def _region_contrast(data: NDArray[np.floating], core: NDArray[np.int32],
@@ -109,14 +111,15 @@ def _region_contrast(data: NDArray[np.floating], core: NDArray[np.int32],
     # answer does not depend on the extent of the arrays.
     in_core, in_ground = core > 0, ground > 0
     core_ids, ground_ids = core[in_core], ground[in_ground]
+    # Each band's medians are over the same pixels: group them once.
+    cores, grounds = LabelGroups(core_ids, idx), LabelGroups(ground_ids, idx)
     total = np.zeros(idx.size)
     for i, band in enumerate(data):
         band = np.asarray(band, np.float32)
-        inner = np.nan_to_num(labelled_median(band[in_core], core_ids, idx))
+        inner = np.nan_to_num(cores.median(band[in_core]))
         ring = band[in_ground]
-        outer = np.nan_to_num(labelled_median(ring, ground_ids, idx))
-        spread = np.nan_to_num(labelled_median(np.abs(ring - outer[ground_ids - 1]),
-                                               ground_ids, idx))
+        outer = np.nan_to_num(grounds.median(ring))
+        spread = np.nan_to_num(grounds.median(np.abs(ring - outer[ground_ids - 1])))
         typical = abs(stats.mean[i]) if stats is not None else float(np.median(np.abs(band)))
         floor = 0.01 * max(typical, 1e-6)
         total += ((inner - outer) / (1.4826 * spread + floor)) ** 2

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
-__all__ = ["labelled_median", "labelled_maximum", "first_pixel"]
+__all__ = ["LabelGroups", "labelled_median", "labelled_maximum", "first_pixel"]
 
 
 def _labelled(labels: NDArray[np.integer]) -> NDArray[np.intp]:
@@ -40,6 +40,66 @@ def _per_label(func: Callable[..., Any], fill: float, values: NDArray[np.floatin
     return out
 
 
+#: Labelled pixels from which medians are found by partitioning each label's
+#: values rather than by scipy's sort of them all.
+_PARTITION_FROM = 100_000
+
+
+class LabelGroups:
+    """Pixels grouped by label once, for several medians over the same labels.
+
+    Parameters
+    ----------
+    labels : (n,) ndarray of int
+        Labels of the pixels, all > 0.
+    index : (m,) sequence of int
+        Labels to report.
+
+    Notes
+    -----
+    :func:`scipy.ndimage.median` sorts every (label, value) pair: 5 s for
+    one label of 16 million pixels. Here the pixels are grouped by label
+    once with a radix sort, and each label's middle values are found by
+    partitioning (0.3 s); the answers are the same (the mean of the two
+    middle values, in the values' dtype). Below ``_PARTITION_FROM``
+    pixels scipy's sort is faster, and is used.
+    """
+
+    def __init__(self, labels: NDArray[np.integer], index: ArrayLike) -> None:
+        self.labels = np.asarray(labels).ravel()
+        self.index = np.asarray(index).ravel()
+        self.order: NDArray[np.intp] | None = None
+        if self.labels.size >= _PARTITION_FROM:
+            top = int(self.labels.max())
+            key = self.labels.astype(np.uint16 if top < 2 ** 16 else np.uint32)
+            self.order = np.argsort(key, kind="stable")
+            self.counts = np.bincount(self.labels, minlength=top + 1)
+            self.ends = np.cumsum(self.counts)
+
+    def median(self, values: NDArray[Any]) -> NDArray[np.float64]:
+        """Median of `values` (same shape as the labels) per label; NaN where absent."""
+        values = np.asarray(values).ravel()
+        if self.order is None:
+            if self.labels.size == 0:
+                return np.full(self.index.shape, np.nan)
+            out = np.asarray(ndimage.median(values, self.labels, self.index), np.float64)
+            out[~np.isin(self.index, self.labels)] = np.nan
+            return out
+        if values.dtype.kind in "iub":
+            values = values.astype(np.float64)
+        grouped = values[self.order]
+        out = np.full(self.index.shape, np.nan)
+        top = self.counts.size - 1
+        for i, label in enumerate(self.index):
+            if not 0 < label <= top or self.counts[label] == 0:
+                continue
+            seg = grouped[self.ends[label] - self.counts[label]:self.ends[label]]
+            lo, hi = (seg.size - 1) // 2, seg.size // 2
+            part = np.partition(seg, [lo, hi])
+            out[i] = (part[lo] + part[hi]) / 2.0
+        return out
+
+
 def labelled_median(values: NDArray[np.floating], labels: NDArray[np.integer],
                     index: Sequence[int] | NDArray[np.integer]) -> NDArray[np.float64]:
     """Return the median of `values` over each label in `index` (NaN where a label is absent).
@@ -54,14 +114,27 @@ def labelled_median(values: NDArray[np.floating], labels: NDArray[np.integer],
     Returns
     -------
     (len(index),) ndarray of float64
+        As :func:`scipy.ndimage.median` computes them (the mean of the two
+        middle values, in the values' dtype), without its sort of every
+        pixel when there are many.
     """
-    return _per_label(ndimage.median, np.nan, values, labels, index)
+    return _per_label(lambda v, lab, i: LabelGroups(lab, i).median(v), np.nan, values,
+                      labels, index)
 
 
 def labelled_maximum(values: NDArray[np.floating], labels: NDArray[np.integer],
                      index: Sequence[int] | NDArray[np.integer]) -> NDArray[np.float64]:
     """Return the maximum of `values` over each label in `index` (0 where a label is absent)."""
-    return _per_label(ndimage.maximum, 0.0, values, labels, index)
+    return _per_label(_maximum, 0.0, values, labels, index)
+
+
+def _maximum(values: NDArray[Any], labels: NDArray[np.integer], index: NDArray[np.integer],
+             ) -> NDArray[np.float64]:
+    # scipy.ndimage.maximum sorts every value; a maximum needs one pass.
+    top = max(int(labels.max()), int(index.max(initial=0)))
+    out = np.full(top + 1, -np.inf)
+    np.maximum.at(out, labels, values.astype(np.float64))
+    return out[np.clip(index, 0, top)]
 
 
 def first_pixel(labels: NDArray[np.integer], index: ArrayLike) -> NDArray[np.int64]:
@@ -75,9 +148,13 @@ def first_pixel(labels: NDArray[np.integer], index: ArrayLike) -> NDArray[np.int
     if where.size == 0 or index.size == 0:
         return out
     lab = np.asarray(labels).ravel()[where].astype(np.int64)
-    present, at = np.unique(lab, return_index=True)   # first occurrences
-    pos = np.searchsorted(present, index)
-    pos = np.clip(pos, 0, present.size - 1)
-    found = present[pos] == index
-    out[found] = where[at[pos[found]]]
+    # The smallest flat index of each label (np.unique's first occurrences
+    # sort every labelled pixel; this is linear).
+    top = int(lab.max())
+    first = np.full(top + 1, -1 if where.size == 0 else int(where[-1]) + 1, np.int64)
+    np.minimum.at(first, lab, where)
+    ok = (index > 0) & (index <= top)
+    found = np.zeros(index.shape, bool)
+    found[ok] = first[index[ok]] <= where[-1]
+    out[found] = first[index[found]]
     return out

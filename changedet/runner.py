@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from changedet import io
 from changedet.blocks import (
+    SAFE_MARGIN,
     ChangeObject,
     Edges,
     Piece,
@@ -76,10 +77,12 @@ DEFAULT_HALO = 96
 #: and GDAL's cache would only hold second copies of them.
 BLOCK_GDAL_CACHE_MB = 16
 
-#: Largest side of the window grown for an oversized change; beyond it the
-#: change is processed in tiles of half this side, read with a margin of a
-#: quarter, and its pieces joined (a warning says so).
-MAX_GROWN_WINDOW = 4096
+#: Largest side of the window grown for an oversized change (or the side of
+#: a block with its halo, if larger); beyond it the change is processed in
+#: tiles of this side (margins of an eighth), and its pieces joined (a
+#: warning says so). A window of 2048 px that a change fills peaks at about
+#: 400 MB (95 bytes a pixel with four bands), so a run stays within 1 GiB.
+MAX_GROWN_WINDOW = 2048
 
 
 @dataclass(frozen=True)
@@ -424,7 +427,8 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
                 progress("blocks", i, len(blocks))
         if deferred:
             _resolve_deferred(np.concatenate(deferred), sources, plan, sink, halo, readers,
-                              np.sort(np.asarray(emitted)))
+                              np.sort(np.asarray(emitted)),
+                              max(MAX_GROWN_WINDOW, block_size + 2 * halo))
 
 
 def _anchor_key(obj: ChangeObject, width: int) -> int:
@@ -433,7 +437,8 @@ def _anchor_key(obj: ChangeObject, width: int) -> int:
 
 
 def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
-                      halo: int, readers: Readers, first_pass: NDArray[np.int64]) -> None:
+                      halo: int, readers: Readers, first_pass: NDArray[np.int64],
+                      limit: int) -> None:
     """Second pass: groups too large for their block, in grown windows.
 
     A region is processed whole, and its objects emitted unless the first
@@ -462,44 +467,59 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             win = Window(max(0, c0 - halo), max(0, r0 - halo),
                          min(w, c1 + halo) - max(0, c0 - halo),
                          min(h, r1 + halo) - max(0, r0 - halo))
-            if max(win.width, win.height) > MAX_GROWN_WINDOW:
+            if max(win.width, win.height) > limit:
                 too_big.append((r0, c0, r1, c1))
                 break
             b, a, invalid = read_block(sources, plan, win, readers)
             res: WindowResult = process_window(
                 b, a, invalid, plan, row_off=int(win.row_off), col_off=int(win.col_off),
                 edges=_edges(win, (h, w)))
+            del b, a, invalid
+            release_free_memory()
             inc = res.incomplete
             touching = inc[(inc[:, 2] < r1) & (inc[:, 4] > r0)
                            & (inc[:, 3] < c1) & (inc[:, 5] > c0)]
             if len(touching):
-                r0, c0 = min(r0, int(touching[:, 2].min())), min(c0, int(touching[:, 3].min()))
-                r1, c1 = max(r1, int(touching[:, 4].max())), max(c1, int(touching[:, 5].max()))
+                # A group cut by the window goes on beyond it: grow towards
+                # it by the region's size at least, not by a halo at a time
+                # (a large change would take dozens of ever larger windows).
+                g0, g1 = int(touching[:, 2].min()), int(touching[:, 3].min())
+                g2, g3 = int(touching[:, 4].max()), int(touching[:, 5].max())
+                grow_r, grow_c = max(r1 - r0, halo), max(c1 - c0, halo)
+                top, left = win.row_off + SAFE_MARGIN, win.col_off + SAFE_MARGIN
+                bottom = win.row_off + win.height - SAFE_MARGIN
+                right = win.col_off + win.width - SAFE_MARGIN
+                r0 = min(r0, g0 - grow_r if g0 < top else g0)
+                c0 = min(c0, g1 - grow_c if g1 < left else g1)
+                r1 = max(r1, g2 + grow_r if g2 > bottom else g2)
+                c1 = max(c1, g3 + grow_c if g3 > right else g3)
+                r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
                 continue
             for obj in res.objects:
                 emit(obj)
             break
     if too_big:
         known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
-        _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known)
+        _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit)
 
 
 def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources, plan: Plan,
                       sink: _Sink, halo: int, readers: Readers, emitted: NDArray[np.int64],
-                      ) -> None:
+                      limit: int) -> None:
     """Regions too large for one window: processed in tiles, the pieces of what they cut joined.
 
-    The tiles' cores are half of :data:`MAX_GROWN_WINDOW` on a side, read
-    with a margin of a quarter of it, so no window is larger than the
-    largest grown window. A tile emits the objects it holds whole whose
-    anchor is in its core, exactly as any window would; the objects it
-    cuts give pieces (:class:`changedet.blocks.Piece`), and every tile that
-    such a group reaches is processed in turn, until none leads further.
+    Tiles are read with a margin of an eighth of `limit` (at least the
+    halo), their cores as large as keeps the windows within it: changes up
+    to about that margin are held whole by some tile. A tile emits the
+    objects it holds whole whose anchor is in its core, exactly as any
+    window would; the objects it cuts give pieces
+    (:class:`changedet.blocks.Piece`), and every tile that such a group
+    reaches is processed in turn, until none leads further.
     The pieces are then joined (:func:`changedet.blocks.join_pieces`).
     """
     h, w = plan.grid.shape
-    core = max(MAX_GROWN_WINDOW // 2, 64)
-    margin = max(MAX_GROWN_WINDOW // 4, halo)
+    margin = max(limit // 8, halo)
+    core = max(limit - 2 * margin, 64)
     queue: deque[tuple[int, int]] = deque()
     seen: set[tuple[int, int]] = set()
 
@@ -546,9 +566,12 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
                              edges=_edges(win, (h, w)), select=in_tile,
                              core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0),
                              cut_elsewhere=cut_by_anchor_tile)
-        del b, a, invalid
-        whole.extend(res.objects)
-        for piece in res.pieces:
+        objects, cut = res.objects, res.pieces
+        del b, a, invalid, res
+        # A window here is several hundred MB, freed in pieces glibc keeps.
+        release_free_memory()
+        whole.extend(objects)
+        for piece in cut:
             pieces.append(piece)
             g0, g1, g2, g3 = piece.group_bbox
             reach(g0 - 1, g1 - 1, g2 + 1, g3 + 1)
@@ -558,7 +581,7 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
         sink.object(obj)
     if joined:
         warnings.warn(
-            f"{len(joined)} change(s) larger than {MAX_GROWN_WINDOW} pixels across were "
+            f"{len(joined)} change(s) larger than {limit} pixels across were "
             f"processed in tiles of {core} pixels and joined: their pixels, area and outline "
             "are complete, but within a few pixels of the tiles' seams their outline, and "
             "their score and direction, are as each tile saw them; for exact results use "

@@ -144,7 +144,7 @@ def test_a_change_larger_than_the_grown_window_is_joined_from_tiles(scene, refer
                                                                    monkeypatch):
     import changedet.runner as runner
 
-    # Tiles of 75 px: the 200 x 120 px structure is cut by four tile seams.
+    # Tiles of 64 px: the 200 x 120 px structure is cut by tile seams.
     monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 150)
     with pytest.warns(changedet.LargeChangeWarning, match="1 change.*joined"):
         r = changedet.detect(*scene, block_size=64, threads=1)

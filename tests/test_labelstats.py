@@ -38,3 +38,24 @@ def test_no_labels_at_all():
     labels = np.zeros((3, 3), int)
     assert np.isnan(labelled_median(np.ones((3, 3)), labels, [1, 2])).all()
     assert first_pixel(labels, [1]).tolist() == [-1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
+@pytest.mark.parametrize("n_labels", [1, 2, 7, 300])
+def test_large_medians_by_partition_equal_scipy(dtype, n_labels):
+    # Past _PARTITION_FROM labelled pixels the medians are found another
+    # way: the very same numbers (odd and even counts, ties, labels absent).
+    rng = np.random.default_rng(n_labels)
+    shape = (500, 500)
+    labels = rng.integers(1, n_labels + 1, shape) * (rng.random(shape) < 0.6)
+    if n_labels > 2:
+        labels[labels == 2] = 0   # absent
+    values = (rng.normal(size=shape) * 50 + 200).astype(dtype)
+    values[::7] = values[0, 0]   # ties
+    idx = np.arange(1, n_labels + 3)
+    present = np.isin(idx, labels)
+    assert np.count_nonzero(labels) >= 100_000
+    got = labelled_median(values, labels, idx)
+    np.testing.assert_array_equal(got[present],
+                                  np.asarray(ndimage.median(values, labels, idx))[present])
+    assert np.isnan(got[~present]).all()
