@@ -305,8 +305,7 @@ def is_complete(bbox: NDArray[np.int64], edges: Edges, shape: tuple[int, int],
 def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
                    invalid: NDArray[np.bool_], plan: Plan, *, row_off: int, col_off: int,
                    edges: Edges = Edges(), select: Selector | None = None,
-                   core: tuple[int, int, int, int] | None = None,
-                   cut_elsewhere: Selector | None = None) -> WindowResult:
+                   core: tuple[int, int, int, int] | None = None) -> WindowResult:
     """Detect change objects in one window of the processing grid.
 
     Parameters
@@ -328,10 +327,6 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
         Window pixels (end exclusive) whose pieces of incomplete groups to
         return as :attr:`WindowResult.pieces` (default: none). Their
         delineation and direction are those of the window's view of them.
-    cut_elsewhere : callable, optional
-        With `core`: which complete groups that `select` did not choose are
-        cut where they are emitted (by the window that holds their anchor):
-        their pieces are returned as well (default: none).
 
     Returns
     -------
@@ -395,12 +390,8 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     cut = np.zeros(ng, bool)
     if core is not None:
         cr0, cc0, cr1, cc1 = core
-        meets = ((bbox[:, 0] < cr1) & (bbox[:, 2] > cr0)
-                 & (bbox[:, 1] < cc1) & (bbox[:, 3] > cc0))
-        cut = ~complete & meets
-        elsewhere = complete & has_seed & ~emit & meets
-        if cut_elsewhere is not None and elsewhere.any():
-            cut[elsewhere] = cut_elsewhere(g_anchor[elsewhere], g_bbox[elsewhere])
+        cut = ~complete & ((bbox[:, 0] < cr1) & (bbox[:, 2] > cr0)
+                           & (bbox[:, 1] < cc1) & (bbox[:, 3] > cc0))
     work = emit | cut
     if not work.any():
         return WindowResult(score, [], incomplete)

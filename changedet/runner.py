@@ -42,7 +42,6 @@ from changedet.blocks import (
     Piece,
     Plan,
     WindowResult,
-    is_complete,
     join_pieces,
     process_window,
 )
@@ -511,8 +510,9 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
     Tiles are read with a margin of an eighth of `limit` (at least the
     halo), their cores as large as keeps the windows within it: changes up
     to about that margin are held whole by some tile. A tile emits the
-    objects it holds whole whose anchor is in its core, exactly as any
-    window would; the objects it cuts give pieces
+    objects it holds whole that reach into its core, exactly as any window
+    would (once, however many tiles hold them); the objects it cuts give
+    pieces
     (:class:`changedet.blocks.Piece`), and every tile that such a group
     reaches is processed in turn, until none leads further.
     The pieces are then joined (:func:`changedet.blocks.join_pieces`).
@@ -533,7 +533,7 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
 
     for region in regions:
         reach(*region)
-    whole: list[ChangeObject] = []
+    whole: dict[int, ChangeObject] = {}
     pieces: list[Piece] = []
     while queue:
         ti, tj = queue.popleft()
@@ -543,41 +543,32 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
         wr0, wc0 = max(0, cr0 - margin), max(0, cc0 - margin)
         win = Window(wc0, wr0, min(w, cc1 + margin) - wc0, min(h, cr1 + margin) - wr0)
 
-        def in_tile(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
-                    _tile: Window = tile) -> NDArray[np.bool_]:
-            return _inside(anchors[:, 0], anchors[:, 1], _tile)
-
-        def cut_by_anchor_tile(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
-                               ) -> NDArray[np.bool_]:
-            # Held whole here, but cut by the window of the tile that emits
-            # it: that tile gives pieces, so this one must too.
-            out = np.zeros(len(anchors), bool)
-            for i, (ar, ac) in enumerate(anchors):
-                r0, c0 = max(0, ar // core * core - margin), max(0, ac // core * core - margin)
-                r1 = min(h, (ar // core + 1) * core + margin)
-                c1 = min(w, (ac // core + 1) * core + margin)
-                anchor_win = Window(c0, r0, c1 - c0, r1 - r0)
-                local = bbox[i:i + 1] - np.array([r0, c0, r0, c0])
-                out[i] = not is_complete(local, _edges(anchor_win, (h, w)), (r1 - r0, c1 - c0))[0]
-            return out
+        def meets_tile(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
+                       _core: tuple[int, int, int, int] = (cr0, cc0, cr1, cc1),
+                       ) -> NDArray[np.bool_]:
+            # Every group held whole that reaches into the core: a tile that
+            # sees it cut gives pieces of it, which this object replaces.
+            return ((bbox[:, 0] < _core[2]) & (bbox[:, 2] > _core[0])
+                    & (bbox[:, 1] < _core[3]) & (bbox[:, 3] > _core[1]))
 
         b, a, invalid = read_block(sources, plan, win, readers)
         res = process_window(b, a, invalid, plan, row_off=wr0, col_off=wc0,
-                             edges=_edges(win, (h, w)), select=in_tile,
-                             core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0),
-                             cut_elsewhere=cut_by_anchor_tile)
+                             edges=_edges(win, (h, w)), select=meets_tile,
+                             core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0))
         objects, cut = res.objects, res.pieces
         del b, a, invalid, res
         # A window here is several hundred MB, freed in pieces glibc keeps.
         release_free_memory()
-        whole.extend(objects)
+        for obj in objects:
+            # Several tiles may hold an object whole: the same object.
+            whole.setdefault(_anchor_key(obj, w), obj)
         for piece in cut:
             pieces.append(piece)
             g0, g1, g2, g3 = piece.group_bbox
             reach(g0 - 1, g1 - 1, g2 + 1, g3 + 1)
-    joined = join_pieces(pieces, plan, whole=whole, emitted=emitted)
-    for obj in sorted([o for o in whole if not _holds_key(emitted, _anchor_key(o, w))] + joined,
-                      key=lambda o: o.anchor):
+    joined = join_pieces(pieces, plan, whole=list(whole.values()), emitted=emitted)
+    new = [o for key, o in whole.items() if not _holds_key(emitted, key)]
+    for obj in sorted(new + joined, key=lambda o: o.anchor):
         sink.object(obj)
     if joined:
         warnings.warn(

@@ -1,6 +1,7 @@
 """Block-wise processing gives exactly the in-memory result."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -140,25 +141,25 @@ def test_layout_covers_the_grid_once():
     assert (cover == 1).all()
 
 
-def test_a_change_larger_than_the_grown_window_is_joined_from_tiles(scene, reference,
-                                                                   monkeypatch):
+def test_a_region_too_large_for_one_window_is_processed_in_tiles(scene, reference,
+                                                                 monkeypatch):
     import changedet.runner as runner
 
-    # Tiles of 64 px: the 200 x 120 px structure is cut by tile seams.
+    # Windows of at most 256 px (tiles with 64 px cores): the second pass's
+    # region around the 200 x 120 px structure is too large for one, so it
+    # goes through tiles; one of them holds the structure whole, so the
+    # result is exactly the in-memory one, and no piece is joined.
     monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 150)
-    with pytest.warns(changedet.LargeChangeWarning, match="1 change.*joined"):
+    calls = []
+    real = runner._resolve_in_tiles
+    monkeypatch.setattr(runner, "_resolve_in_tiles",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", changedet.LargeChangeWarning)
         r = changedet.detect(*scene, block_size=64, threads=1)
-    assert len(r) == len(reference)
-    big = max(r.properties, key=lambda p: p["area_m2"])
-    ref = max(reference.properties, key=lambda p: p["area_m2"])
-    assert big["change"] == ref["change"] == "appeared"
-    assert big["pixels"] == pytest.approx(ref["pixels"], rel=0.02)
-    assert big["area_m2"] == pytest.approx(ref["area_m2"], rel=0.02)
-    # The other seven are held whole by some tile: exactly the in-memory ones.
-    others = [f for f in _features(r) if json.loads(f[1]) != big]
-    assert others == [f for f in _features(reference) if json.loads(f[1]) != ref]
-    # Every pixel of the joined object is in the class raster, and no other.
-    assert (r.classes.astype(bool) != reference.classes.astype(bool)).mean() < 0.002
+    assert calls
+    np.testing.assert_array_equal(r.classes, reference.classes)
+    assert _features(r) == _features(reference)
 
 
 def _bar_pair(tmp_path, shape=(260, 1100), bar=(60, 100, 950, 30), seed=3):
@@ -176,8 +177,9 @@ def _bar_pair(tmp_path, shape=(260, 1100), bar=(60, 100, 950, 30), seed=3):
 
 
 def test_a_change_longer_than_the_grown_window_is_reported_whole(tmp_path, monkeypatch):
-    # A 950 px bar with windows of at most 450 px: it used to be cut at the
-    # window's edge (3190 of its 7125 m2 were reported).
+    # A 950 px bar with windows of at most 450 px: no window holds it, so it
+    # is joined from tiles' pieces. It used to be cut at the window's edge
+    # (3190 of its 7125 m2 were reported).
     import changedet.runner as runner
 
     b, a = _bar_pair(tmp_path)
@@ -234,3 +236,52 @@ def test_dense_change_in_small_blocks_equals_one_block(shared_data):
     assert len(one) > 100
     assert len(small) == len(one)
     np.testing.assert_array_equal(small.classes, one.classes)
+
+
+def _piece(row, col, shape, change=1, confidence=1.0, score=2.0):
+    from changedet.blocks import Piece
+
+    mask = np.ones(shape, bool)
+    return Piece(row_off=row, col_off=col, shape=shape, packed=np.packbits(mask),
+                 anchor=(row, col), change=change, confidence=confidence,
+                 pixels=int(mask.sum()), score_sum=score * mask.sum(), score_max=score,
+                 group_bbox=(row, col, row + shape[0], col + shape[1]))
+
+
+def test_join_pieces_joins_what_touches_and_drops_what_was_reported():
+    from types import SimpleNamespace
+
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from changedet.blocks import ChangeObject, join_pieces
+    from changedet.grid import Grid
+
+    grid = Grid(Affine(0.5, 0, 1000, 0, -0.5, 2000), CRS.from_epsg(32633), 100, 100)
+    plan = SimpleNamespace(grid=grid, simplify=0.0)
+    left = _piece(0, 0, (10, 10), change=1, score=2.0)
+    right = _piece(0, 10, (10, 10), change=2, confidence=0.5, score=4.0)   # shares an edge
+    corner = _piece(10, 20, (5, 5), change=1, score=2.0)    # meets `right` at a corner only
+    apart = _piece(50, 50, (5, 5))
+    on_whole = _piece(80, 80, (3, 3))       # another tile held this change whole
+    near_known = _piece(30, 30, (4, 4))     # an anchor reported before is a pixel above it
+    whole = ChangeObject(anchor=(81, 81), row_off=81, col_off=81, mask=np.ones((2, 2), bool),
+                         change=1, properties={}, geometry=None)
+    out = join_pieces([apart, corner, on_whole, right, near_known, left], plan, whole=[whole],
+                      emitted=np.array([29 * 100 + 31]))
+    assert [o.anchor for o in out] == [(0, 0), (50, 50)]
+    joined = out[0]
+    p = joined.properties
+    assert p["pixels"] == 225 and p["area_m2"] == 225 * 0.25
+    assert joined.geometry.area == pytest.approx(225 * 0.25)
+    assert p["change"] == "appeared"              # 125 px appeared against 100 disappeared
+    assert p["confidence"] == 1.0
+    assert p["score_mean"] == round((100 * 2 + 100 * 4 + 25 * 2) / 225, 3)
+    assert p["score_max"] == 4.0
+    minx, miny, maxx, maxy = joined.geometry.bounds
+    assert (minx, maxy, maxx, miny) == (1000, 2000, 1000 + 25 * 0.5, 2000 - 15 * 0.5)
+    cover = np.zeros((100, 100), int)
+    for r, c, m in joined.masks():
+        cover[r:r + m.shape[0], c:c + m.shape[1]] += m
+    assert cover.sum() == 225 and cover.max() == 1
+    assert cover[:10, :20].all() and cover[10:15, 20:25].all()
