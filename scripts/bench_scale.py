@@ -12,7 +12,11 @@ and checks that the block-wise result equals the in-memory one on a pair
 that fits. Prints a table.
 
     $ python scripts/bench_scale.py [--sizes 8192 20000] [--workdir /tmp/cd-scale]
-      [--threads 2] [--repeat 3] [--keep]
+      [--threads 2] [--repeat 3] [--flood 8192] [--keep]
+
+``--flood N`` also runs an N x N pair where one change (a "flood") covers
+40 % of the raster, larger than any window, and checks that its polygon
+has the flooded area.
 
 The after image is the before image's texture displaced by (1.37, -0.62)
 pixels (an exact Fourier shift of a periodic texture), with other gain and
