@@ -364,8 +364,8 @@ def coregister(before: io.RasterSource, after: io.RasterSource, *,
     if mode not in ALIGN_MODES:
         raise ValueError(f"mode must be one of {ALIGN_MODES}, not {mode!r}")
     with io.open_raster(before) as bds, io.open_raster(after) as ads:
-        binfo = io.image_info(bds, before.name if isinstance(before, io.Raster) else None)
-        ainfo = io.image_info(ads, after.name if isinstance(after, io.Raster) else None)
+        binfo = io.image_info(bds, io.source_name(before))
+        ainfo = io.image_info(ads, io.source_name(after))
         abands = tuple(bands) if bands else ainfo.bands
         overlap = overlap_window(binfo.grid, ainfo.grid.bounds, ainfo.grid.crs,
                                  names=(binfo.name, ainfo.name))

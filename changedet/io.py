@@ -56,6 +56,7 @@ __all__ = [
     "ImageInfo",
     "open_raster",
     "image_info",
+    "source_name",
     "read_window",
     "read_warped",
     "read_aligned",
@@ -278,6 +279,16 @@ def _check_alpha(ds: DatasetReader, band: int, name: str) -> None:
             f"{name}: band {band} is flagged as alpha (transparency) but holds image values; "
             f"clear the flag with 'gdal_translate -colorinterp_{band} undefined {name} "
             "fixed.tif' and use fixed.tif")
+
+
+def source_name(src: RasterSource) -> str | None:
+    """Return the name an input goes by in messages, if its dataset's will not do.
+
+    An in-memory :class:`Raster` is opened through a temporary file, whose
+    name would mean nothing to the user: its own name is returned. For
+    paths and open datasets, None (the dataset's name is right).
+    """
+    return src.name if isinstance(src, Raster) else None
 
 
 def image_info(ds: DatasetReader, name: str | None = None) -> ImageInfo:

@@ -218,7 +218,7 @@ def describe_pair(before: io.RasterSource, after: io.RasterSource, *,
     """
     with io.open_raster(before) as bds, io.open_raster(after) as ads:
         # As coregister names them: a Raster by its name, a file by GDAL's.
-        bi, ai = (io.image_info(ds, src.name if isinstance(src, io.Raster) else None)
+        bi, ai = (io.image_info(ds, io.source_name(src))
                   for ds, src in ((bds, before), (ads, after)))
         notes: list[str] = []
         overlap = None
