@@ -717,11 +717,15 @@ def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None 
     (r0, r1), (c0, c1) = cubic_support(dy, h), cubic_support(dx, w)
     data, invalid = src.read_padded(Window(c0, r0, c1 - c0, r1 - r0))
     out, inv = cubic_shift(data, invalid, dx - c0, dy - r0, (h, w))
-    # Sample points outside the source (its edge at -0.5 and size - 0.5).
+    # Sample points outside the source (its edge at -0.5 and size - 0.5);
+    # cubic_shift has zeroed the pixels it found invalid.
     rows, cols = np.arange(h) + dy, np.arange(w) + dx
-    inv |= ((rows < -0.5) | (rows >= src.height - 0.5))[:, None]
-    inv |= ((cols < -0.5) | (cols >= src.width - 0.5))[None, :]
-    out[:, inv] = 0
+    rows_out = (rows < -0.5) | (rows >= src.height - 0.5)
+    cols_out = (cols < -0.5) | (cols >= src.width - 0.5)
+    inv[rows_out] = True
+    inv[:, cols_out] = True
+    out[:, rows_out] = 0
+    out[:, :, cols_out] = 0
     return out, inv
 
 
