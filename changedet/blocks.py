@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import shapely
 from affine import Affine
 from numpy.typing import NDArray
 from scipy import ndimage
@@ -218,9 +219,10 @@ class Piece:
     pixels : int
     score_sum, score_max : float
         Sum and maximum of the score over the piece's pixels.
-    group_bbox : (4,) tuple of int
-        Global ``row0, col0, row1, col1`` of the piece's group within the
-        window.
+    seeded : bool
+        Whether the object holds a seed within the window. Change touching
+        a window's edge counts as change there (its seed may lie beyond);
+        a joined object none of whose pieces holds one has no seed at all.
     """
 
     row_off: int
@@ -233,7 +235,7 @@ class Piece:
     pixels: int
     score_sum: float
     score_max: float
-    group_bbox: tuple[int, int, int, int]
+    seeded: bool
 
     @property
     def mask(self) -> NDArray[np.bool_]:
@@ -350,6 +352,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     # beyond it). Grouping every seedless speck of noise would join them
     # all into one group spanning the image.
     clabels, seeded = seeded_components(cand, seeds)
+    has_own_seed = seeded.copy() if core is not None else None
     band = np.zeros((h, w), bool)
     if not edges.top:
         band[:m] = True
@@ -423,13 +426,14 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
         lr0, lc0 = max(cr0 - int(r0), 0), max(cc0 - int(c0), 0)
         lr1, lc1 = min(cr1 - int(r0), labels.shape[0]), min(cc1 - int(c0), labels.shape[1])
         inner = np.where(whole[np.maximum(labels - 1, 0)], 0, labels)[lr0:lr1, lc0:lc1]
-        pieces = _pieces(inner, score[box][lr0:lr1, lc0:lc1], direction, g_bbox[group],
+        own = labelled_maximum(has_own_seed[clabels[box]], labels, np.arange(1, n + 1)) > 0
+        pieces = _pieces(inner, score[box][lr0:lr1, lc0:lc1], direction, own,
                          row_off + int(r0) + lr0, col_off + int(c0) + lc0)
     return WindowResult(score, objects, incomplete, pieces)
 
 
 def _pieces(labels: NDArray[np.int32], score: NDArray[np.float32], direction: Direction,
-            group_bbox: NDArray[np.int64], row_off: int, col_off: int) -> list[Piece]:
+            seeded: NDArray[np.bool_], row_off: int, col_off: int) -> list[Piece]:
     # Each labelled object's part in `labels` (a window's core), with its
     # score statistics there and the direction found for the whole object.
     out: list[Piece] = []
@@ -445,8 +449,7 @@ def _pieces(labels: NDArray[np.int32], score: NDArray[np.float32], direction: Di
                          change=int(direction.classes[i]),
                          confidence=float(direction.confidence[i]), pixels=int(vals.size),
                          score_sum=float(vals.sum(dtype=np.float64)),
-                         score_max=float(vals.max()),
-                         group_bbox=tuple(int(v) for v in group_bbox[i])))
+                         score_max=float(vals.max()), seeded=bool(seeded[i])))
     return out
 
 
@@ -529,19 +532,47 @@ def _touches(a: Piece, b: Piece) -> bool:
     return bool((near[1:-1, 1:-1] & _crop(b.mask, b.bbox[:2], box)).any())
 
 
-def _near_any(piece: Piece, keys: NDArray[np.int64], width: int, reach: int) -> bool:
+def _near_key(anchor: tuple[int, int], keys: NDArray[np.int64], width: int, reach: int,
+              ) -> bool:
     # Is one of the pixels `keys` (sorted row * width + col) within `reach`
-    # pixels (chessboard distance) of the piece?
-    r0, c0, r1, c1 = piece.bbox
-    lo, hi = np.searchsorted(keys, [max(r0 - reach, 0) * width, (r1 + reach) * width])
-    rows, cols = np.divmod(keys[lo:hi], width)
-    inside = (cols >= c0 - reach) & (cols < c1 + reach)
-    if not inside.any():
-        return False
-    grown = (r0 - reach, c0 - reach, r1 + reach, c1 + reach)
-    near = ndimage.binary_dilation(_crop(piece.mask, (r0, c0), grown), structure=CONNECTIVITY,
-                                   iterations=reach) if reach else piece.mask
-    return bool(near[rows[inside] - grown[0], cols[inside] - grown[1]].any())
+    # pixels (chessboard distance) of `anchor`?
+    r, c = anchor
+    for row in range(max(r - reach, 0), r + reach + 1):
+        lo, hi = np.searchsorted(keys, [row * width + max(c - reach, 0),
+                                        row * width + min(c + reach, width - 1) + 1])
+        if hi > lo:
+            return True
+    return False
+
+
+def _without(piece: Piece, whole: list[ChangeObject], boxes: NDArray[np.int64],
+             ) -> Piece | None:
+    # The piece less the pixels of objects held whole by some tile (which
+    # saw them whole where this tile saw them cut); None if nothing is left.
+    b = np.array(piece.bbox)
+    near = np.flatnonzero(((boxes[:, :2] < b[2:]) & (b[:2] < boxes[:, 2:])).all(axis=1))
+    if not near.size:
+        return piece
+    mask = piece.mask
+    for i in near:
+        o = whole[i]
+        mask &= ~_crop(o.mask, (o.row_off, o.col_off), piece.bbox)
+    left = int(mask.sum())
+    if left == piece.pixels:
+        return piece
+    if left == 0:
+        return None
+    rows, cols = np.nonzero(mask)
+    r0, c0 = int(rows.min()), int(cols.min())
+    mask = mask[r0:int(rows.max()) + 1, c0:int(cols.max()) + 1]
+    first = int(np.flatnonzero(mask.ravel())[0])
+    row_off, col_off = piece.row_off + r0, piece.col_off + c0
+    # The score of the pixels left is not kept: their share of the sum.
+    return Piece(row_off=row_off, col_off=col_off, shape=mask.shape, packed=np.packbits(mask),
+                 anchor=(row_off + first // mask.shape[1], col_off + first % mask.shape[1]),
+                 change=piece.change, confidence=piece.confidence, pixels=left,
+                 score_sum=piece.score_sum * left / piece.pixels, score_max=piece.score_max,
+                 seeded=piece.seeded)
 
 
 #: Pixels around a joined change within which an anchor already reported
@@ -553,10 +584,10 @@ def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = 
                 emitted: NDArray[np.int64] | None = None) -> list[ChangeObject]:
     """Join the pieces of changes too large for any window into change objects.
 
-    Pieces that touch (8-connected) become one object. Its outline is the
-    union of theirs; its pixels, mean and maximum score are over all of
-    them; its direction is the one found for most of its pixels, with the
-    mean confidence of those pieces.
+    Pieces that touch (8-connected) become one object, unless none of them
+    holds a seed. Its outline is the union of theirs; its pixels, mean and
+    maximum score are over all of them; its direction is the one found for
+    most of its pixels, with the mean confidence of those pieces.
 
     Parameters
     ----------
@@ -564,12 +595,12 @@ def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = 
         From the tiles of a region, their cores not overlapping.
     plan : Plan
     whole : list of ChangeObject, optional
-        Objects the tiles held whole: a piece on one of them is a part of
-        it that another tile saw cut, and is dropped.
+        Objects the tiles held whole: their pixels in a piece are a part of
+        them that another tile saw cut, and are taken out of it.
     emitted : (n,) ndarray of int64, optional
         Anchors (``row * width + col``, sorted) of objects already reported:
-        a joined object holding one of them, or within :data:`ANCHOR_REACH`
-        pixels of one, is not reported again.
+        a joined object whose anchor is within :data:`ANCHOR_REACH` pixels
+        of one is that object, and is not reported again.
 
     Returns
     -------
@@ -579,14 +610,7 @@ def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = 
     width = plan.grid.width
     if len(whole):
         boxes = np.array([_object_bbox(o) for o in whole], np.int64).reshape(-1, 4)
-
-        def on_whole(p: Piece) -> bool:
-            b = np.array(p.bbox)
-            near = ((boxes[:, :2] < b[2:]) & (b[:2] < boxes[:, 2:])).all(axis=1)
-            return any((_crop(whole[i].mask, (whole[i].row_off, whole[i].col_off), p.bbox)
-                        & p.mask).any() for i in np.flatnonzero(near))
-
-        pieces = [p for p in pieces if not on_whole(p)]
+        pieces = [q for q in (_without(p, whole, boxes) for p in pieces) if q is not None]
     n = len(pieces)
     parent = list(range(n))
 
@@ -597,11 +621,14 @@ def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = 
         return i
 
     if n > 1:
-        boxes = np.array([p.bbox for p in pieces], np.int64)
-        lo, hi = boxes[:, None, :2] - 1, boxes[:, None, 2:] + 1
-        near = ((lo < boxes[None, :, 2:]) & (boxes[None, :, :2] < hi)).all(axis=2)
-        for i, j in zip(*np.nonzero(np.triu(near, 1)), strict=True):
-            if find(i) != find(j) and _touches(pieces[i], pieces[j]):
+        # Candidate pairs: boxes within a pixel of each other (an R-tree,
+        # not all n^2 pairs: a dense change can leave thousands of pieces).
+        b = np.array([p.bbox for p in pieces], np.float64)
+        tree = shapely.STRtree(shapely.box(b[:, 1] - 1, b[:, 0] - 1, b[:, 3] + 1, b[:, 2] + 1))
+        left, right = tree.query(shapely.box(b[:, 1], b[:, 0], b[:, 3], b[:, 2]),
+                                 predicate="intersects")
+        for i, j in zip(left.tolist(), right.tolist(), strict=True):
+            if i < j and find(i) != find(j) and _touches(pieces[i], pieces[j]):
                 parent[find(i)] = find(j)
     sets: dict[int, list[Piece]] = {}
     for i, p in enumerate(pieces):
@@ -609,11 +636,14 @@ def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = 
     keys = np.zeros(0, np.int64) if emitted is None else np.asarray(emitted, np.int64)
     out = []
     for members in sets.values():
+        members.sort(key=lambda p: p.anchor)
+        if not any(p.seeded for p in members):
+            continue    # change at tiles' edges that holds no seed anywhere
         # Tiles trim a change's edge by their own view of it: an anchor a
-        # pixel or two outside the pieces is still theirs.
-        if keys.size and any(_near_any(p, keys, width, ANCHOR_REACH) for p in members):
+        # pixel or two from the joined one's is that same change.
+        if keys.size and _near_key(members[0].anchor, keys, width, ANCHOR_REACH):
             continue
-        out.append(_joined(sorted(members, key=lambda p: p.anchor), plan))
+        out.append(_joined(members, plan))
     out.sort(key=lambda o: o.anchor)
     return out
 

@@ -258,6 +258,13 @@ def _inside(rows: NDArray[np.int64], cols: NDArray[np.int64], win: Window) -> ND
             & (cols >= c0) & (cols < c0 + int(win.width)))
 
 
+def _meets(bbox: NDArray[np.int64], win: Window) -> NDArray[np.bool_]:
+    # Which boxes (row0, col0, row1, col1; end exclusive) overlap `win`.
+    r0, c0 = int(win.row_off), int(win.col_off)
+    return ((bbox[:, 0] < r0 + int(win.height)) & (bbox[:, 2] > r0)
+            & (bbox[:, 1] < c0 + int(win.width)) & (bbox[:, 3] > c0))
+
+
 def run_block(sources: Sources, plan: Plan, block: Block, readers: Readers | None = None,
               ) -> BlockOutput:
     """Process one block: the unit of work sent to a thread or a Dask worker."""
@@ -272,7 +279,12 @@ def run_block(sources: Sources, plan: Plan, block: Block, readers: Readers | Non
     core = (slice(int(block.core.row_off) - r0, int(block.core.row_off + block.core.height) - r0),
             slice(int(block.core.col_off) - c0, int(block.core.col_off + block.core.width) - c0))
     inc = res.incomplete
-    deferred = inc[_inside(inc[:, 0], inc[:, 1], block.core)]
+    # Defer the groups this block answers for (their first seed is in its
+    # core) and every other group it cuts that reaches into its core: the
+    # block holding a group's anchor may see it cut while the one holding
+    # its first seed sees it whole but leaves it to the anchor's block.
+    # The second pass emits each object once, by anchor.
+    deferred = inc[_inside(inc[:, 0], inc[:, 1], block.core) | _meets(inc[:, 2:], block.core)]
     return BlockOutput(block.core, res.score[core].copy(), invalid[core].copy(), res.objects,
                        deferred)
 
@@ -482,17 +494,19 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                 # A group cut by the window goes on beyond it: grow towards
                 # it by the region's size at least, not by a halo at a time
                 # (a large change would take dozens of ever larger windows).
+                # Within `limit` while what is known of the groups fits.
                 g0, g1 = int(touching[:, 2].min()), int(touching[:, 3].min())
                 g2, g3 = int(touching[:, 4].max()), int(touching[:, 5].max())
-                grow_r, grow_c = max(r1 - r0, halo), max(c1 - c0, halo)
-                top, left = win.row_off + SAFE_MARGIN, win.col_off + SAFE_MARGIN
-                bottom = win.row_off + win.height - SAFE_MARGIN
-                right = win.col_off + win.width - SAFE_MARGIN
-                r0 = min(r0, g0 - grow_r if g0 < top else g0)
-                c0 = min(c0, g1 - grow_c if g1 < left else g1)
-                r1 = max(r1, g2 + grow_r if g2 > bottom else g2)
-                c1 = max(c1, g3 + grow_c if g3 > right else g3)
-                r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
+                room = limit - 2 * halo
+                rows = _grow((r0, r1), (g0, g2), (int(win.row_off), int(win.row_off + win.height)),
+                             room, h, halo)
+                cols = _grow((c0, c1), (g1, g3), (int(win.col_off), int(win.col_off + win.width)),
+                             room, w, halo)
+                if (rows[0], cols[0], rows[1], cols[1]) == (r0, c0, r1, c1):
+                    # At the limit and still cut: too large for one window.
+                    too_big.append((r0, c0, r1, c1))
+                    break
+                (r0, r1), (c0, c1) = rows, cols
                 continue
             for obj in res.objects:
                 emit(obj)
@@ -500,6 +514,30 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     if too_big:
         known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
         _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit)
+
+
+def _grow(region: tuple[int, int], groups: tuple[int, int], window: tuple[int, int],
+          room: int, size: int, least: int) -> tuple[int, int]:
+    """Grow a region's span along one axis to hold its cut groups, and more.
+
+    `region` and `groups` (the cut groups' span) are ``(start, stop)``;
+    `window` is the span of the window that cut them. A side where a group
+    reaches the window's edge grows by the region's length (at least
+    `least`): the group goes on beyond it, and growing a halo at a time
+    would take dozens of ever larger windows. The growth beyond what the
+    groups need is trimmed so the span stays within `room` (when what they
+    need fits).
+    """
+    lo, hi = min(region[0], groups[0]), max(region[1], groups[1])
+    step = max(region[1] - region[0], least)
+    want_lo = lo - step if groups[0] < window[0] + SAFE_MARGIN else lo
+    want_hi = hi + step if groups[1] > window[1] - SAFE_MARGIN else hi
+    want_lo, want_hi = max(want_lo, 0), min(want_hi, size)
+    if want_hi - want_lo > room and hi - lo <= room:
+        extra = room - (hi - lo)
+        up = min(lo - want_lo, extra if want_hi == hi else extra // 2)
+        want_lo, want_hi = lo - up, min(want_hi, hi + extra - up)
+    return want_lo, want_hi
 
 
 def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources, plan: Plan,
@@ -556,27 +594,30 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
                              edges=_edges(win, (h, w)), select=meets_tile,
                              core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0))
         objects, cut = res.objects, res.pieces
+        # Follow every group cut here that reaches into the core, whether or
+        # not it left pixels here (a chain of specks below the minimum
+        # area can join two changes).
+        inc = res.incomplete
+        for g in inc[_meets(inc[:, 2:], tile)]:
+            reach(int(g[2]) - 1, int(g[3]) - 1, int(g[4]) + 1, int(g[5]) + 1)
         del b, a, invalid, res
         # A window here is several hundred MB, freed in pieces glibc keeps.
         release_free_memory()
         for obj in objects:
             # Several tiles may hold an object whole: the same object.
             whole.setdefault(_anchor_key(obj, w), obj)
-        for piece in cut:
-            pieces.append(piece)
-            g0, g1, g2, g3 = piece.group_bbox
-            reach(g0 - 1, g1 - 1, g2 + 1, g3 + 1)
+        pieces.extend(cut)
     joined = join_pieces(pieces, plan, whole=list(whole.values()), emitted=emitted)
     new = [o for key, o in whole.items() if not _holds_key(emitted, key)]
     for obj in sorted(new + joined, key=lambda o: o.anchor):
         sink.object(obj)
     if joined:
         warnings.warn(
-            f"{len(joined)} change(s) larger than {limit} pixels across were "
-            f"processed in tiles of {core} pixels and joined: their pixels, area and outline "
-            "are complete, but within a few pixels of the tiles' seams their outline, and "
-            "their score and direction, are as each tile saw them; for exact results use "
-            "blocks as large as the change (--block-size)",
+            f"an area of change larger than {limit} pixels across was processed in tiles of "
+            f"{core} pixels and {len(joined)} change(s) in it joined from pieces: they are "
+            "complete, but their outline along the edge, their score and direction are as "
+            "each tile saw them (not exactly what one window would give); for exact results "
+            "use blocks larger than the area (--block-size)",
             LargeChangeWarning, stacklevel=2)
 
 
