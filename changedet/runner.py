@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import threading
 import warnings
 from array import array
 from collections import deque
@@ -409,10 +410,10 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
     with contextlib.ExitStack() as stack:
         if "GDAL_CACHEMAX" not in os.environ:
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=BLOCK_GDAL_CACHE_MB * 2 ** 20))
-        if client is None and threads > 1:
+        if threads > 1:
             # numpy's BLAS (a tensordot per block) would start its own thread
-            # per core inside each of ours: oversubscribed, it runs ten
-            # times slower than on one thread.
+            # per core inside each of ours (the blocks', or the second
+            # pass's): oversubscribed, it runs ten times slower than on one.
             stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         release_free_memory()
         readers = stack.enter_context(Readers(sources, plan,
@@ -439,7 +440,7 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
         if deferred:
             _resolve_deferred(np.concatenate(deferred), sources, plan, sink, halo, readers,
                               np.sort(np.asarray(emitted)),
-                              max(MAX_GROWN_WINDOW, block_size + 2 * halo))
+                              max(MAX_GROWN_WINDOW, block_size + 2 * halo), threads)
 
 
 def _anchor_key(obj: ChangeObject, width: int) -> int:
@@ -449,7 +450,7 @@ def _anchor_key(obj: ChangeObject, width: int) -> int:
 
 def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
                       halo: int, readers: Readers, first_pass: NDArray[np.int64],
-                      limit: int) -> None:
+                      limit: int, threads: int = 1) -> None:
     """Second pass: groups too large for their block, in grown windows.
 
     A region is processed whole, and its objects emitted unless the first
@@ -471,49 +472,84 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             sink.object(obj)
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
-    too_big: list[tuple[int, int, int, int]] = []
-    for region in _merge_boxes(boxes, halo):  # type: ignore[arg-type]
+    regions = _merge_boxes(boxes, halo)  # type: ignore[arg-type]
+    budget = _PixelBudget(limit * limit)
+
+    def settle(region: tuple[int, int, int, int]) -> tuple[list[ChangeObject], bool]:
+        # The region's objects, once a window holds every group it cuts;
+        # or the region itself, too large for one window.
         r0, c0, r1, c1 = region
         while True:
             win = Window(max(0, c0 - halo), max(0, r0 - halo),
                          min(w, c1 + halo) - max(0, c0 - halo),
                          min(h, r1 + halo) - max(0, r0 - halo))
             if max(win.width, win.height) > limit:
-                too_big.append((r0, c0, r1, c1))
-                break
-            b, a, invalid = read_block(sources, plan, win, readers)
-            res: WindowResult = process_window(
-                b, a, invalid, plan, row_off=int(win.row_off), col_off=int(win.col_off),
-                edges=_edges(win, (h, w)))
-            del b, a, invalid
-            release_free_memory()
+                return [], True
+            with budget.hold(int(win.width) * int(win.height)):
+                b, a, invalid = read_block(sources, plan, win, readers)
+                res: WindowResult = process_window(
+                    b, a, invalid, plan, row_off=int(win.row_off), col_off=int(win.col_off),
+                    edges=_edges(win, (h, w)))
+                del b, a, invalid
+                release_free_memory()
             inc = res.incomplete
             touching = inc[(inc[:, 2] < r1) & (inc[:, 4] > r0)
                            & (inc[:, 3] < c1) & (inc[:, 5] > c0)]
-            if len(touching):
-                # A group cut by the window goes on beyond it: grow towards
-                # it by the region's size at least, not by a halo at a time
-                # (a large change would take dozens of ever larger windows).
-                # Within `limit` while what is known of the groups fits.
-                g0, g1 = int(touching[:, 2].min()), int(touching[:, 3].min())
-                g2, g3 = int(touching[:, 4].max()), int(touching[:, 5].max())
-                room = limit - 2 * halo
-                rows = _grow((r0, r1), (g0, g2), (int(win.row_off), int(win.row_off + win.height)),
-                             room, h, halo)
-                cols = _grow((c0, c1), (g1, g3), (int(win.col_off), int(win.col_off + win.width)),
-                             room, w, halo)
-                if (rows[0], cols[0], rows[1], cols[1]) == (r0, c0, r1, c1):
-                    # At the limit and still cut: too large for one window.
-                    too_big.append((r0, c0, r1, c1))
-                    break
-                (r0, r1), (c0, c1) = rows, cols
-                continue
-            for obj in res.objects:
+            if not len(touching):
+                return res.objects, False
+            # A group cut by the window goes on beyond it: grow towards it
+            # by the region's size at least, not by a halo at a time (a large
+            # change would take dozens of ever larger windows); within
+            # `limit` while what is known of the groups fits.
+            g0, g1 = int(touching[:, 2].min()), int(touching[:, 3].min())
+            g2, g3 = int(touching[:, 4].max()), int(touching[:, 5].max())
+            room = limit - 2 * halo
+            rows = _grow((r0, r1), (g0, g2), (int(win.row_off), int(win.row_off + win.height)),
+                         room, h, halo)
+            cols = _grow((c0, c1), (g1, g3), (int(win.col_off), int(win.col_off + win.width)),
+                         room, w, halo)
+            if (rows[0], cols[0], rows[1], cols[1]) == (r0, c0, r1, c1):
+                return [], True     # at the limit and still cut
+            (r0, r1), (c0, c1) = rows, cols
+
+    # Regions on the threads, their objects emitted in region order (so the
+    # output does not depend on which finishes first).
+    too_big: list[tuple[int, int, int, int]] = []
+    with ThreadPoolExecutor(max_workers=max(threads, 1),
+                            thread_name_prefix="changedet-second") as pool:
+        for region, (objects, big) in zip(regions, pool.map(settle, regions), strict=True):
+            if big:
+                too_big.append(region)
+            for obj in objects:
                 emit(obj)
-            break
     if too_big:
         known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
         _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit)
+
+
+class _PixelBudget:
+    """Windows in flight on the threads, their pixels bounded.
+
+    A window waits while others hold more than the budget with it; one
+    window alone always runs. So the second pass's threads never hold more
+    than about one largest window's memory, however large its windows.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self.pixels, self.used = pixels, 0
+        self.cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self.cond:
+            self.cond.wait_for(lambda: self.used == 0 or self.used + pixels <= self.pixels)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= pixels
+                self.cond.notify_all()
 
 
 def _grow(region: tuple[int, int], groups: tuple[int, int], window: tuple[int, int],

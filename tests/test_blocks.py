@@ -367,3 +367,34 @@ def test_join_pieces_joins_what_touches_and_drops_what_was_reported():
         cover[r:r + m.shape[0], c:c + m.shape[1]] += m
     assert cover.sum() == 225 and cover.max() == 1
     assert cover[:10, :20].all() and cover[10:15, 20:25].all()
+
+
+def test_second_pass_windows_in_flight_stay_within_the_pixel_budget():
+    import threading
+    import time
+
+    from changedet.runner import _PixelBudget
+
+    budget = _PixelBudget(100)
+    inside, peak, lock = [0], [0], threading.Lock()
+
+    def window(pixels):
+        with budget.hold(pixels):
+            with lock:
+                inside[0] += pixels
+                peak[0] = max(peak[0], inside[0])
+            time.sleep(0.02)
+            with lock:
+                inside[0] -= pixels
+
+    sizes = [60, 60, 30, 150, 10, 40]     # 150: alone over budget, still runs (alone)
+    threads = [threading.Thread(target=window, args=(n,)) for n in sizes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    # Never two windows over the budget together (60 + 60 would be 120; the
+    # 150 px window with any other, over 150); the 150 px one alone is 150.
+    assert peak[0] in range(0, 101) or peak[0] == 150
+    assert budget.used == 0
