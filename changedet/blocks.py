@@ -63,6 +63,7 @@ __all__ = [
     "Selector",
     "is_complete",
     "process_window",
+    "Footprint",
     "join_pieces",
 ]
 
@@ -220,9 +221,12 @@ class Piece:
     score_sum, score_max : float
         Sum and maximum of the score over the piece's pixels.
     seeded : bool
-        Whether the object holds a seed within the window. Change touching
-        a window's edge counts as change there (its seed may lie beyond);
-        a joined object none of whose pieces holds one has no seed at all.
+        Whether the piece holds pixels of change that has a seed within the
+        window. Change touching a window's edge counts as change there (its
+        seed may lie beyond); a joined object none of whose pieces holds
+        such pixels has no seed at all.
+    seed_packed : ndarray of uint8, optional
+        Those pixels, packed as :attr:`packed`.
     """
 
     row_off: int
@@ -236,6 +240,7 @@ class Piece:
     score_sum: float
     score_max: float
     seeded: bool
+    seed_packed: NDArray[np.uint8] | None = None
 
     @property
     def mask(self) -> NDArray[np.bool_]:
@@ -426,7 +431,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
         lr0, lc0 = max(cr0 - int(r0), 0), max(cc0 - int(c0), 0)
         lr1, lc1 = min(cr1 - int(r0), labels.shape[0]), min(cc1 - int(c0), labels.shape[1])
         inner = np.where(whole[np.maximum(labels - 1, 0)], 0, labels)[lr0:lr1, lc0:lc1]
-        own = labelled_maximum(has_own_seed[clabels[box]], labels, np.arange(1, n + 1)) > 0
+        own = has_own_seed[clabels[box]][lr0:lr1, lc0:lc1]
         pieces = _pieces(inner, score[box][lr0:lr1, lc0:lc1], direction, own,
                          row_off + int(r0) + lr0, col_off + int(c0) + lc0)
     return WindowResult(score, objects, incomplete, pieces)
@@ -449,7 +454,8 @@ def _pieces(labels: NDArray[np.int32], score: NDArray[np.float32], direction: Di
                          change=int(direction.classes[i]),
                          confidence=float(direction.confidence[i]), pixels=int(vals.size),
                          score_sum=float(vals.sum(dtype=np.float64)),
-                         score_max=float(vals.max()), seeded=bool(seeded[i])))
+                         score_max=float(vals.max()), seeded=bool((seeded[sl] & mask).any()),
+                         seed_packed=np.packbits(seeded[sl] & mask)))
     return out
 
 
@@ -532,31 +538,50 @@ def _touches(a: Piece, b: Piece) -> bool:
     return bool((near[1:-1, 1:-1] & _crop(b.mask, b.bbox[:2], box)).any())
 
 
-def _near_key(anchor: tuple[int, int], keys: NDArray[np.int64], width: int, reach: int,
-              ) -> bool:
-    # Is one of the pixels `keys` (sorted row * width + col) within `reach`
-    # pixels (chessboard distance) of `anchor`?
-    r, c = anchor
-    for row in range(max(r - reach, 0), r + reach + 1):
-        lo, hi = np.searchsorted(keys, [row * width + max(c - reach, 0),
-                                        row * width + min(c + reach, width - 1) + 1])
-        if hi > lo:
-            return True
-    return False
+@dataclass(frozen=True)
+class Footprint:
+    """Where a change reported whole lies: its pixels, packed 8 a byte."""
+
+    row_off: int
+    col_off: int
+    shape: tuple[int, int]
+    packed: NDArray[np.uint8]
+
+    @classmethod
+    def of(cls, obj: ChangeObject) -> list[Footprint]:
+        """Return the footprints of an object's parts."""
+        return [cls(r, c, m.shape, np.packbits(m)) for r, c, m in obj.masks()]
+
+    @property
+    def mask(self) -> NDArray[np.bool_]:
+        """(h, w) ndarray of bool."""
+        return _unpack(self.packed, self.shape)
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """Global ``row0, col0, row1, col1``."""
+        return (self.row_off, self.col_off, self.row_off + self.shape[0],
+                self.col_off + self.shape[1])
 
 
-def _without(piece: Piece, whole: list[ChangeObject], boxes: NDArray[np.int64],
+def _boxes(footprints: list[Footprint]) -> NDArray[np.int64]:
+    return np.array([f.bbox for f in footprints], np.int64).reshape(-1, 4)
+
+
+def _without(piece: Piece, footprints: list[Footprint], boxes: NDArray[np.int64],
              ) -> Piece | None:
-    # The piece less the pixels of objects held whole by some tile (which
-    # saw them whole where this tile saw them cut); None if nothing is left.
+    # The piece less the pixels of changes reported whole (which another
+    # window saw whole where this tile saw them cut); None if nothing is left.
     b = np.array(piece.bbox)
     near = np.flatnonzero(((boxes[:, :2] < b[2:]) & (b[:2] < boxes[:, 2:])).all(axis=1))
     if not near.size:
         return piece
     mask = piece.mask
+    taken = np.zeros_like(mask)
     for i in near:
-        o = whole[i]
-        mask &= ~_crop(o.mask, (o.row_off, o.col_off), piece.bbox)
+        f = footprints[i]
+        taken |= _crop(f.mask, (f.row_off, f.col_off), piece.bbox)
+    mask &= ~taken
     left = int(mask.sum())
     if left == piece.pixels:
         return piece
@@ -564,7 +589,14 @@ def _without(piece: Piece, whole: list[ChangeObject], boxes: NDArray[np.int64],
         return None
     rows, cols = np.nonzero(mask)
     r0, c0 = int(rows.min()), int(cols.min())
-    mask = mask[r0:int(rows.max()) + 1, c0:int(cols.max()) + 1]
+    r1, c1 = int(rows.max()) + 1, int(cols.max()) + 1
+    seeds = None
+    if piece.seed_packed is not None:
+        # Seeded change a tile joined to a change reported whole may be that
+        # change's seed, seen through its blurred edge: not near it.
+        seeds = (_unpack(piece.seed_packed, piece.shape) & mask & ~ndimage.binary_dilation(
+            taken, structure=CONNECTIVITY, iterations=ANCHOR_REACH))[r0:r1, c0:c1]
+    mask = mask[r0:r1, c0:c1]
     first = int(np.flatnonzero(mask.ravel())[0])
     row_off, col_off = piece.row_off + r0, piece.col_off + c0
     # The score of the pixels left is not kept: their share of the sum.
@@ -572,16 +604,21 @@ def _without(piece: Piece, whole: list[ChangeObject], boxes: NDArray[np.int64],
                  anchor=(row_off + first // mask.shape[1], col_off + first % mask.shape[1]),
                  change=piece.change, confidence=piece.confidence, pixels=left,
                  score_sum=piece.score_sum * left / piece.pixels, score_max=piece.score_max,
-                 seeded=piece.seeded)
+                 seeded=piece.seeded if seeds is None else bool(seeds.any()),
+                 seed_packed=None if seeds is None else np.packbits(seeds))
 
 
-#: Pixels around a joined change within which an anchor already reported
-#: marks it as reported (see :func:`join_pieces`).
+#: Pixels around a change reported whole within which a tile's seeds are
+#: taken to be that change's (see :func:`join_pieces`).
 ANCHOR_REACH = 3
+
+#: Share of a joined change's pixels on changes reported whole above which
+#: it is one of them, as the tiles saw it, and is not reported again.
+REPORTED_SHARE = 0.5
 
 
 def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = (),
-                emitted: NDArray[np.int64] | None = None) -> list[ChangeObject]:
+                reported: list[Footprint] = ()) -> list[ChangeObject]:
     """Join the pieces of changes too large for any window into change objects.
 
     Pieces that touch (8-connected) become one object, unless none of them
@@ -597,20 +634,20 @@ def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = 
     whole : list of ChangeObject, optional
         Objects the tiles held whole: their pixels in a piece are a part of
         them that another tile saw cut, and are taken out of it.
-    emitted : (n,) ndarray of int64, optional
-        Anchors (``row * width + col``, sorted) of objects already reported:
-        a joined object whose anchor is within :data:`ANCHOR_REACH` pixels
-        of one is that object, and is not reported again.
+    reported : list of Footprint, optional
+        Changes reported before (by the blocks or grown windows, whole). A
+        joined change lying mostly (:data:`REPORTED_SHARE`) on them is one
+        of them as the tiles saw it and is dropped; otherwise their pixels
+        are taken out of it.
 
     Returns
     -------
     list of ChangeObject
         Sorted by anchor.
     """
-    width = plan.grid.width
     if len(whole):
-        boxes = np.array([_object_bbox(o) for o in whole], np.int64).reshape(-1, 4)
-        pieces = [q for q in (_without(p, whole, boxes) for p in pieces) if q is not None]
+        held = [f for o in whole for f in Footprint.of(o)]
+        pieces = [q for q in (_without(p, held, _boxes(held)) for p in pieces) if q is not None]
     n = len(pieces)
     parent = list(range(n))
 
@@ -633,24 +670,21 @@ def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = 
     sets: dict[int, list[Piece]] = {}
     for i, p in enumerate(pieces):
         sets.setdefault(find(i), []).append(p)
-    keys = np.zeros(0, np.int64) if emitted is None else np.asarray(emitted, np.int64)
+    boxes = _boxes(list(reported))
     out = []
     for members in sets.values():
-        members.sort(key=lambda p: p.anchor)
+        if len(reported):
+            total = sum(p.pixels for p in members)
+            rest = [q for q in (_without(p, list(reported), boxes) for p in members)
+                    if q is not None]
+            if sum(q.pixels for q in rest) <= (1 - REPORTED_SHARE) * total:
+                continue    # a change reported before, as the tiles saw it
+            members = rest
         if not any(p.seeded for p in members):
             continue    # change at tiles' edges that holds no seed anywhere
-        # Tiles trim a change's edge by their own view of it: an anchor a
-        # pixel or two from the joined one's is that same change.
-        if keys.size and _near_key(members[0].anchor, keys, width, ANCHOR_REACH):
-            continue
-        out.append(_joined(members, plan))
+        out.append(_joined(sorted(members, key=lambda p: p.anchor), plan))
     out.sort(key=lambda o: o.anchor)
     return out
-
-
-def _object_bbox(obj: ChangeObject) -> tuple[int, int, int, int]:
-    return (obj.row_off, obj.col_off, obj.row_off + obj.mask.shape[0],
-            obj.col_off + obj.mask.shape[1])
 
 
 def _joined(members: list[Piece], plan: Plan) -> ChangeObject:

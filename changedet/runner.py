@@ -40,6 +40,7 @@ from changedet.blocks import (
     SAFE_MARGIN,
     ChangeObject,
     Edges,
+    Footprint,
     Piece,
     Plan,
     WindowResult,
@@ -427,12 +428,17 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
         # Anchors of the objects emitted, as row * width + col: the second
         # pass recomputes whole regions and must not emit them again.
         emitted = array("q")
+        # Where they lie, for changes too large for any window: their
+        # pieces are told from these by their pixels (1 bit each: an eighth
+        # of the change's area in bytes).
+        reported: list[Footprint] = []
         width = plan.grid.width
         for i, out in enumerate(outputs, start=1):
             sink.block(out)
             for obj in out.objects:
                 sink.object(obj)
                 emitted.append(_anchor_key(obj, width))
+                reported.extend(Footprint.of(obj))
             if len(out.deferred):
                 deferred.append(out.deferred)
             if progress is not None:
@@ -440,7 +446,8 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
         if deferred:
             _resolve_deferred(np.concatenate(deferred), sources, plan, sink, halo, readers,
                               np.sort(np.asarray(emitted)),
-                              max(MAX_GROWN_WINDOW, block_size + 2 * halo), threads)
+                              max(MAX_GROWN_WINDOW, block_size + 2 * halo), threads,
+                              reported)
 
 
 def _anchor_key(obj: ChangeObject, width: int) -> int:
@@ -450,7 +457,8 @@ def _anchor_key(obj: ChangeObject, width: int) -> int:
 
 def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
                       halo: int, readers: Readers, first_pass: NDArray[np.int64],
-                      limit: int, threads: int = 1) -> None:
+                      limit: int, threads: int = 1,
+                      reported: list[Footprint] | None = None) -> None:
     """Second pass: groups too large for their block, in grown windows.
 
     A region is processed whole, and its objects emitted unless the first
@@ -463,6 +471,7 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     """
     h, w = plan.grid.shape
     emitted: set[int] = set()   # keys, as first_pass's, of this pass's objects
+    reported = [] if reported is None else reported
 
     def emit(obj: ChangeObject) -> None:
         key = _anchor_key(obj, w)
@@ -470,6 +479,7 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
         if key not in emitted and not (i < first_pass.size and first_pass[i] == key):
             emitted.add(key)
             sink.object(obj)
+            reported.extend(Footprint.of(obj))
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
     regions = _merge_boxes(boxes, halo)  # type: ignore[arg-type]
@@ -524,7 +534,7 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                 emit(obj)
     if too_big:
         known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
-        _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit)
+        _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit, reported)
 
 
 class _PixelBudget:
@@ -578,7 +588,7 @@ def _grow(region: tuple[int, int], groups: tuple[int, int], window: tuple[int, i
 
 def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources, plan: Plan,
                       sink: _Sink, halo: int, readers: Readers, emitted: NDArray[np.int64],
-                      limit: int) -> None:
+                      limit: int, reported: list[Footprint]) -> None:
     """Regions too large for one window: processed in tiles, the pieces of what they cut joined.
 
     Tiles are read with a margin of an eighth of `limit` (at least the
@@ -643,7 +653,7 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
             # Several tiles may hold an object whole: the same object.
             whole.setdefault(_anchor_key(obj, w), obj)
         pieces.extend(cut)
-    joined = join_pieces(pieces, plan, whole=list(whole.values()), emitted=emitted)
+    joined = join_pieces(pieces, plan, whole=list(whole.values()), reported=reported)
     new = [o for key, o in whole.items() if not _holds_key(emitted, key)]
     for obj in sorted(new + joined, key=lambda o: o.anchor):
         sink.object(obj)

@@ -222,21 +222,25 @@ def test_tiles_follow_a_group_through_tiles_where_it_leaves_no_object(tmp_path, 
     assert lost == 0 and extra < 0.005 * reference.classes.astype(bool).sum()
 
 
-@pytest.mark.parametrize("close_radius, faint, small", [
+@pytest.mark.parametrize("close_radius, faint, small, bar_y", [
     # Faint change (above the low threshold, no seed) along the bar: it
     # touches tiles' edges, where it counts as change; it used to be
     # reported as a change of its own.
-    (1, (196, 400, 206, 620, (0.048, 0, 0)), None),
+    (1, (196, 400, 206, 620, (0.048, 0, 0)), None, 60),
     # The same next to the bar and a small change, which a tile's closing
     # joins to the bar: the bar used to be dropped whole, as the small
     # change, reported before, lay within it.
-    (2, (93, 419, 110, 560, (0.048, 0, 0)), (530, 113, 40, 20, "white")),
-], ids=["faint-alone", "faint-joins-small-change"])
+    (2, (93, 419, 110, 560, (0.048, 0, 0)), (530, 113, 40, 20, "white"), 60),
+    # The same upside down, default clean-up: the small change, reported
+    # before, came first in the joined bar, which was then dropped whole.
+    (1, (181, 419, 198, 560, (0.048, 0, 0)), (530, 159, 40, 20, "white"), 200),
+], ids=["faint-alone", "faint-joins-small-change", "small-change-first"])
 def test_faint_change_at_tiles_edges_neither_adds_nor_removes(tmp_path, monkeypatch,
-                                                               close_radius, faint, small):
+                                                               close_radius, faint, small,
+                                                               bar_y):
     import changedet.runner as runner
 
-    objects = [(60, 60, 950, 30, "white")] + ([small] if small else [])
+    objects = [(60, bar_y, 950, 30, "white")] + ([small] if small else [])
     b, a = _pair(tmp_path, (300, 1100), objects, faint=[faint])
     reference = changedet.detect(b, a, block_size=2048, threads=1, close_radius=close_radius)
     monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 450)
@@ -331,7 +335,7 @@ def test_join_pieces_joins_what_touches_and_drops_what_was_reported():
     from affine import Affine
     from rasterio.crs import CRS
 
-    from changedet.blocks import ChangeObject, join_pieces
+    from changedet.blocks import ChangeObject, Footprint, join_pieces
     from changedet.grid import Grid
 
     grid = Grid(Affine(0.5, 0, 1000, 0, -0.5, 2000), CRS.from_epsg(32633), 100, 100)
@@ -342,15 +346,18 @@ def test_join_pieces_joins_what_touches_and_drops_what_was_reported():
     apart = _piece(50, 50, (5, 5))
     on_whole = _piece(80, 80, (3, 3))       # another tile held this change whole
     half_on = _piece(60, 60, (4, 4))        # ... and the top half of this one
-    near_known = _piece(30, 30, (4, 4))     # an anchor reported before is a pixel above it
+    reported_before = _piece(30, 30, (4, 4))   # three quarters on a change reported before
     seedless = _piece(40, 0, (6, 6), seeded=False)
     whole = [ChangeObject(anchor=(80, 80), row_off=80, col_off=80, mask=np.ones((3, 3), bool),
                           change=1, properties={}, geometry=None),
              ChangeObject(anchor=(59, 60), row_off=59, col_off=60, mask=np.ones((3, 4), bool),
                           change=1, properties={}, geometry=None)]
-    out = join_pieces([apart, corner, on_whole, right, near_known, left, half_on, seedless],
-                      plan, whole=whole, emitted=np.array([29 * 100 + 31]))
-    assert [o.anchor for o in out] == [(0, 0), (50, 50), (62, 60)]
+    reported = [Footprint(30, 30, (3, 4), np.packbits(np.ones((3, 4), bool))),
+                Footprint(50, 50, (1, 1), np.packbits(np.ones((1, 1), bool)))]
+    out = join_pieces([apart, corner, on_whole, right, reported_before, left, half_on,
+                       seedless], plan, whole=whole, reported=reported)
+    assert [o.anchor for o in out] == [(0, 0), (50, 51), (62, 60)]
+    assert out[1].properties["pixels"] == 24    # less the pixel reported before
     assert out[2].properties["pixels"] == 8
     joined = out[0]
     p = joined.properties
