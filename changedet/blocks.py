@@ -196,13 +196,9 @@ class ChangeObject:
             yield row_off, col_off, _unpack(packed, shape)
 
 
-@dataclass
-class Piece:
-    """The part, within a window's core, of an object whose group the window cuts.
-
-    A change too large for any window is processed in tiles; each tile
-    reports the pieces of such objects that fall in its core, and
-    :func:`join_pieces` joins them.
+@dataclass(frozen=True)
+class Footprint:
+    """Where a change lies: its pixels, packed 8 a byte.
 
     Attributes
     ----------
@@ -211,7 +207,43 @@ class Piece:
     shape : (int, int)
         The mask's shape.
     packed : ndarray of uint8
-        The mask, packed 8 pixels a byte (:attr:`mask` unpacks it).
+        The mask, packed (:attr:`mask` unpacks it).
+    """
+
+    row_off: int
+    col_off: int
+    shape: tuple[int, int]
+    packed: NDArray[np.uint8]
+
+    @classmethod
+    def of(cls, obj: ChangeObject) -> list[Footprint]:
+        """Return the footprints of an object's parts."""
+        return [cls(r, c, m.shape, np.packbits(m)) for r, c, m in obj.masks()]
+
+    @property
+    def mask(self) -> NDArray[np.bool_]:
+        """(h, w) ndarray of bool."""
+        return _unpack(self.packed, self.shape)
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """Global ``row0, col0, row1, col1``."""
+        return (self.row_off, self.col_off, self.row_off + self.shape[0],
+                self.col_off + self.shape[1])
+
+
+@dataclass(frozen=True)
+class Piece(Footprint):
+    """The part, within a window's core, of an object whose group the window cuts.
+
+    A change too large for any window is processed in tiles; each tile
+    reports the pieces of such objects that fall in its core, and
+    :func:`join_pieces` joins them.
+
+    Attributes
+    ----------
+    row_off, col_off, shape, packed
+        Where its pixels are (see :class:`Footprint`).
     anchor : (int, int)
         Global (row, col) of its first pixel.
     change : int
@@ -229,10 +261,6 @@ class Piece:
         Those pixels, packed as :attr:`packed`.
     """
 
-    row_off: int
-    col_off: int
-    shape: tuple[int, int]
-    packed: NDArray[np.uint8]
     anchor: tuple[int, int]
     change: int
     confidence: float
@@ -241,17 +269,6 @@ class Piece:
     score_max: float
     seeded: bool
     seed_packed: NDArray[np.uint8] | None = None
-
-    @property
-    def mask(self) -> NDArray[np.bool_]:
-        """(h, w) ndarray of bool: the piece's pixels."""
-        return _unpack(self.packed, self.shape)
-
-    @property
-    def bbox(self) -> tuple[int, int, int, int]:
-        """Global ``row0, col0, row1, col1`` of the piece."""
-        return (self.row_off, self.col_off, self.row_off + self.shape[0],
-                self.col_off + self.shape[1])
 
 
 def _unpack(packed: NDArray[np.uint8], shape: tuple[int, int]) -> NDArray[np.bool_]:
@@ -536,32 +553,6 @@ def _touches(a: Piece, b: Piece) -> bool:
     grown = (box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1)
     near = ndimage.binary_dilation(_crop(a.mask, a.bbox[:2], grown), structure=CONNECTIVITY)
     return bool((near[1:-1, 1:-1] & _crop(b.mask, b.bbox[:2], box)).any())
-
-
-@dataclass(frozen=True)
-class Footprint:
-    """Where a change reported whole lies: its pixels, packed 8 a byte."""
-
-    row_off: int
-    col_off: int
-    shape: tuple[int, int]
-    packed: NDArray[np.uint8]
-
-    @classmethod
-    def of(cls, obj: ChangeObject) -> list[Footprint]:
-        """Return the footprints of an object's parts."""
-        return [cls(r, c, m.shape, np.packbits(m)) for r, c, m in obj.masks()]
-
-    @property
-    def mask(self) -> NDArray[np.bool_]:
-        """(h, w) ndarray of bool."""
-        return _unpack(self.packed, self.shape)
-
-    @property
-    def bbox(self) -> tuple[int, int, int, int]:
-        """Global ``row0, col0, row1, col1``."""
-        return (self.row_off, self.col_off, self.row_off + self.shape[0],
-                self.col_off + self.shape[1])
 
 
 def _boxes(footprints: list[Footprint]) -> NDArray[np.int64]:
