@@ -27,7 +27,7 @@ view of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,7 @@ __all__ = [
     "Piece",
     "WindowResult",
     "Selector",
+    "boxes_meet",
     "is_complete",
     "process_window",
     "Footprint",
@@ -182,18 +183,18 @@ class ChangeObject:
     change: int
     properties: dict[str, Any]
     geometry: BaseGeometry
-    parts: tuple[tuple[int, int, NDArray[np.uint8], tuple[int, int]], ...] = ()
+    parts: tuple[Footprint, ...] = ()
 
     def masks(self) -> Iterator[tuple[int, int, NDArray[np.bool_]]]:
         """Yield ``(row_off, col_off, mask)`` for each part of the object's pixels.
 
         An object assembled from pieces (see :class:`Piece`) keeps its other
-        pieces' masks packed in :attr:`parts`; they are unpacked one at a
-        time here.
+        pieces in :attr:`parts`, packed; they are unpacked one at a time
+        here.
         """
         yield self.row_off, self.col_off, self.mask
-        for row_off, col_off, packed, shape in self.parts:
-            yield row_off, col_off, _unpack(packed, shape)
+        for part in self.parts:
+            yield part.row_off, part.col_off, part.mask
 
 
 @dataclass(frozen=True)
@@ -252,13 +253,9 @@ class Piece(Footprint):
     pixels : int
     score_sum, score_max : float
         Sum and maximum of the score over the piece's pixels.
-    seeded : bool
-        Whether the piece holds pixels of change that has a seed within the
-        window. Change touching a window's edge counts as change there (its
-        seed may lie beyond); a joined object none of whose pieces holds
-        such pixels has no seed at all.
-    seed_packed : ndarray of uint8, optional
-        Those pixels, packed as :attr:`packed`.
+    seed_packed : ndarray of uint8
+        The piece's pixels of change that has a seed within the window,
+        packed as :attr:`packed` (see :attr:`seeded`).
     """
 
     anchor: tuple[int, int]
@@ -267,8 +264,17 @@ class Piece(Footprint):
     pixels: int
     score_sum: float
     score_max: float
-    seeded: bool
-    seed_packed: NDArray[np.uint8] | None = None
+    seed_packed: NDArray[np.uint8]
+
+    @property
+    def seeded(self) -> bool:
+        """Whether the piece holds pixels of change seeded within the window.
+
+        Change touching a window's edge counts as change there (its seed
+        may lie beyond); a joined object none of whose pieces holds such
+        pixels has no seed at all.
+        """
+        return bool(self.seed_packed.any())
 
 
 def _unpack(packed: NDArray[np.uint8], shape: tuple[int, int]) -> NDArray[np.bool_]:
@@ -306,6 +312,20 @@ class WindowResult:
 #: Chooses, among complete groups, those to emit: called with their global
 #: anchors (n, 2) and bounding boxes (n, 4), returns a boolean (n,) array.
 Selector = Callable[[NDArray[np.int64], NDArray[np.int64]], NDArray[np.bool_]]
+
+
+def boxes_meet(boxes: NDArray[np.int64], box: Sequence[int]) -> NDArray[np.bool_]:
+    """Which of `boxes` overlap `box`.
+
+    Parameters
+    ----------
+    boxes : (n, 4) ndarray of int
+        ``row0, col0, row1, col1`` each, end exclusive.
+    box : (4,) sequence of int
+        The same for one box.
+    """
+    return ((boxes[:, 0] < box[2]) & (boxes[:, 2] > box[0])
+            & (boxes[:, 1] < box[3]) & (boxes[:, 3] > box[1]))
 
 
 def is_complete(bbox: NDArray[np.int64], edges: Edges, shape: tuple[int, int],
@@ -412,11 +432,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     key = np.where(has_seed[:, None],
                    np.stack([seed_first // w, seed_first % w], axis=1) + offset, g_anchor)
     incomplete = np.concatenate([key, g_bbox], axis=1)[~complete]
-    cut = np.zeros(ng, bool)
-    if core is not None:
-        cr0, cc0, cr1, cc1 = core
-        cut = ~complete & ((bbox[:, 0] < cr1) & (bbox[:, 2] > cr0)
-                           & (bbox[:, 1] < cc1) & (bbox[:, 3] > cc0))
+    cut = np.zeros(ng, bool) if core is None else ~complete & boxes_meet(bbox, core)
     work = emit | cut
     if not work.any():
         return WindowResult(score, [], incomplete)
@@ -436,15 +452,18 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
                          open_radius=plan.open_radius, close_radius=plan.close_radius,
                          invalid=invalid[box])
     labels, n = label_components(cleaned)
-    # Each object lies in one group (groups are further apart than the
-    # clean-up reaches).
-    group = labelled_maximum(glabels[box], labels, np.arange(1, n + 1)).astype(np.int64) - 1
-    whole = emit[group]
+    whole = np.ones(n, bool)
+    if cut.any():
+        # Each object lies in one group (groups are further apart than the
+        # clean-up reaches): those of cut groups become pieces.
+        group = labelled_maximum(glabels[box], labels, np.arange(1, n + 1)).astype(np.int64) - 1
+        whole = emit[group]
     objects, direction = _objects(
         before[(slice(None),) + box], after[(slice(None),) + box], invalid[box], score[box],
         labels, n, plan, row_off + int(r0), col_off + int(c0), whole=whole)
     pieces: list[Piece] = []
-    if core is not None and not whole.all():
+    if not whole.all():
+        cr0, cc0, cr1, cc1 = core
         lr0, lc0 = max(cr0 - int(r0), 0), max(cc0 - int(c0), 0)
         lr1, lc1 = min(cr1 - int(r0), labels.shape[0]), min(cc1 - int(c0), labels.shape[1])
         inner = np.where(whole[np.maximum(labels - 1, 0)], 0, labels)[lr0:lr1, lc0:lc1]
@@ -471,7 +490,7 @@ def _pieces(labels: NDArray[np.int32], score: NDArray[np.float32], direction: Di
                          change=int(direction.classes[i]),
                          confidence=float(direction.confidence[i]), pixels=int(vals.size),
                          score_sum=float(vals.sum(dtype=np.float64)),
-                         score_max=float(vals.max()), seeded=bool((seeded[sl] & mask).any()),
+                         score_max=float(vals.max()),
                          seed_packed=np.packbits(seeded[sl] & mask)))
     return out
 
@@ -563,8 +582,7 @@ def _without(piece: Piece, footprints: list[Footprint], boxes: NDArray[np.int64]
              ) -> Piece | None:
     # The piece less the pixels of changes reported whole (which another
     # window saw whole where this tile saw them cut); None if nothing is left.
-    b = np.array(piece.bbox)
-    near = np.flatnonzero(((boxes[:, :2] < b[2:]) & (b[:2] < boxes[:, 2:])).all(axis=1))
+    near = np.flatnonzero(boxes_meet(boxes, piece.bbox))
     if not near.size:
         return piece
     mask = piece.mask
@@ -581,12 +599,10 @@ def _without(piece: Piece, footprints: list[Footprint], boxes: NDArray[np.int64]
     rows, cols = np.nonzero(mask)
     r0, c0 = int(rows.min()), int(cols.min())
     r1, c1 = int(rows.max()) + 1, int(cols.max()) + 1
-    seeds = None
-    if piece.seed_packed is not None:
-        # Seeded change a tile joined to a change reported whole may be that
-        # change's seed, seen through its blurred edge: not near it.
-        seeds = (_unpack(piece.seed_packed, piece.shape) & mask & ~ndimage.binary_dilation(
-            taken, structure=CONNECTIVITY, iterations=ANCHOR_REACH))[r0:r1, c0:c1]
+    # Seeded change a tile joined to a change reported whole may be that
+    # change's seed, seen through its blurred edge: not near it.
+    seeds = (_unpack(piece.seed_packed, piece.shape) & mask & ~ndimage.binary_dilation(
+        taken, structure=CONNECTIVITY, iterations=SEED_REACH))[r0:r1, c0:c1]
     mask = mask[r0:r1, c0:c1]
     first = int(np.flatnonzero(mask.ravel())[0])
     row_off, col_off = piece.row_off + r0, piece.col_off + c0
@@ -595,13 +611,12 @@ def _without(piece: Piece, footprints: list[Footprint], boxes: NDArray[np.int64]
                  anchor=(row_off + first // mask.shape[1], col_off + first % mask.shape[1]),
                  change=piece.change, confidence=piece.confidence, pixels=left,
                  score_sum=piece.score_sum * left / piece.pixels, score_max=piece.score_max,
-                 seeded=piece.seeded if seeds is None else bool(seeds.any()),
-                 seed_packed=None if seeds is None else np.packbits(seeds))
+                 seed_packed=np.packbits(seeds))
 
 
 #: Pixels around a change reported whole within which a tile's seeds are
 #: taken to be that change's (see :func:`join_pieces`).
-ANCHOR_REACH = 3
+SEED_REACH = 3
 
 #: Share of a joined change's pixels on changes reported whole above which
 #: it is one of them, as the tiles saw it, and is not reported again.
@@ -661,13 +676,13 @@ def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = 
     sets: dict[int, list[Piece]] = {}
     for i, p in enumerate(pieces):
         sets.setdefault(find(i), []).append(p)
-    boxes = _boxes(list(reported))
+    reported = list(reported)
+    boxes = _boxes(reported)
     out = []
     for members in sets.values():
-        if len(reported):
+        if reported:
             total = sum(p.pixels for p in members)
-            rest = [q for q in (_without(p, list(reported), boxes) for p in members)
-                    if q is not None]
+            rest = [q for q in (_without(p, reported, boxes) for p in members) if q is not None]
             if sum(q.pixels for q in rest) <= (1 - REPORTED_SHARE) * total:
                 continue    # a change reported before, as the tiles saw it
             members = rest
@@ -703,5 +718,5 @@ def _joined(members: list[Piece], plan: Plan) -> ChangeObject:
     first = members[0]
     return ChangeObject(anchor=first.anchor, row_off=first.row_off, col_off=first.col_off,
                         mask=first.mask, change=cls, properties=props, geometry=geom,
-                        parts=tuple((p.row_off, p.col_off, p.packed, p.shape)
+                        parts=tuple(Footprint(p.row_off, p.col_off, p.shape, p.packed)
                                     for p in members[1:]))

@@ -27,8 +27,8 @@ def _labelled(labels: NDArray[np.integer]) -> NDArray[np.intp]:
 def _per_label(func: Callable[..., Any], fill: float, values: NDArray[np.floating],
                labels: NDArray[np.integer], index: Sequence[int] | NDArray[np.integer],
                ) -> NDArray[np.float64]:
-    # `func` (a scipy.ndimage per-label statistic) over the labelled pixels
-    # only; `fill` where a label is absent.
+    # `func` (a per-label statistic with scipy.ndimage's signature) over
+    # the labelled pixels only; `fill` where a label is absent.
     index = np.asarray(index)
     where = _labelled(labels)
     if where.size == 0:
@@ -151,7 +151,7 @@ def first_pixel(labels: NDArray[np.integer], index: ArrayLike) -> NDArray[np.int
     # The smallest flat index of each label (np.unique's first occurrences
     # sort every labelled pixel; this is linear).
     top = int(lab.max())
-    first = np.full(top + 1, -1 if where.size == 0 else int(where[-1]) + 1, np.int64)
+    first = np.full(top + 1, int(where[-1]) + 1, np.int64)
     np.minimum.at(first, lab, where)
     ok = (index > 0) & (index <= top)
     found = np.zeros(index.shape, bool)

@@ -44,6 +44,7 @@ from changedet.blocks import (
     Piece,
     Plan,
     WindowResult,
+    boxes_meet,
     join_pieces,
     process_window,
 )
@@ -260,11 +261,10 @@ def _inside(rows: NDArray[np.int64], cols: NDArray[np.int64], win: Window) -> ND
             & (cols >= c0) & (cols < c0 + int(win.width)))
 
 
-def _meets(bbox: NDArray[np.int64], win: Window) -> NDArray[np.bool_]:
-    # Which boxes (row0, col0, row1, col1; end exclusive) overlap `win`.
+def _box(win: Window) -> tuple[int, int, int, int]:
+    # A window as row0, col0, row1, col1 (end exclusive).
     r0, c0 = int(win.row_off), int(win.col_off)
-    return ((bbox[:, 0] < r0 + int(win.height)) & (bbox[:, 2] > r0)
-            & (bbox[:, 1] < c0 + int(win.width)) & (bbox[:, 3] > c0))
+    return r0, c0, r0 + int(win.height), c0 + int(win.width)
 
 
 def run_block(sources: Sources, plan: Plan, block: Block, readers: Readers | None = None,
@@ -286,7 +286,8 @@ def run_block(sources: Sources, plan: Plan, block: Block, readers: Readers | Non
     # block holding a group's anchor may see it cut while the one holding
     # its first seed sees it whole but leaves it to the anchor's block.
     # The second pass emits each object once, by anchor.
-    deferred = inc[_inside(inc[:, 0], inc[:, 1], block.core) | _meets(inc[:, 2:], block.core)]
+    deferred = inc[_inside(inc[:, 0], inc[:, 1], block.core)
+                   | boxes_meet(inc[:, 2:], _box(block.core))]
     return BlockOutput(block.core, res.score[core].copy(), invalid[core].copy(), res.objects,
                        deferred)
 
@@ -457,8 +458,7 @@ def _anchor_key(obj: ChangeObject, width: int) -> int:
 
 def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
                       halo: int, readers: Readers, first_pass: NDArray[np.int64],
-                      limit: int, threads: int = 1,
-                      reported: list[Footprint] | None = None) -> None:
+                      limit: int, threads: int, reported: list[Footprint]) -> None:
     """Second pass: groups too large for their block, in grown windows.
 
     A region is processed whole, and its objects emitted unless the first
@@ -471,12 +471,10 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     """
     h, w = plan.grid.shape
     emitted: set[int] = set()   # keys, as first_pass's, of this pass's objects
-    reported = [] if reported is None else reported
 
     def emit(obj: ChangeObject) -> None:
         key = _anchor_key(obj, w)
-        i = int(np.searchsorted(first_pass, key))
-        if key not in emitted and not (i < first_pass.size and first_pass[i] == key):
+        if key not in emitted and not _holds_key(first_pass, key):
             emitted.add(key)
             sink.object(obj)
             reported.extend(Footprint.of(obj))
@@ -503,8 +501,7 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                 del b, a, invalid
                 release_free_memory()
             inc = res.incomplete
-            touching = inc[(inc[:, 2] < r1) & (inc[:, 4] > r0)
-                           & (inc[:, 3] < c1) & (inc[:, 5] > c0)]
+            touching = inc[boxes_meet(inc[:, 2:], (r0, c0, r1, c1))]
             if not len(touching):
                 return res.objects, False
             # A group cut by the window goes on beyond it: grow towards it
@@ -596,10 +593,9 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
     to about that margin are held whole by some tile. A tile emits the
     objects it holds whole that reach into its core, exactly as any window
     would (once, however many tiles hold them); the objects it cuts give
-    pieces
-    (:class:`changedet.blocks.Piece`), and every tile that such a group
-    reaches is processed in turn, until none leads further.
-    The pieces are then joined (:func:`changedet.blocks.join_pieces`).
+    pieces (:class:`changedet.blocks.Piece`), and every tile that such a
+    group reaches is processed in turn, until none leads further. The
+    pieces are then joined (:func:`changedet.blocks.join_pieces`).
     """
     h, w = plan.grid.shape
     margin = max(limit // 8, halo)
@@ -621,9 +617,8 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
     pieces: list[Piece] = []
     while queue:
         ti, tj = queue.popleft()
-        tile = Window(tj * core, ti * core, min(core, w - tj * core), min(core, h - ti * core))
-        cr0, cc0 = int(tile.row_off), int(tile.col_off)
-        cr1, cc1 = cr0 + int(tile.height), cc0 + int(tile.width)
+        cr0, cc0 = ti * core, tj * core
+        cr1, cc1 = min(cr0 + core, h), min(cc0 + core, w)
         wr0, wc0 = max(0, cr0 - margin), max(0, cc0 - margin)
         win = Window(wc0, wr0, min(w, cc1 + margin) - wc0, min(h, cr1 + margin) - wr0)
 
@@ -632,8 +627,7 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
                        ) -> NDArray[np.bool_]:
             # Every group held whole that reaches into the core: a tile that
             # sees it cut gives pieces of it, which this object replaces.
-            return ((bbox[:, 0] < _core[2]) & (bbox[:, 2] > _core[0])
-                    & (bbox[:, 1] < _core[3]) & (bbox[:, 3] > _core[1]))
+            return boxes_meet(bbox, _core)
 
         b, a, invalid = read_block(sources, plan, win, readers)
         res = process_window(b, a, invalid, plan, row_off=wr0, col_off=wc0,
@@ -644,7 +638,7 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
         # not it left pixels here (a chain of specks below the minimum
         # area can join two changes).
         inc = res.incomplete
-        for g in inc[_meets(inc[:, 2:], tile)]:
+        for g in inc[boxes_meet(inc[:, 2:], (cr0, cc0, cr1, cc1))]:
             reach(int(g[2]) - 1, int(g[3]) - 1, int(g[4]) + 1, int(g[5]) + 1)
         del b, a, invalid, res
         # A window here is several hundred MB, freed in pieces glibc keeps.

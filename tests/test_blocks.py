@@ -326,7 +326,7 @@ def _piece(row, col, shape, change=1, confidence=1.0, score=2.0, seeded=True):
     return Piece(row_off=row, col_off=col, shape=shape, packed=np.packbits(mask),
                  anchor=(row, col), change=change, confidence=confidence,
                  pixels=int(mask.sum()), score_sum=score * mask.sum(), score_max=score,
-                 seeded=seeded)
+                 seed_packed=np.packbits(mask & seeded))
 
 
 def test_join_pieces_joins_what_touches_and_drops_what_was_reported():
@@ -345,20 +345,25 @@ def test_join_pieces_joins_what_touches_and_drops_what_was_reported():
     corner = _piece(10, 20, (5, 5), change=1, score=2.0)    # meets `right` at a corner only
     apart = _piece(50, 50, (5, 5))
     on_whole = _piece(80, 80, (3, 3))       # another tile held this change whole
-    half_on = _piece(60, 60, (4, 4))        # ... and the top half of this one
+    half_on = _piece(60, 60, (8, 4))        # ... and the top 2 rows of this one
+    # ... and the top half of this one: the seeds left are within SEED_REACH
+    # of it (its own, seen through its blurred edge), so nothing is left.
+    fringe = _piece(70, 70, (4, 4))
     reported_before = _piece(30, 30, (4, 4))   # three quarters on a change reported before
     seedless = _piece(40, 0, (6, 6), seeded=False)
     whole = [ChangeObject(anchor=(80, 80), row_off=80, col_off=80, mask=np.ones((3, 3), bool),
                           change=1, properties={}, geometry=None),
              ChangeObject(anchor=(59, 60), row_off=59, col_off=60, mask=np.ones((3, 4), bool),
+                          change=1, properties={}, geometry=None),
+             ChangeObject(anchor=(69, 70), row_off=69, col_off=70, mask=np.ones((3, 4), bool),
                           change=1, properties={}, geometry=None)]
     reported = [Footprint(30, 30, (3, 4), np.packbits(np.ones((3, 4), bool))),
                 Footprint(50, 50, (1, 1), np.packbits(np.ones((1, 1), bool)))]
     out = join_pieces([apart, corner, on_whole, right, reported_before, left, half_on,
-                       seedless], plan, whole=whole, reported=reported)
+                       seedless, fringe], plan, whole=whole, reported=reported)
     assert [o.anchor for o in out] == [(0, 0), (50, 51), (62, 60)]
     assert out[1].properties["pixels"] == 24    # less the pixel reported before
-    assert out[2].properties["pixels"] == 8
+    assert out[2].properties["pixels"] == 24    # less the 2 rows held whole
     joined = out[0]
     p = joined.properties
     assert p["pixels"] == 225 and p["area_m2"] == 225 * 0.25
