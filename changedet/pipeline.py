@@ -61,7 +61,7 @@ from changedet.radiometry import (
     apply_normalisation,
     fit_normalisation,
 )
-from changedet.runner import DEFAULT_BLOCK_SIZE, BlockOutput, Sources, run_blocks
+from changedet.runner import DEFAULT_BLOCK_SIZE, BlockOutput, Sources, run_blocks, small_pages
 from changedet.scores import (
     ScoreMethod,
     default_vegetation_gate,
@@ -689,7 +689,7 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
         if progress is not None:
             progress(stage, 0, 1)
 
-    with _open(before, after) as opened:
+    with small_pages(), _open(before, after) as opened:
         # The estimation parallelises itself (reads beside fits, IR-MAD's
         # regressions on a pool); numpy's BLAS would add a spinning thread
         # per core to each small product, measured 0.2 s slower on two cores.

@@ -69,3 +69,36 @@ def test_peak_memory_does_not_grow_with_the_raster(tmp_path):
     # = 61 MB.
     one_band = (4608 ** 2 - 2304 ** 2) * 4 / 2 ** 20
     assert big - small < one_band, (small, big)
+
+
+def _hugepage_advice():
+    from changedet.runner import _hugepage_switch
+
+    switch = _hugepage_switch()
+    if switch is None:
+        pytest.skip("this numpy has no huge-page switch")
+    state = switch(True)
+    switch(state)
+    return bool(state)
+
+
+def test_runs_go_without_hugepage_advice_and_restore_it(monkeypatch):
+    from changedet.runner import _hugepage_switch, small_pages
+
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    switch = _hugepage_switch()
+    if switch is None:
+        pytest.skip("this numpy has no huge-page switch")
+    old = switch(True)
+    try:
+        with small_pages():
+            assert _hugepage_advice() is False
+            with small_pages():              # runs nested (or on two threads)
+                assert _hugepage_advice() is False
+            assert _hugepage_advice() is False   # until the last one ends
+        assert _hugepage_advice() is True
+        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")   # the user's choice wins
+        with small_pages():
+            assert _hugepage_advice() is True
+    finally:
+        switch(old)
