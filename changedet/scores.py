@@ -76,6 +76,7 @@ __all__ = [
     "fit_noise",
     "fit_shadow",
     "vegetation_mask",
+    "vegetation_at",
     "default_vegetation_gate",
     "fit_cva",
     "score_cva",
@@ -483,6 +484,10 @@ class VegetationGate:
         return {"red": self.red, "nir": self.nir, "ndvi_min": self.ndvi_min}
 
 
+#: NDVI smoothing of vegetation_mask: a Gaussian of one pixel, to 3 sigma.
+_NDVI_SIGMA, _NDVI_TRUNCATE = 1.0, 3.0
+
+
 def vegetation_mask(data: NDArray[np.floating], gate: VegetationGate) -> NDArray[np.bool_]:
     """Flag vegetation: where NDVI is above ``gate.ndvi_min``.
 
@@ -512,23 +517,86 @@ def vegetation_mask(data: NDArray[np.floating], gate: VegetationGate) -> NDArray
 
     red, nir = band(gate.red), band(gate.nir)
     ndvi = (nir - red) / np.maximum(np.abs(nir + red), 1e-6)
-    veg = ndimage.gaussian_filter(ndvi, 1.0, mode="nearest", truncate=3.0) > gate.ndvi_min
+    veg = ndimage.gaussian_filter(ndvi, _NDVI_SIGMA, mode="nearest",
+                                  truncate=_NDVI_TRUNCATE) > gate.ndvi_min
     if gate.blue is not None and gate.green is not None:
         veg &= band(gate.blue) <= np.maximum(band(gate.green), red)
     return veg
 
 
 def _gate(score: NDArray[np.float32], before: NDArray[np.floating],
-          after: NDArray[np.floating], gate: VegetationGate | None) -> None:
-    # In place: 0 where both dates are vegetation (the season changes a
-    # field's colour; it is not a structure built or removed). A new roof
-    # painted with a pigment as bright in the near-infrared as leaves (some
-    # green paints are) on grass is missed: NDVI cannot tell them apart.
-    if gate is not None:
+          after: NDArray[np.floating], gate: VegetationGate | None,
+          candidates: NDArray[np.bool_] | None = None) -> None:
+    # In place: 0 where a candidate pixel (default: every pixel) is
+    # vegetation at both dates (the season changes a field's colour; it is
+    # not a structure built or removed). The scores that know their
+    # candidates gate only those: the others keep their plain score, which
+    # no sensible threshold reaches, and the gate then costs a few percent
+    # of the pixels' neighbourhoods instead of two smoothed NDVI images a
+    # strip. A new roof painted with a pigment as bright in the
+    # near-infrared as leaves (some green paints are) on grass is missed:
+    # NDVI cannot tell them apart.
+    if gate is None:
+        return
+    if candidates is None:
         veg = vegetation_mask(before, gate)
         if veg.any():  # built-up strips: no need to look at the other date
             veg &= vegetation_mask(after, gate)
             score[veg] = 0
+        return
+    rows, cols = np.nonzero(candidates)
+    veg = vegetation_at(before, gate, rows, cols)
+    rows, cols = rows[veg], cols[veg]
+    veg = vegetation_at(after, gate, rows, cols)
+    score[rows[veg], cols[veg]] = 0
+
+
+def vegetation_at(data: NDArray[np.floating], gate: VegetationGate, rows: NDArray[np.intp],
+                  cols: NDArray[np.intp]) -> NDArray[np.bool_]:
+    """:func:`vegetation_mask` at some pixels only.
+
+    Each pixel's smoothed NDVI is computed from its own neighbourhood (the
+    image's edge repeated past it, as :func:`vegetation_mask` does), so the
+    cost follows the number of pixels asked for, not the image's size. The
+    answers are those of :func:`vegetation_mask` but for the rounding of
+    the smoothing (a pixel within ~1e-6 of ``gate.ndvi_min`` may differ).
+
+    Parameters
+    ----------
+    data : (bands, H, W) ndarray
+    gate : VegetationGate
+    rows, cols : (n,) ndarray of int
+
+    Returns
+    -------
+    (n,) ndarray of bool
+    """
+    _, h, w = data.shape
+    radius = int(_NDVI_TRUNCATE * _NDVI_SIGMA + 0.5)
+    x = np.arange(-radius, radius + 1)
+    k = np.exp(-0.5 * x * x / _NDVI_SIGMA ** 2)
+    k /= k.sum()
+    weights = np.outer(k, k).ravel()[:, None]
+    dy, dx = (v.ravel()[:, None] for v in np.mgrid[-radius:radius + 1, -radius:radius + 1])
+    flat = data.reshape(data.shape[0], -1)
+
+    def band(i: int, at: NDArray[np.intp]) -> NDArray[np.float32]:
+        v = np.asarray(np.take(flat[i], at), np.float32)
+        return v - np.float32(gate.dark[i]) if gate.dark else v
+
+    out = np.zeros(rows.size, bool)
+    for s in range(0, rows.size, _TOLERANT_CHUNK):
+        r, c = rows[s:s + _TOLERANT_CHUNK], cols[s:s + _TOLERANT_CHUNK]
+        near = np.clip(r + dy, 0, h - 1) * w + np.clip(c + dx, 0, w - 1)   # (taps, n)
+        red, nir = band(gate.red, near), band(gate.nir, near)
+        ndvi = (nir - red) / np.maximum(np.abs(nir + red), 1e-6)
+        veg = (weights * ndvi).sum(axis=0) > gate.ndvi_min
+        if gate.blue is not None and gate.green is not None:
+            centre = r * w + c
+            veg &= band(gate.blue, centre) <= np.maximum(band(gate.green, centre),
+                                                         band(gate.red, centre))
+        out[s:s + r.size] = veg
+    return out
 
 
 def default_vegetation_gate(bands: int, dark: NDArray[np.floating] | None = None,
@@ -610,7 +678,8 @@ class CVAParams(_Nuisances):
     shadow : ShadowModel or None
         Shade explained away, if given.
     vegetation : VegetationGate or None
-        Pixels vegetated at both dates score 0, if given.
+        Candidate pixels (see :func:`score_cva`) vegetated at both dates
+        score 0, if given.
     tolerance : int
         Displacement (pixels) a difference may be explained by.
     """
@@ -742,7 +811,8 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
 
     With a shadow model, a pixel that one date shows in shade scores its
     distance from that explanation; with a vegetation gate, a pixel
-    vegetated at both dates scores 0.
+    vegetated at both dates scores 0. Both apply to the candidates of
+    `candidate_p` only.
 
     Parameters
     ----------
@@ -797,7 +867,7 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
     del wa, wb
     if params.shadow is not None:
         _apply_shadow(score, before, after, params.shadow, w, mean, candidates)
-    _gate(score, before, after, params.vegetation)
+    _gate(score, before, after, params.vegetation, candidates)
     return score
 
 
@@ -991,7 +1061,7 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
                 best = np.minimum(best, np.sqrt((r * r).sum(axis=0)))
             score[rows, cols] = best
     del wa, wb, spread
-    _gate(score, before, after, params.vegetation)
+    _gate(score, before, after, params.vegetation, candidates)
     return score
 
 
@@ -1120,7 +1190,7 @@ def score_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
         after_b = np.tensordot(lin, np.asarray(after, np.float32), axes=1) + off[:, None, None]
         _apply_shadow(score, before, after_b, params.shadow, w, np.zeros(params.dof, np.float32),
                       candidates)
-    _gate(score, before, after, params.vegetation)
+    _gate(score, before, after, params.vegetation, candidates)
     return score
 
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage, stats
@@ -17,6 +19,7 @@ from changedet.scores import (
     fit_shadow,
     score_change,
     score_cva,
+    vegetation_at,
     vegetation_mask,
 )
 from changedet.thresholds import apply_threshold, threshold_chi2
@@ -232,6 +235,35 @@ def test_vegetation_gate_ignores_the_season_but_not_a_roof_on_grass():
     assert m0[lawn].mean() > 0.5               # the season is change for plain CVA
     assert m1[lawn].mean() < 0.01              # not with the gate
     assert m1[63:87, 63:87].mean() > 0.9       # the roof still is
+
+
+@pytest.mark.parametrize("dark", [None, (30.0, 20.0, 10.0, 5.0)])
+def test_vegetation_at_some_pixels_is_the_mask_there(dark):
+    # Every pixel, the edges included (where the smoothing repeats the edge).
+    b, a = _vegetation_pair(seed=3)
+    gate = default_vegetation_gate(4, None if dark is None else np.array(dark))
+    for data in (b, a, b[:, 7:50, 90:]):
+        mask = vegetation_mask(data, gate)
+        rows, cols = np.indices(mask.shape).reshape(2, -1)
+        assert 0.05 < mask.mean() < 0.95
+        assert np.array_equal(vegetation_at(data, gate, rows, cols), mask.ravel())
+    rows, cols = np.array([0, 159, 30, 64]), np.array([159, 0, 30, 70])
+    assert np.array_equal(vegetation_at(b, gate, rows, cols), vegetation_mask(b, gate)[rows, cols])
+
+
+def test_vegetation_gate_zeroes_candidates_vegetated_at_both_dates_only():
+    b, a = _vegetation_pair(seed=4)
+    a[:, 20:50] = b[:, 20:50] + np.random.default_rng(5).normal(0, 1, (4, 30, 160))  # kept green
+    gated = fit_cva(b, a, np.zeros(b.shape[1:], bool))
+    plain = score_cva(b, a, dataclasses.replace(gated, vegetation=None))
+    score = score_cva(b, a, gated)
+    both = vegetation_mask(b, gated.vegetation) & vegetation_mask(a, gated.vegetation)
+    # score_cva's candidates: a plain whitened distance beyond the 1 % tail.
+    bare = score_cva(b, a, dataclasses.replace(gated, vegetation=None, shadow=None), tolerance=0)
+    candidates = bare > np.sqrt(stats.chi2.isf(0.01, 4))
+    assert (both & candidates).sum() > 500 and (both & ~candidates).sum() > 500
+    assert np.all(score[both & candidates] == 0)
+    assert np.array_equal(score[~(both & candidates)], plain[~(both & candidates)])
 
 
 def test_vegetation_mask_needs_more_green_than_blue():
