@@ -166,11 +166,18 @@ def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
         yield ds
 
 
+#: Held while a dataset is opened with rasterio's warning silenced: the
+#: warning filters are the process's, and catch_warnings saving and
+#: restoring them in two threads at once (blocks open their own handles)
+#: could drop a filter or leave ours behind.
+_OPEN_LOCK = threading.Lock()
+
+
 def _open_path(path: str) -> DatasetReader:
     # rasterio.open without its warning on pixel-space files (changedet says
     # so itself, once); GDAL's refusal as a RasterReadError.
     try:
-        with warnings.catch_warnings():
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioError as exc:

@@ -410,3 +410,23 @@ def test_second_pass_windows_in_flight_stay_within_the_pixel_budget():
     # 150 px window with any other, over 150); the 150 px one alone is 150.
     assert peak[0] in range(0, 101) or peak[0] == 150
     assert budget.used == 0
+
+
+def test_threads_leave_the_warning_filters_as_they_were(tmp_path):
+    # Plain images (no georeferencing): every handle a block thread opens
+    # would warn; the filters that silence it must not outlive the run.
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 120, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    img[100:140, 100:160] = 250
+    Image.fromarray(img).save(tmp_path / "y.png")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        for _ in range(3):
+            r = changedet.detect(tmp_path / "x.png", tmp_path / "y.png", block_size=64,
+                                 threads=2, coreg="none")
+            assert len(r) >= 1
+            assert warnings.filters == before
