@@ -551,6 +551,17 @@ def _gate(score: NDArray[np.float32], before: NDArray[np.floating],
     score[rows[veg], cols[veg]] = 0
 
 
+@functools.cache
+def _ndvi_taps() -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.intp]]:
+    # vegetation_mask's smoothing as (taps, 1) weights and row, column offsets.
+    radius = int(_NDVI_TRUNCATE * _NDVI_SIGMA + 0.5)
+    x = np.arange(-radius, radius + 1)
+    k = np.exp(-0.5 * x * x / _NDVI_SIGMA ** 2)
+    k /= k.sum()
+    dy, dx = (v.ravel()[:, None] for v in np.mgrid[-radius:radius + 1, -radius:radius + 1])
+    return np.outer(k, k).ravel()[:, None], dy, dx
+
+
 def vegetation_at(data: NDArray[np.floating], gate: VegetationGate, rows: NDArray[np.intp],
                   cols: NDArray[np.intp]) -> NDArray[np.bool_]:
     """:func:`vegetation_mask` at some pixels only.
@@ -572,12 +583,7 @@ def vegetation_at(data: NDArray[np.floating], gate: VegetationGate, rows: NDArra
     (n,) ndarray of bool
     """
     _, h, w = data.shape
-    radius = int(_NDVI_TRUNCATE * _NDVI_SIGMA + 0.5)
-    x = np.arange(-radius, radius + 1)
-    k = np.exp(-0.5 * x * x / _NDVI_SIGMA ** 2)
-    k /= k.sum()
-    weights = np.outer(k, k).ravel()[:, None]
-    dy, dx = (v.ravel()[:, None] for v in np.mgrid[-radius:radius + 1, -radius:radius + 1])
+    weights, dy, dx = _ndvi_taps()
     flat = data.reshape(data.shape[0], -1)
 
     def band(i: int, at: NDArray[np.intp]) -> NDArray[np.float32]:
