@@ -38,6 +38,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from changedet.errors import (
@@ -464,12 +465,23 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
     vrt_opts: dict[str, Any] = dict(
         crs=grid.crs if grid.crs is not None else ds.crs,
         transform=dst_transform, width=grid.width, height=grid.height,
-        resampling=resampling, add_alpha=src_alpha is None, dtype="float32")
+        resampling=resampling, add_alpha=src_alpha is None, dtype="float32",
+        # The same values whatever the window asked for (blocks, halos): an
+        # exact transformation (GDAL's default interpolates it, to 1/8 px,
+        # over chunks that depend on the window; rasterio refuses 0), and
+        # the kernel's scale fixed for the whole image (GDAL's default
+        # measures it on each chunk).
+        tolerance=_EXACT)
     if ds.nodata is None and any(np.dtype(d).kind == "f" for d in ds.dtypes):
         vrt_opts["src_nodata"] = float("nan")
     if grid.crs is None:
         # Pixel space: give GDAL an arbitrary common frame to warp in.
         vrt_opts.update(src_crs="EPSG:3857", crs="EPSG:3857", src_transform=PIXEL_TRANSFORM)
+    xscale, yscale = _warp_scale(
+        CRS.from_user_input(vrt_opts.get("src_crs", ds.crs)),
+        vrt_opts.get("src_transform", ds.transform), (ds.height, ds.width),
+        CRS.from_user_input(vrt_opts["crs"]), dst_transform)
+    vrt_opts.update(XSCALE=xscale, YSCALE=yscale)
     # No warning filters here: this runs in worker threads, and
     # warnings.catch_warnings() is not thread-safe. (A WarpedVRT with an
     # explicit source transform raises no NotGeoreferencedWarning.)
@@ -483,6 +495,31 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
     invalid = (alpha < 255) | ~np.isfinite(data).all(axis=0)
     data[:, invalid] = 0
     return data, invalid
+
+
+#: Error allowed in the warp's transformation, source pixels: none to speak of.
+_EXACT = 1e-9
+
+
+def _warp_scale(src_crs: CRS, src_transform: Affine, size: tuple[int, int], dst_crs: CRS,
+                dst_transform: Affine) -> tuple[float, float]:
+    # Destination pixels per source pixel along the destination's x and y
+    # (GDAL's XSCALE and YSCALE; below 1 the kernel widens to average what
+    # it shrinks), measured once, at the source's centre: the same for
+    # every window.
+    h, w = size
+    x0, y0 = src_transform @ (w / 2, h / 2)
+    if src_crs != dst_crs:
+        (x0,), (y0,) = warp_transform(src_crs, dst_crs, [x0], [y0])
+    t = dst_transform
+    xs, ys = [x0, x0 + t.a, x0 + t.b], [y0, y0 + t.d, y0 + t.e]
+    if src_crs != dst_crs:
+        xs, ys = warp_transform(dst_crs, src_crs, xs, ys)
+    inverse = ~src_transform
+    cols = inverse.a * np.asarray(xs) + inverse.b * np.asarray(ys) + inverse.c
+    rows = inverse.d * np.asarray(xs) + inverse.e * np.asarray(ys) + inverse.f
+    step = [math.hypot(cols[k] - cols[0], rows[k] - rows[0]) for k in (1, 2)]
+    return 1 / max(step[0], 1e-12), 1 / max(step[1], 1e-12)
 
 
 #: Tiles larger than this (pixels a side) are not cached: a striped file's
