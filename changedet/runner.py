@@ -73,8 +73,12 @@ __all__ = [
 DEFAULT_BLOCK_SIZE = 1024
 
 #: Default halo, pixels: structures up to about this size are finished in
-#: the first pass.
-DEFAULT_HALO = 96
+#: the first pass; larger ones a block cuts, in the second. Every pixel of a
+#: halo is read, resampled and scored again by the neighbouring block:
+#: 96 px made a 1024 px block's window 41 % larger than its core, 48 px
+#: makes it 20 %, 7 % faster end to end on the benchmark pairs (also one
+#: with a structure in every tile, cut by the seams), the same polygons.
+DEFAULT_HALO = 48
 
 #: GDAL's block cache during the block stage, MB, unless the user sets
 #: GDAL_CACHEMAX: the decoded tiles are kept by the runner's TileReaders,
@@ -422,7 +426,7 @@ def _merge_boxes(boxes: list[tuple[int, int, int, int]], pad: int,
 
 
 def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
-               block_size: int = DEFAULT_BLOCK_SIZE, halo: int = DEFAULT_HALO,
+               block_size: int = DEFAULT_BLOCK_SIZE, halo: int | None = None,
                threads: int | None = None, client: Any = None,
                progress: Callable[[str, int, int], None] | None = None) -> None:
     """Process every block and hand the outputs to `sink`, in block order.
@@ -437,7 +441,8 @@ def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
         Receives ``sink.block(BlockOutput)`` for each block in order, then
         ``sink.object(ChangeObject)`` for each object.
     block_size, halo : int, optional
-        Core side and halo of the blocks, pixels.
+        Core side and halo of the blocks, pixels (default halo:
+        :data:`DEFAULT_HALO`).
     threads : int, optional
         Threads for the local path (default: all cores).
     client : dask.distributed.Client, optional
@@ -452,7 +457,8 @@ def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
         # rasterio warns on every open. Set here, in the calling thread,
         # for the worker threads.
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        _run_blocks(sources, plan, sink, block_size=block_size, halo=halo, threads=threads,
+        _run_blocks(sources, plan, sink, block_size=block_size,
+                    halo=DEFAULT_HALO if halo is None else halo, threads=threads,
                     client=client, progress=progress)
 
 

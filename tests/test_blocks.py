@@ -141,6 +141,16 @@ def test_layout_covers_the_grid_once():
     assert (cover == 1).all()
 
 
+def _small_windows(monkeypatch, limit):
+    # Windows of at most `limit` px, so that small scenes go through the
+    # tiles. The halo (the tiles' margin when a window is this small) is
+    # the one the scenes below were made for.
+    import changedet.runner as runner
+
+    monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", limit)
+    monkeypatch.setattr(runner, "DEFAULT_HALO", 96)
+
+
 def test_a_region_too_large_for_one_window_is_processed_in_tiles(scene, reference,
                                                                  monkeypatch):
     import changedet.runner as runner
@@ -149,7 +159,7 @@ def test_a_region_too_large_for_one_window_is_processed_in_tiles(scene, referenc
     # region around the 200 x 120 px structure is too large for one, so it
     # goes through tiles; one of them holds the structure whole, so the
     # result is exactly the in-memory one, and no piece is joined.
-    monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 150)
+    _small_windows(monkeypatch, 150)
     calls = []
     real = runner._resolve_in_tiles
     monkeypatch.setattr(runner, "_resolve_in_tiles",
@@ -206,14 +216,13 @@ def test_tiles_follow_a_group_through_tiles_where_it_leaves_no_object(tmp_path, 
     # A long change joined by a chain of specks (each below the minimum
     # mapping unit) to a small change far away: the tiles between hold only
     # the specks, and the small change used to be lost.
-    import changedet.runner as runner
 
     objects = ([(20, 100, 450, 30, "white")]
                + [(x, 118, 6, 6, "red") for x in range(478, 1290, 14)]
                + [(1300, 126, 40, 20, "red")])
     b, a = _pair(tmp_path, (260, 1400), objects)
     reference = changedet.detect(b, a, block_size=4096, threads=1)
-    monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 450)
+    _small_windows(monkeypatch, 450)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", changedet.LargeChangeWarning)
         r = changedet.detect(b, a, block_size=64, threads=1)
@@ -238,12 +247,11 @@ def test_tiles_follow_a_group_through_tiles_where_it_leaves_no_object(tmp_path, 
 def test_faint_change_at_tiles_edges_neither_adds_nor_removes(tmp_path, monkeypatch,
                                                                close_radius, faint, small,
                                                                bar_y):
-    import changedet.runner as runner
 
     objects = [(60, bar_y, 950, 30, "white")] + ([small] if small else [])
     b, a = _pair(tmp_path, (300, 1100), objects, faint=[faint])
     reference = changedet.detect(b, a, block_size=2048, threads=1, close_radius=close_radius)
-    monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 450)
+    _small_windows(monkeypatch, 450)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", changedet.LargeChangeWarning)
         r = changedet.detect(b, a, block_size=64, threads=1, close_radius=close_radius)
@@ -261,11 +269,10 @@ def test_a_change_longer_than_the_grown_window_is_reported_whole(tmp_path, monke
     # A 950 px bar with windows of at most 450 px: no window holds it, so it
     # is joined from tiles' pieces. It used to be cut at the window's edge
     # (3190 of its 7125 m2 were reported).
-    import changedet.runner as runner
 
     b, a = _bar_pair(tmp_path)
     reference = changedet.detect(b, a, block_size=2048, threads=1)
-    monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 450)
+    _small_windows(monkeypatch, 450)
     with pytest.warns(changedet.LargeChangeWarning, match="1 change.s. in it joined"):
         r = changedet.detect(b, a, block_size=64, threads=1)
     assert len(reference) == 1 and len(r) == 1
@@ -283,10 +290,9 @@ def test_a_change_longer_than_the_grown_window_is_reported_whole(tmp_path, monke
 
 
 def test_a_joined_change_is_streamed_whole(tmp_path, monkeypatch):
-    import changedet.runner as runner
 
     b, a = _bar_pair(tmp_path)
-    monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", 450)
+    _small_windows(monkeypatch, 450)
     with pytest.warns(changedet.LargeChangeWarning):
         memory = changedet.detect(b, a, block_size=64, threads=2)
         changedet.diff(b, a, tmp_path / "c.geojson", mask=tmp_path / "m.tif", block_size=64,
