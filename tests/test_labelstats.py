@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from changedet import labelstats
 from changedet.labelstats import first_pixel, labelled_maximum, labelled_median
 
 
@@ -42,9 +43,9 @@ def test_no_labels_at_all():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
 @pytest.mark.parametrize("n_labels", [1, 2, 7, 300])
-def test_large_medians_by_partition_equal_scipy(dtype, n_labels):
-    # Past _PARTITION_FROM labelled pixels the medians are found another
-    # way: the very same numbers (odd and even counts, ties, labels absent).
+def test_large_medians_by_partition_equal_scipy(dtype, n_labels, monkeypatch):
+    # With many pixels a label the medians are found another way: the
+    # very same numbers (odd and even counts, ties, labels absent).
     rng = np.random.default_rng(n_labels)
     shape = (500, 500)
     labels = rng.integers(1, n_labels + 1, shape) * (rng.random(shape) < 0.6)
@@ -55,7 +56,11 @@ def test_large_medians_by_partition_equal_scipy(dtype, n_labels):
     idx = np.arange(1, n_labels + 3)
     present = np.isin(idx, labels)
     assert np.count_nonzero(labels) >= 100_000
+    monkeypatch.setattr(labelstats, "_PIXELS_PER_LABEL", 10 ** 9)   # scipy's way
+    want = labelled_median(values, labels, idx)
+    monkeypatch.undo()
     got = labelled_median(values, labels, idx)
     np.testing.assert_array_equal(got[present],
                                   np.asarray(ndimage.median(values, labels, idx))[present])
+    np.testing.assert_array_equal(got, want)
     assert np.isnan(got[~present]).all()
