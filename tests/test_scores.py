@@ -238,8 +238,13 @@ def test_vegetation_gate_ignores_the_season_but_not_a_roof_on_grass():
 
 
 @pytest.mark.parametrize("dark", [None, (30.0, 20.0, 10.0, 5.0)])
-def test_vegetation_at_some_pixels_is_the_mask_there(dark):
-    # Every pixel, the edges included (where the smoothing repeats the edge).
+@pytest.mark.parametrize("whole", [False, True], ids=["neighbourhoods", "whole-image"])
+def test_vegetation_at_some_pixels_is_the_mask_there(dark, whole, monkeypatch):
+    # Every pixel, the edges included (where the smoothing repeats the
+    # edge), by each of the two ways vegetation_at has.
+    import changedet.scores as scores
+
+    monkeypatch.setattr(scores, "_DENSE_NDVI_SHARE", 0.0 if whole else 2.0)
     b, a = _vegetation_pair(seed=3)
     gate = default_vegetation_gate(4, None if dark is None else np.array(dark))
     for data in (b, a, b[:, 7:50, 90:]):
@@ -249,6 +254,29 @@ def test_vegetation_at_some_pixels_is_the_mask_there(dark):
         assert np.array_equal(vegetation_at(data, gate, rows, cols), mask.ravel())
     rows, cols = np.array([0, 159, 30, 64]), np.array([159, 0, 30, 70])
     assert np.array_equal(vegetation_at(b, gate, rows, cols), vegetation_mask(b, gate)[rows, cols])
+
+
+def test_vegetation_at_both_ways_agree_at_the_threshold(monkeypatch):
+    # Blocks see a pixel with more or fewer candidates around it, so take
+    # one way or the other: at a threshold on the very values they smooth
+    # to, both must still say the same.
+    import changedet.scores as scores
+
+    rng = np.random.default_rng(11)
+    data = rng.gamma(3, 10, (4, 90, 110)).astype(np.float32)
+    rows, cols = np.indices((90, 110)).reshape(2, -1)
+    gate = VegetationGate(red=0, nir=3)
+    pad = np.pad(scores._ndvi(data[0], data[3]), 3, mode="edge")
+    down = scores._smooth(lambda i: pad[3 + i:93 + i])
+    smoothed = scores._smooth(lambda j: down[:, 3 + j:113 + j])
+    for value in np.quantile(smoothed, [0.1, 0.5, 0.9]):
+        at = dataclasses.replace(gate, ndvi_min=float(value))
+        monkeypatch.setattr(scores, "_DENSE_NDVI_SHARE", 2.0)
+        one = vegetation_at(data, at, rows, cols)
+        monkeypatch.setattr(scores, "_DENSE_NDVI_SHARE", 0.0)
+        other = vegetation_at(data, at, rows, cols)
+        assert np.array_equal(one, other)
+        assert 0 < one.mean() < 1
 
 
 def test_vegetation_gate_zeroes_candidates_vegetated_at_both_dates_only():
