@@ -481,7 +481,10 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
         CRS.from_user_input(vrt_opts.get("src_crs", ds.crs)),
         vrt_opts.get("src_transform", ds.transform), (ds.height, ds.width),
         CRS.from_user_input(vrt_opts["crs"]), dst_transform)
-    vrt_opts.update(XSCALE=xscale, YSCALE=yscale)
+    # Source pixels read around each chunk: the widest kernel's reach (3,
+    # Lanczos) widened as the scale shrinks it, so no window clips it.
+    extra = math.ceil(3 / min(xscale, yscale, 1.0)) + 1
+    vrt_opts.update(XSCALE=xscale, YSCALE=yscale, SOURCE_EXTRA=extra)
     # No warning filters here: this runs in worker threads, and
     # warnings.catch_warnings() is not thread-safe. (A WarpedVRT with an
     # explicit source transform raises no NotGeoreferencedWarning.)
@@ -503,23 +506,20 @@ _EXACT = 1e-9
 
 def _warp_scale(src_crs: CRS, src_transform: Affine, size: tuple[int, int], dst_crs: CRS,
                 dst_transform: Affine) -> tuple[float, float]:
-    # Destination pixels per source pixel along the destination's x and y
-    # (GDAL's XSCALE and YSCALE; below 1 the kernel widens to average what
-    # it shrinks), measured once, at the source's centre: the same for
-    # every window.
+    # Destination pixels one source column and one source row span (GDAL's
+    # XSCALE and YSCALE: the kernel's taps run over source columns and rows;
+    # below 1 it widens to average what it shrinks), measured once, at the
+    # source's centre: the same for every window.
     h, w = size
-    x0, y0 = src_transform @ (w / 2, h / 2)
+    cols, rows = np.array([w / 2, w / 2 + 1, w / 2]), np.array([h / 2, h / 2, h / 2 + 1])
+    t = src_transform
+    xs, ys = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
     if src_crs != dst_crs:
-        (x0,), (y0,) = warp_transform(src_crs, dst_crs, [x0], [y0])
-    t = dst_transform
-    xs, ys = [x0, x0 + t.a, x0 + t.b], [y0, y0 + t.d, y0 + t.e]
-    if src_crs != dst_crs:
-        xs, ys = warp_transform(dst_crs, src_crs, xs, ys)
-    inverse = ~src_transform
-    cols = inverse.a * np.asarray(xs) + inverse.b * np.asarray(ys) + inverse.c
-    rows = inverse.d * np.asarray(xs) + inverse.e * np.asarray(ys) + inverse.f
-    step = [math.hypot(cols[k] - cols[0], rows[k] - rows[0]) for k in (1, 2)]
-    return 1 / max(step[0], 1e-12), 1 / max(step[1], 1e-12)
+        xs, ys = (np.asarray(v) for v in warp_transform(src_crs, dst_crs, xs, ys))
+    inv = ~dst_transform
+    dc, dr = inv.a * xs + inv.b * ys + inv.c, inv.d * xs + inv.e * ys + inv.f
+    x, y = (max(math.hypot(dc[k] - dc[0], dr[k] - dr[0]), 1e-12) for k in (1, 2))
+    return x, y
 
 
 #: Tiles larger than this (pixels a side) are not cached: a striped file's

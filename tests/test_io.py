@@ -630,6 +630,31 @@ def test_read_warped_in_another_crs_is_the_same_in_any_window(tmp_path, crs, zoo
     np.testing.assert_array_equal(part_inv, whole_inv[win.toslices()])
 
 
+@pytest.mark.parametrize("angle, size", [(90, (0.2, 0.5)), (45, (0.15, 0.45)), (0, (0.3, 0.3))])
+def test_read_warped_rotated_source_is_the_same_in_any_window(tmp_path, angle, size):
+    # A rotated source with oblong pixels: the kernel's scale is per source
+    # column and row, and no window may clip its (widened) reach.
+    rng = np.random.default_rng(2)
+    n = 160
+    data = ndimage.gaussian_filter(rng.normal(100, 40, (n, n)), 1.5).astype(np.float32)
+    transform = (Affine.translation(500020.0, 4500020.0) @ Affine.rotation(angle)
+                 @ Affine.scale(size[0], -size[1]) @ Affine.translation(-n / 2, -n / 2))
+    path = tmp_path / "rotated.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=1, dtype="float32",
+                       crs="EPSG:32633", transform=transform) as ds:
+        ds.write(data, 1)
+    grid = Grid(Affine(0.5, 0, 500000.0, 0, -0.5, 4500040.0), rasterio.crs.CRS.from_epsg(32633),
+                80, 80)
+    with rasterio.open(path) as ds:
+        whole, whole_inv = io.read_warped(ds, grid)
+        assert (~whole_inv).mean() > 0.3
+        for win in (Window(30, 35, 30, 20), Window(0, 0, 7, 80), Window(41, 50, 3, 3)):
+            part, part_inv = io.read_warped(ds, grid.window_grid(win))
+            np.testing.assert_array_equal(part_inv, whole_inv[win.toslices()])
+            np.testing.assert_allclose(part[:, ~part_inv], whole[(slice(None),) + win.toslices()]
+                                       [:, ~part_inv], atol=1e-3)
+
+
 def test_read_aligned_other_kernels_are_the_gdal_warp(tmp_path):
     path = _tiled(tmp_path)
     pt = Affine.translation(1.3, -0.6)
