@@ -167,19 +167,52 @@ def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
         yield ds
 
 
-#: Held while a dataset is opened with rasterio's warning silenced: the
-#: warning filters are the process's, and catch_warnings saving and
-#: restoring them in two threads at once (blocks open their own handles)
-#: could drop a filter or leave ours behind.
-_OPEN_LOCK = threading.Lock()
+_QUIET_LOCK = threading.Lock()
+_quiet: list[Any] = [0, None]   # users, and the filter entry they share
+
+
+@contextlib.contextmanager
+def quiet_not_georeferenced() -> Iterator[None]:
+    """Silence rasterio's warning about images without georeferencing.
+
+    changedet says so itself, once; rasterio would on every handle a block
+    opens. ``warnings.catch_warnings`` cannot do it: it saves and restores
+    the process's whole filter list, so two threads (a run's blocks, or two
+    runs) entering and leaving it at once can drop a filter or leave one
+    behind. Instead one filter entry is added when the first user enters
+    and that very entry removed when the last one leaves.
+    """
+    with _QUIET_LOCK:
+        if _quiet[0] == 0:
+            _quiet[1] = ("ignore", None, NotGeoreferencedWarning, None, 0)
+            warnings.filters.insert(0, _quiet[1])
+            _filters_changed()
+        _quiet[0] += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet[0] -= 1
+            if _quiet[0] == 0:
+                for i, entry in enumerate(warnings.filters):
+                    if entry is _quiet[1]:
+                        del warnings.filters[i]
+                        _filters_changed()
+                        break
+                _quiet[1] = None
+
+
+def _filters_changed() -> None:
+    # What warnings.filterwarnings does after changing the list, so that
+    # warnings already seen are judged by the new filters.
+    getattr(warnings, "_filters_mutated", lambda: None)()
 
 
 def _open_path(path: str) -> DatasetReader:
     # rasterio.open without its warning on pixel-space files (changedet says
     # so itself, once); GDAL's refusal as a RasterReadError.
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with quiet_not_georeferenced():
             return rasterio.open(path)
     except RasterioError as exc:
         raise RasterReadError(f"{path}: cannot be read as a raster: not an image GDAL knows, "
@@ -236,8 +269,7 @@ def raster_memfile(r: Raster) -> Iterator[MemoryFile]:
                    count=data.shape[0], dtype=data.dtype.name, transform=r.transform,
                    crs=crs, nodata=r.nodata, photometric="MINISBLACK")
     with MemoryFile() as mem:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with quiet_not_georeferenced():
             with mem.open(**profile) as ds:
                 ds.write(data)
                 if r.mask is not None:
@@ -1098,8 +1130,7 @@ def _raster_output(path: str | os.PathLike, *, overwrite: bool,
     """:func:`atomic_output` that reports GDAL and OS failures as OutputError."""
     try:
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with quiet_not_georeferenced():
                 yield tmp
     except RasterioError as exc:
         raise OutputError(f"{path}: could not write raster ({_first_line(exc)})") from exc

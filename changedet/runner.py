@@ -31,7 +31,6 @@ import numpy as np
 import rasterio
 from numpy.typing import NDArray
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import geometry_mask
 from rasterio.windows import Window
 from threadpoolctl import threadpool_limits
@@ -298,9 +297,8 @@ def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | 
                         window.width, window.height)
     p = plan.pixel_transform
     local = None if p is None else window_transform(p, c0, r0)
-    # Runs in worker threads: no warning filters here (catch_warnings is not
-    # thread-safe); run_blocks silences rasterio's NotGeoreferencedWarning
-    # for pixel-space inputs from the calling thread.
+    # Runs in worker threads: rasterio's NotGeoreferencedWarning for
+    # pixel-space inputs is silenced by run_blocks for the whole run.
     b, inv_b = readers.before.read(src_window)
     a, inv_a = io.read_aligned(readers.after, grid, pixel_transform=local,
                                resampling=Resampling[plan.resampling])
@@ -452,11 +450,9 @@ def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
     """
     if block_size < 64:
         raise ValueError("block_size must be at least 64 pixels")
-    with warnings.catch_warnings():
-        # Each block reopens the images; for images without georeferencing
-        # rasterio warns on every open. Set here, in the calling thread,
-        # for the worker threads.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with io.quiet_not_georeferenced():
+        # Each block thread opens the images; for images without
+        # georeferencing rasterio warns on every open.
         _run_blocks(sources, plan, sink, block_size=block_size,
                     halo=DEFAULT_HALO if halo is None else halo, threads=threads,
                     client=client, progress=progress)
