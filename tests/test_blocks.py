@@ -141,25 +141,29 @@ def test_layout_covers_the_grid_once():
     assert (cover == 1).all()
 
 
-def _small_windows(monkeypatch, limit):
+def _small_windows(monkeypatch, limit, halo=None):
     # Windows of at most `limit` px, so that small scenes go through the
-    # tiles. The halo (the tiles' margin when a window is this small) is
-    # the one the scenes below were made for.
+    # tiles; with windows this small, the halo is the tiles' margin.
     import changedet.runner as runner
 
     monkeypatch.setattr(runner, "MAX_GROWN_WINDOW", limit)
-    monkeypatch.setattr(runner, "DEFAULT_HALO", 96)
+    if halo is not None:
+        monkeypatch.setattr(runner, "DEFAULT_HALO", halo)
 
 
+@pytest.mark.parametrize("limit, halo", [(150, 96), (270, None)], ids=["halo-96", "default-halo"])
 def test_a_region_too_large_for_one_window_is_processed_in_tiles(scene, reference,
-                                                                 monkeypatch):
+                                                                 monkeypatch, limit, halo):
     import changedet.runner as runner
 
-    # Windows of at most 256 px (tiles with 64 px cores): the second pass's
-    # region around the 200 x 120 px structure is too large for one, so it
-    # goes through tiles; one of them holds the structure whole, so the
-    # result is exactly the in-memory one, and no piece is joined.
-    _small_windows(monkeypatch, 150)
+    # Windows of at most 256 px (tiles with 64 px cores and 96 px margins),
+    # or 270 px with the default halo (174 px cores, 48 px margins): the
+    # second pass's region around the 200 x 120 px structure is too large
+    # for one, so it goes through tiles; one of them holds the structure
+    # whole, so the result is exactly the in-memory one, and no piece is
+    # joined. (Other sizes cut it in every tile, or hold the region whole:
+    # the warning or `calls` below would say so.)
+    _small_windows(monkeypatch, limit, halo)
     calls = []
     real = runner._resolve_in_tiles
     monkeypatch.setattr(runner, "_resolve_in_tiles",
