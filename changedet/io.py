@@ -49,6 +49,7 @@ from changedet.errors import (
     ROIError,
 )
 from changedet.grid import PIXEL_TRANSFORM, WGS84, Grid, translation_between
+from changedet.process import SharedSetting
 from changedet.resample import cubic_shift, cubic_support
 
 __all__ = [
@@ -167,12 +168,26 @@ def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
         yield ds
 
 
-_QUIET_LOCK = threading.Lock()
-_quiet: list[Any] = [0, None]   # users, and the filter entry they share
+def _ignore_not_georeferenced() -> tuple[Any, ...]:
+    entry = ("ignore", None, NotGeoreferencedWarning, None, 0)
+    warnings.filters.insert(0, entry)
+    _filters_changed()
+    return entry
 
 
-@contextlib.contextmanager
-def quiet_not_georeferenced() -> Iterator[None]:
+def _remove_filter(entry: tuple[Any, ...]) -> None:
+    # That very entry: one equal to it may be the user's own.
+    for i, found in enumerate(warnings.filters):
+        if found is entry:
+            del warnings.filters[i]
+            _filters_changed()
+            return
+
+
+_QUIET = SharedSetting(_ignore_not_georeferenced, _remove_filter)
+
+
+def quiet_not_georeferenced() -> contextlib.AbstractContextManager[None]:
     """Silence rasterio's warning about images without georeferencing.
 
     changedet says so itself, once; rasterio would on every handle a block
@@ -180,26 +195,10 @@ def quiet_not_georeferenced() -> Iterator[None]:
     the process's whole filter list, so two threads (a run's blocks, or two
     runs) entering and leaving it at once can drop a filter or leave one
     behind. Instead one filter entry is added when the first user enters
-    and that very entry removed when the last one leaves.
+    and that very entry removed when the last one leaves
+    (:class:`~changedet.process.SharedSetting`).
     """
-    with _QUIET_LOCK:
-        if _quiet[0] == 0:
-            _quiet[1] = ("ignore", None, NotGeoreferencedWarning, None, 0)
-            warnings.filters.insert(0, _quiet[1])
-            _filters_changed()
-        _quiet[0] += 1
-    try:
-        yield
-    finally:
-        with _QUIET_LOCK:
-            _quiet[0] -= 1
-            if _quiet[0] == 0:
-                for i, entry in enumerate(warnings.filters):
-                    if entry is _quiet[1]:
-                        del warnings.filters[i]
-                        _filters_changed()
-                        break
-                _quiet[1] = None
+    return _QUIET.held()
 
 
 def _filters_changed() -> None:

@@ -50,6 +50,7 @@ from changedet.blocks import (
 )
 from changedet.coreg import window_transform
 from changedet.errors import LargeChangeWarning
+from changedet.process import SharedSetting
 from changedet.radiometry import apply_normalisation
 
 __all__ = [
@@ -208,12 +209,22 @@ def _hugepage_switch() -> Callable[[bool], bool] | None:
     return None
 
 
-_hugepage_lock = threading.Lock()
-_hugepage_runs = [0, True]   # runs in progress, the setting before the first
+def _advise_small_pages() -> bool:
+    switch = _hugepage_switch()
+    assert switch is not None
+    return switch(False)
 
 
-@contextlib.contextmanager
-def small_pages() -> Iterator[None]:
+def _restore_page_advice(before: bool) -> None:
+    switch = _hugepage_switch()
+    assert switch is not None
+    switch(before)
+
+
+_SMALL_PAGES = SharedSetting(_advise_small_pages, _restore_page_advice)
+
+
+def small_pages() -> contextlib.AbstractContextManager[None]:
     """Keep numpy from asking for transparent huge pages while a run lasts.
 
     numpy advises the kernel to back each array of 4 MB or more with 2 MB
@@ -225,24 +236,13 @@ def small_pages() -> Iterator[None]:
     the page cache is full of the rasters just read, those faults cost more
     than the arithmetic: 2.2-2.8 s of system time on the 8192 x 8192
     benchmark pair, 1.0 s without (1.2-1.9 s of its 8 s). The setting
-    before is restored when the last run in progress ends; a
+    before is restored when the last run in progress ends
+    (:class:`~changedet.process.SharedSetting`); a
     ``NUMPY_MADVISE_HUGEPAGE`` the user set wins.
     """
-    switch = None if "NUMPY_MADVISE_HUGEPAGE" in os.environ else _hugepage_switch()
-    if switch is None:
-        yield
-        return
-    with _hugepage_lock:
-        if _hugepage_runs[0] == 0:
-            _hugepage_runs[1] = switch(False)
-        _hugepage_runs[0] += 1
-    try:
-        yield
-    finally:
-        with _hugepage_lock:
-            _hugepage_runs[0] -= 1
-            if _hugepage_runs[0] == 0:
-                switch(_hugepage_runs[1])
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ or _hugepage_switch() is None:
+        return contextlib.nullcontext()
+    return _SMALL_PAGES.held()
 
 
 def release_free_memory() -> None:
