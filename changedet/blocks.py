@@ -653,7 +653,8 @@ def join_pieces(pieces: list[Piece], plan: Plan, *, whole: list[ChangeObject] = 
     """
     if len(whole):
         held = [f for o in whole for f in Footprint.of(o)]
-        pieces = [q for q in (_without(p, held, _boxes(held)) for p in pieces) if q is not None]
+        held_boxes = _boxes(held)
+        pieces = [q for q in (_without(p, held, held_boxes) for p in pieces) if q is not None]
     n = len(pieces)
     parent = list(range(n))
 

@@ -168,6 +168,12 @@ def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
         yield ds
 
 
+def _filters_changed() -> None:
+    # What warnings.filterwarnings does after changing the list, so that
+    # warnings already seen are judged by the new filters.
+    getattr(warnings, "_filters_mutated", lambda: None)()
+
+
 def _ignore_not_georeferenced() -> tuple[Any, ...]:
     entry = ("ignore", None, NotGeoreferencedWarning, None, 0)
     warnings.filters.insert(0, entry)
@@ -199,12 +205,6 @@ def quiet_not_georeferenced() -> contextlib.AbstractContextManager[None]:
     (:class:`~changedet.process.SharedSetting`).
     """
     return _QUIET.held()
-
-
-def _filters_changed() -> None:
-    # What warnings.filterwarnings does after changing the list, so that
-    # warnings already seen are judged by the new filters.
-    getattr(warnings, "_filters_mutated", lambda: None)()
 
 
 def _open_path(path: str) -> DatasetReader:
@@ -516,9 +516,8 @@ def read_warped(ds: DatasetReader, grid: Grid, *, bands: Sequence[int] | None = 
     # Lanczos) widened as the scale shrinks it, so no window clips it.
     extra = math.ceil(3 / min(xscale, yscale, 1.0)) + 1
     vrt_opts.update(XSCALE=xscale, YSCALE=yscale, SOURCE_EXTRA=extra)
-    # No warning filters here: this runs in worker threads, and
-    # warnings.catch_warnings() is not thread-safe. (A WarpedVRT with an
-    # explicit source transform raises no NotGeoreferencedWarning.)
+    # No warning filter needed here: a WarpedVRT with an explicit source
+    # transform raises no NotGeoreferencedWarning.
     try:
         with WarpedVRT(ds, **vrt_opts) as vrt:
             data = vrt.read(idx, out_dtype="float32")

@@ -209,19 +209,9 @@ def _hugepage_switch() -> Callable[[bool], bool] | None:
     return None
 
 
-def _advise_small_pages() -> bool:
-    switch = _hugepage_switch()
-    assert switch is not None
-    return switch(False)
-
-
-def _restore_page_advice(before: bool) -> None:
-    switch = _hugepage_switch()
-    assert switch is not None
-    switch(before)
-
-
-_SMALL_PAGES = SharedSetting(_advise_small_pages, _restore_page_advice)
+_SET_HUGEPAGE = _hugepage_switch()
+_SMALL_PAGES = None if _SET_HUGEPAGE is None else SharedSetting(
+    lambda: _SET_HUGEPAGE(False), _SET_HUGEPAGE)   # its undo: set back what it returned
 
 
 def small_pages() -> contextlib.AbstractContextManager[None]:
@@ -240,7 +230,7 @@ def small_pages() -> contextlib.AbstractContextManager[None]:
     (:class:`~changedet.process.SharedSetting`); a
     ``NUMPY_MADVISE_HUGEPAGE`` the user set wins.
     """
-    if "NUMPY_MADVISE_HUGEPAGE" in os.environ or _hugepage_switch() is None:
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ or _SMALL_PAGES is None:
         return contextlib.nullcontext()
     return _SMALL_PAGES.held()
 

@@ -488,6 +488,10 @@ class VegetationGate:
 _NDVI_SIGMA, _NDVI_TRUNCATE = 1.0, 3.0
 
 
+def _ndvi(red: NDArray[np.float32], nir: NDArray[np.float32]) -> NDArray[np.float32]:
+    return (nir - red) / np.maximum(np.abs(nir + red), 1e-6)
+
+
 def vegetation_mask(data: NDArray[np.floating], gate: VegetationGate) -> NDArray[np.bool_]:
     """Flag vegetation: where NDVI is above ``gate.ndvi_min``.
 
@@ -515,9 +519,8 @@ def vegetation_mask(data: NDArray[np.floating], gate: VegetationGate) -> NDArray
         v = np.asarray(data[i], np.float32)
         return v - np.float32(gate.dark[i]) if gate.dark else v
 
-    red, nir = band(gate.red), band(gate.nir)
-    ndvi = (nir - red) / np.maximum(np.abs(nir + red), 1e-6)
-    veg = ndimage.gaussian_filter(ndvi, _NDVI_SIGMA, mode="nearest",
+    red = band(gate.red)
+    veg = ndimage.gaussian_filter(_ndvi(red, band(gate.nir)), _NDVI_SIGMA, mode="nearest",
                                   truncate=_NDVI_TRUNCATE) > gate.ndvi_min
     if gate.blue is not None and gate.green is not None:
         veg &= band(gate.blue) <= np.maximum(band(gate.green), red)
@@ -530,8 +533,9 @@ def _gate(score: NDArray[np.float32], before: NDArray[np.floating],
     # In place: 0 where a candidate pixel (default: every pixel) is
     # vegetation at both dates (the season changes a field's colour; it is
     # not a structure built or removed). The scores that know their
-    # candidates gate only those: the others keep their plain score, which
-    # no sensible threshold reaches, and the gate then costs a few percent
+    # candidates gate only those: the others keep their plain score (below
+    # the candidates' cut, which the default threshold lies above; a lower
+    # threshold sees them ungated), and the gate then costs a few percent
     # of the pixels' neighbourhoods instead of two smoothed NDVI images a
     # strip. A new roof painted with a pigment as bright in the
     # near-infrared as leaves (some green paints are) on grass is missed:
@@ -558,10 +562,6 @@ def _ndvi_kernel() -> NDArray[np.float64]:
     x = np.arange(-radius, radius + 1)
     k = np.exp(-0.5 * x * x / _NDVI_SIGMA ** 2)
     return k / k.sum()
-
-
-def _ndvi(red: NDArray[np.float32], nir: NDArray[np.float32]) -> NDArray[np.float32]:
-    return (nir - red) / np.maximum(np.abs(nir + red), 1e-6)
 
 
 def _smooth(taps: Callable[[int], NDArray[np.floating]]) -> NDArray[np.float64]:
@@ -618,9 +618,9 @@ def vegetation_at(data: NDArray[np.floating], gate: VegetationGate, rows: NDArra
         smoothed = _smooth(lambda j: down[:, radius + j:radius + j + w])
         return is_vegetation(smoothed[rows, cols], (rows, cols))
     out = np.zeros(rows.size, bool)
+    offsets = np.arange(-radius, radius + 1)
     for s in range(0, rows.size, _TOLERANT_CHUNK):
         r, c = rows[s:s + _TOLERANT_CHUNK], cols[s:s + _TOLERANT_CHUNK]
-        offsets = np.arange(-radius, radius + 1)
         rr = np.clip(r + offsets[:, None], 0, h - 1)          # (taps, n)
         cc = np.clip(c + offsets[:, None], 0, w - 1)
         ndvi = _ndvi(band(gate.red, (rr[:, None, :], cc[None, :, :])),
