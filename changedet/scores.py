@@ -812,15 +812,18 @@ _TOLERANT_CHUNK = 4096
 
 
 def _whitened_score(wb: NDArray[np.float32], wa: NDArray[np.float32], dof: int,
-                    tolerance: int, candidate_p: float,
+                    tolerance: int, candidate_p: float, exact_above: float = 0.0,
                     ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     # Plain whitened distance, then the displacement-tolerant one on the
     # pixels that could be change at all; also returns those candidates.
+    # Every nuisance only lowers a score, so a pixel whose plain score is at
+    # most `exact_above` (the lowest threshold in use) stays below it
+    # whatever they explain: it need not be searched.
     diff = wa - wb
     np.square(diff, out=diff)
     score = np.sqrt(diff.sum(axis=0, dtype=np.float32))
     del diff
-    cut = float(np.sqrt(chi2.isf(candidate_p, dof)))
+    cut = max(float(np.sqrt(chi2.isf(candidate_p, dof))), exact_above)
     candidates = score > cut
     if tolerance > 0:
         rows, cols = np.nonzero(candidates)
@@ -831,7 +834,7 @@ def _whitened_score(wb: NDArray[np.float32], wa: NDArray[np.float32], dof: int,
 
 def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
               params: CVAParams | NoiseModel, *, tolerance: int | None = None,
-              candidate_p: float = 0.01) -> NDArray[np.float32]:
+              candidate_p: float = 0.01, exact_above: float = 0.0) -> NDArray[np.float32]:
     """Change-vector magnitude in units of the no-change noise.
 
     The difference vector ``after - before`` of every pixel is centred and
@@ -865,6 +868,11 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
         Only pixels whose plain score exceeds this no-change tail
         probability are searched (the others cannot be change at any
         sensible threshold and keep their plain score, an upper bound).
+    exact_above : float, optional
+        Nor those whose plain score is at most this (the lowest threshold
+        that will be applied, :attr:`changedet.thresholds.Threshold.lowest`):
+        the nuisances only lower a score, so they stay below it anyway.
+        Default 0: the candidate tail alone decides.
 
     Returns
     -------
@@ -901,7 +909,8 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
     mean = np.asarray(noise.mean, np.float32)
     wa = _whiten(after, w, mean)
     wb = _whiten(before, w)
-    score, candidates = _whitened_score(wb, wa, noise.bands, tolerance, candidate_p)
+    score, candidates = _whitened_score(wb, wa, noise.bands, tolerance, candidate_p,
+                                        exact_above)
     del wa, wb
     if params.shadow is not None:
         _apply_shadow(score, before, after, params.shadow, w, mean, candidates)
@@ -1032,7 +1041,7 @@ def fit_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
 
 def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
                    params: LogRatioParams, *, candidate_p: float = 0.01,
-                   ) -> NDArray[np.float32]:
+                   exact_above: float = 0.0) -> NDArray[np.float32]:
     """Whitened log-ratio magnitude in units of the no-change noise.
 
     ``log(after - dark) - log(before - dark)`` per band [2]_, divided by
@@ -1049,7 +1058,7 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
         Co-registered, normalised images.
     params : LogRatioParams
         From :func:`fit_logratio`.
-    candidate_p : float, optional
+    candidate_p, exact_above : float, optional
         As for :func:`score_cva`.
 
     Returns
@@ -1081,7 +1090,8 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
     spread = params.spread(before, after)
     wb = _whiten(params.log(before) / spread, w)
     wa = _whiten(params.log(after) / spread, w, mean)
-    score, candidates = _whitened_score(wb, wa, params.dof, params.tolerance, candidate_p)
+    score, candidates = _whitened_score(wb, wa, params.dof, params.tolerance, candidate_p,
+                                        exact_above)
     if params.shadow is not None:
         rows, cols = np.nonzero(candidates)
         if rows.size:
@@ -1179,7 +1189,8 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
 
 
 def score_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
-                params: IRMADParams, *, candidate_p: float = 0.01) -> NDArray[np.float32]:
+                params: IRMADParams, *, candidate_p: float = 0.01,
+                exact_above: float = 0.0) -> NDArray[np.float32]:
     """Square root of the IR-MAD chi-square statistic.
 
     The sum of squared standardised MAD variates is chi-square with
@@ -1196,6 +1207,8 @@ def score_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     candidate_p : float, optional
         No-change tail probability below which a pixel's plain score is
         searched for a displacement or a shade that explains it.
+    exact_above : float, optional
+        As for :func:`score_cva`.
 
     Returns
     -------
@@ -1214,7 +1227,8 @@ def score_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     """
     _check_pair(before, after, params.dof)
     pb, pa = params.project(before, after)
-    score, candidates = _whitened_score(pb, pa, params.dof, params.tolerance, candidate_p)
+    score, candidates = _whitened_score(pb, pa, params.dof, params.tolerance, candidate_p,
+                                        exact_above)
     del pb, pa
     if params.shadow is not None:
         # Shade is judged in the before image's radiometry: map the after image
@@ -1453,7 +1467,8 @@ STRIP_ROWS = 96
 
 
 def score_change(before: NDArray[np.floating], after: NDArray[np.floating],
-                 params: ScoreParams, *, strip_rows: int = STRIP_ROWS) -> NDArray[np.float32]:
+                 params: ScoreParams, *, strip_rows: int = STRIP_ROWS,
+                 exact_above: float = 0.0) -> NDArray[np.float32]:
     """Apply fitted score parameters (from :func:`fit_score`) to a pair or a block.
 
     Every score depends only on pixels within ``params.radius``, so a tall
@@ -1462,8 +1477,17 @@ def score_change(before: NDArray[np.floating], after: NDArray[np.floating],
     intermediate arrays small enough to stay in the processor's cache (on a
     whole block, each of a dozen passes over memory waits on RAM, and two
     threads then run no faster than one).
+
+    With `exact_above` (the lowest threshold that will be applied), the
+    scores that judge their nuisances on candidate pixels (``cva``,
+    ``logratio``, ``irmad``) skip the pixels whose plain score is at most
+    that: they keep the plain score, an upper bound, and stay below the
+    threshold as they would have anyway. Every pixel that can be change,
+    and every score above `exact_above`, is the same as without it.
     """
     apply = _scorer(params)
+    if exact_above > 0 and not isinstance(params, StructureParams):
+        apply = functools.partial(apply, exact_above=float(exact_above))
     h = before.shape[-2]
     margin = params.radius + 1
     # Margins of a wide-reaching model (shadows) would otherwise dominate.

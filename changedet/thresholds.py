@@ -85,6 +85,11 @@ class Threshold:
 
         return {"method": self.method, "low": num(self.low), "high": num(self.high)}
 
+    @property
+    def lowest(self) -> float:
+        """The score a pixel must exceed to be change at all (as a candidate)."""
+        return min(self.low, self.high)
+
 
 def _values(score: NDArray[np.floating], invalid: NDArray[np.bool_] | None,
             max_samples: int = 1_000_000) -> NDArray[np.float32]:

@@ -76,6 +76,24 @@ def test_blockwise_equals_in_memory(scene, reference, block_size, threads):
     assert _features(r) == _features(reference)
 
 
+def test_scores_below_the_threshold_need_not_be_exact(scene, reference, monkeypatch):
+    # Blocks skip the nuisance search where the plain score cannot reach the
+    # threshold. Searching every candidate of the 1 % tail instead (as
+    # before that shortcut) must find the very same classes and outlines.
+    from changedet.thresholds import Threshold
+
+    monkeypatch.setattr(Threshold, "lowest", property(lambda self: 0.0))
+    searched = changedet.detect(*scene, block_size=4096, threads=1)
+    np.testing.assert_array_equal(searched.classes, reference.classes)
+    assert sorted(g.wkb for g in searched.geometries) == \
+        sorted(g.wkb for g in reference.geometries)
+    low = reference.threshold.low
+    above = searched.score > low
+    np.testing.assert_array_equal(reference.score > low, above)
+    np.testing.assert_array_equal(reference.score[above], searched.score[above])
+    assert (reference.score != searched.score).any()
+
+
 def test_the_large_structure_needs_the_second_pass(reference):
     # With 64-pixel blocks and the default halo, the 200 x 120 px structure
     # cannot be finished by the block that holds its first pixel.

@@ -340,6 +340,30 @@ def test_scoring_in_strips_equals_scoring_whole(method):
         np.testing.assert_array_equal(score_change(b, a, params, strip_rows=rows), whole)
 
 
+@pytest.mark.parametrize("method", ["cva", "logratio", "irmad"])
+def test_exact_above_changes_no_score_that_can_be_change(method):
+    # With the lowest threshold given, pixels whose plain score cannot reach
+    # it skip the nuisance search: every score above it, and which pixels
+    # lie above it, must be exactly as without; the others keep their plain
+    # score, which is never below what the search would have given.
+    from changedet import synthetic
+
+    pair = synthetic.random_pair((400, 300), bands=4, seed=5, n_appeared=6,
+                                 heights_m=(3.0, 9.0), dtype="uint16", n_vehicles=20,
+                                 sun_after=synthetic.Sun(azimuth=200, elevation=35))
+    b, a = np.asarray(pair.before, np.float32), np.asarray(pair.after, np.float32)
+    params = fit_score(method, b, a, np.zeros(b.shape[1:], bool), tolerance=2)
+    low = threshold_chi2(params.dof).low
+    full = score_change(b, a, params)
+    fast = score_change(b, a, params, exact_above=low)
+    np.testing.assert_array_equal(fast > low, full > low)
+    np.testing.assert_array_equal(fast[full > low], full[full > low])
+    skipped = fast != full
+    # The search did lower scores below the threshold: some were skipped.
+    assert skipped.sum() > 5
+    assert np.all(fast[skipped] <= low) and np.all(fast[skipped] > full[skipped])
+
+
 def test_structure_uses_each_bands_own_dark_level_and_floor():
     # The score sums the bands' statistics: listing the bands in another
     # order (with their parameters) must not change it. It did when every
