@@ -1241,24 +1241,34 @@ class RasterBlockWriter:
         Paths that must not be overwritten.
     tags : dict, optional
         Metadata tags.
+    sparse : bool, optional
+        Pixels never written are 0 (`fill` must be 0), whatever `nodata`:
+        a raster that is mostly 0 is then written only where it is not.
+        (GDAL reads a tile never written as the file's nodata value, so the
+        temporary file carries none; the published raster does.)
     """
 
     def __init__(self, path: str | os.PathLike, grid: Grid, *, dtype: str,
                  nodata: float | None, count: int = 1, fill: float = 0,
                  overwrite: bool = False, inputs: Iterable[Any] = (),
                  tags: dict[str, str] | None = None, predictor: int = 1,
-                 overview_resampling: str = "NEAREST") -> None:
+                 overview_resampling: str = "NEAREST", sparse: bool = False) -> None:
         import threading
 
+        if sparse and fill != 0:
+            raise ValueError("a sparse raster is 0 where it is not written: fill must be 0")
         self.path = check_output_path(path, overwrite=overwrite, inputs=inputs)
         self.grid, self.overwrite = grid, overwrite
         self._predictor, self._ovr = predictor, overview_resampling
+        self._dtype, self._tags = np.dtype(dtype), dict(tags or {})
+        self._nodata = nodata if sparse else None
         self._lock = threading.Lock()
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part.tif",
                                          dir=self.path.parent)
         os.close(fd)
         profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count,
-                       dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=nodata,
+                       dtype=dtype, crs=grid.crs, transform=grid.transform,
+                       nodata=None if sparse else nodata,
                        tiled=True, blockxsize=512, blockysize=512, compress="DEFLATE",
                        zlevel=1, predictor=predictor, BIGTIFF="IF_SAFER",
                        SPARSE_OK=(fill == 0))
@@ -1303,10 +1313,15 @@ class RasterBlockWriter:
         """Publish the raster at its path as a COG, atomically."""
         ds, self._ds = self._ds, None
         try:
+            count = ds.count
             ds.close()
+            # A sparse raster gets its nodata value on the way (a VRT):
+            # declared on the temporary file, it would fill its unwritten tiles.
+            src = self._tmp if self._nodata is None else _nodata_vrt(
+                self._tmp, self.grid, count, self._dtype, self._nodata, self._tags)
             with _raster_output(self.path, overwrite=self.overwrite, inputs=()) as out:
                 rasterio.shutil.copy(
-                    self._tmp, out, driver="COG", compress="DEFLATE", num_threads="ALL_CPUS",
+                    src, out, driver="COG", compress="DEFLATE", num_threads="ALL_CPUS",
                     predictor=self._predictor, blocksize=512, BIGTIFF="IF_SAFER",
                     overview_resampling=self._ovr,
                     overviews="AUTO" if min(self.grid.shape) > 512 else "NONE")
@@ -1331,6 +1346,33 @@ class RasterBlockWriter:
             self.commit()
         else:
             self.abort()
+
+
+def _nodata_vrt(path: str, grid: Grid, count: int, dtype: np.dtype, nodata: float,
+                tags: dict[str, str]) -> str:
+    # A VRT of the raster at `path` that declares `nodata` (the file itself
+    # has none), with the grid and tags the published raster must carry.
+    from xml.sax.saxutils import escape, quoteattr
+
+    gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+                 "int32": "Int32", "float32": "Float32", "float64": "Float64"}[dtype.name]
+    head = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">']
+    if grid.crs is not None:
+        head.append(f"<SRS>{escape(grid.crs.to_wkt())}</SRS>")
+    head.append("<GeoTransform>{}</GeoTransform>".format(
+        ", ".join(repr(float(v)) for v in grid.transform.to_gdal())))
+    if tags:
+        head.append("<Metadata>" + "".join(
+            f"<MDI key={quoteattr(k)}>{escape(v)}</MDI>" for k, v in tags.items())
+            + "</Metadata>")
+    value = "nan" if math.isnan(nodata) else repr(float(nodata))
+    for band in range(1, count + 1):
+        head.append(
+            f'<VRTRasterBand dataType="{gdal_type}" band="{band}">'
+            f"<NoDataValue>{value}</NoDataValue><SimpleSource>"
+            f'<SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
+            f"<SourceBand>{band}</SourceBand></SimpleSource></VRTRasterBand>")
+    return "".join(head) + "</VRTDataset>"
 
 
 class GeoJSONWriter:

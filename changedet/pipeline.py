@@ -651,8 +651,12 @@ class _FileSink:
         self.properties: list[dict[str, Any]] = []
 
     def block(self, out: BlockOutput) -> None:
-        if self.classes is not None:
-            self.classes.update(out.core, lambda cur: _merge_background(cur, out.invalid))
+        # The class raster is sparse (0 where never written): a block's
+        # background needs writing only where it is nodata, and never over
+        # an object that a neighbour wrote first.
+        if self.classes is not None and out.invalid.any():
+            self.classes.update(out.core, lambda cur: np.where(
+                out.invalid & (cur == 0), np.uint8(NODATA_CLASS), cur))
         if self.score is not None:
             self.score.write(out.core, np.where(out.invalid, np.nan, out.score))
 
@@ -921,7 +925,7 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
         if mask is not None:
             classes_w = stack.enter_context(io.RasterBlockWriter(
                 mask, plan.grid, dtype="uint8", nodata=NODATA_CLASS, overwrite=overwrite,
-                inputs=inputs, overview_resampling="MODE",
+                inputs=inputs, overview_resampling="MODE", sparse=True,
                 tags={"CLASSES": "0=no change,1=appeared,2=disappeared,3=changed,255=nodata"}))
         if score is not None:
             score_w = stack.enter_context(io.RasterBlockWriter(

@@ -122,6 +122,30 @@ def test_streamed_files_equal_the_in_memory_result(scene, reference, tmp_path):
         np.testing.assert_array_equal(ds.read(1), reference.score)
 
 
+def test_streamed_class_raster_with_nodata_equals_the_in_memory_one(tmp_path):
+    # The class raster is written sparsely (only nodata and objects): blocks
+    # wholly valid, partly and wholly nodata, and objects beside nodata must
+    # come out as in memory, with the nodata value and tags declared.
+    b, a = _scene()
+    invalid = np.zeros(SHAPE, bool)
+    invalid[:70, :90] = True          # a corner: whole blocks of nodata
+    invalid[150:, 300:310] = True     # a strip through blocks holding structures
+    before = write_tif(tmp_path / "b.tif", b, mask=invalid)
+    after = write_tif(tmp_path / "a.tif", a)
+    reference = changedet.detect(before, after, block_size=4096, threads=1)
+    assert (reference.classes[invalid] == 255).all()
+    assert {1, 2} <= set(np.unique(reference.classes).tolist())
+    mask = tmp_path / "m.tif"
+    changedet.diff(before, after, tmp_path / "c.geojson", mask=mask, block_size=64, threads=2)
+    with rasterio.open(mask) as ds:
+        np.testing.assert_array_equal(ds.read(1), reference.classes)
+        assert ds.nodata == 255 and ds.crs == reference.crs
+        assert ds.transform == reference.transform
+        assert ds.tags()["CLASSES"].startswith("0=no change")
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "c.geojson", "m.tif"]
+
+
 def test_streamed_output_is_deterministic(scene, tmp_path):
     for name in ("a", "b"):
         changedet.diff(*scene, tmp_path / f"{name}.geojson", mask=tmp_path / f"{name}.tif",
