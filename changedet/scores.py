@@ -52,6 +52,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -258,10 +259,15 @@ class ShadowModel:
                 "ratio": [round(v, 4) for v in self.ratio], "support": self.support}
 
 
-def _dark_level(before: NDArray[np.float32], after: NDArray[np.float32]) -> NDArray[np.float64]:
-    # The darkest valid values of either date (dark-object subtraction).
-    both = np.concatenate([before, after], axis=1).astype(np.float64)
-    return np.percentile(both, 0.05, axis=1)
+def _dark_level(before: NDArray[np.floating], after: NDArray[np.floating],
+                valid: NDArray[np.bool_] | None = None) -> NDArray[np.float64]:
+    # The darkest valid values of either date (dark-object subtraction), band
+    # by band: one band's values at a time, not a float64 copy of both stacks.
+    def values(band: NDArray[np.floating]) -> NDArray[np.float64]:
+        return np.asarray(band if valid is None else band[valid], np.float64)
+
+    return np.array([np.percentile(np.concatenate([values(b), values(a)]), 0.05)
+                     for b, a in zip(before, after, strict=True)])
 
 
 def _shade_fit(lit: NDArray[np.float64], shade: NDArray[np.float64], ratio: NDArray[np.float64],
@@ -276,10 +282,123 @@ def _shade_fit(lit: NDArray[np.float64], shade: NDArray[np.float64], ratio: NDAr
     return (r * r).sum(axis=0) < cut, alpha
 
 
+@dataclass(frozen=True)
+class _ShadeRegions:
+    # What fit_shadow finds before it needs the noise model: pixels one date
+    # shades and the other lights, grouped in regions, and each large
+    # region's proposed ratio.
+    dark: NDArray[np.float64]
+    lit: NDArray[np.float64]        # (bands, n): dark-corrected, lit date
+    shade: NDArray[np.float64]      # (bands, n): the same pixels, shaded date
+    lab: NDArray[np.int32]          # (n,) region of each pixel
+    regions: NDArray[np.intp]       # regions of 4 pixels or more
+    sizes: NDArray[np.intp]         # pixels a region, by label
+    proposals: NDArray[np.float64]  # (hypotheses, bands)
+    step: int
+
+
+def _shade_regions(before: NDArray[np.floating], after: NDArray[np.floating],
+                   invalid: NDArray[np.bool_], *, min_regions: int, max_pixels: int,
+                   max_hypotheses: int) -> _ShadeRegions | None:
+    # fit_shadow's search for shade, which does not depend on the noise.
+    nb, h, w = before.shape
+    step = max(int(np.sqrt(h * w / max_pixels)), 1)
+    b, a = before[:, ::step, ::step], after[:, ::step, ::step]
+    valid = ~invalid[::step, ::step]
+    if valid.sum() < 100:
+        return None
+    dark = _dark_level(b, a, valid)
+    yb = np.maximum(np.asarray(b, np.float64) - dark[:, None, None], 0)
+    ya = np.maximum(np.asarray(a, np.float64) - dark[:, None, None], 0)
+    del b, a
+    sb, sa = yb.sum(axis=0), ya.sum(axis=0)
+    # The lit side must be bright enough for a ratio to mean something.
+    lit_floor = 0.3 * float(np.median(np.maximum(sb, sa)[valid]))
+    # A shade is also darker than the ground around it at its own date (a
+    # bright roof removed leaves paving no darker than its surroundings).
+    size = max(int(round(SHADE_WINDOW / step)), 5)
+    a_shaded = valid & (sa < 0.6 * sb) & (sb > lit_floor) & _darker_than_around(sa, size)
+    b_shaded = valid & (sb < 0.6 * sa) & (sa > lit_floor) & _darker_than_around(sb, size)
+    del sb, sa
+    cand = a_shaded | b_shaded
+    # Regions are places: fragments a few pixels apart (one object broken up
+    # by its texture) count once.
+    places = ndimage.binary_dilation(cand, structure=np.ones((3, 3), bool), iterations=2)
+    labels, n = ndimage.label(places, structure=np.ones((3, 3), bool))
+    if n < min_regions:
+        return None
+    lab = labels[cand]
+    after_shaded = a_shaded[cand]
+    yb, ya = yb[:, cand], ya[:, cand]
+    lit = np.where(after_shaded, yb, ya)
+    shade = np.where(after_shaded, ya, yb)
+    del yb, ya
+    bright = shade.sum(axis=0) / np.maximum(lit.sum(axis=0), 1e-6)
+    sizes = np.bincount(lab, minlength=n + 1)
+    regions = np.flatnonzero(sizes >= 4)
+    if regions.size < min_regions:
+        return None
+    hyp = regions[np.argsort(sizes[regions])[::-1][:max_hypotheses]]
+    hyp = hyp[sizes[hyp] >= 8]
+    # Each region's core: its darkest third (fringes are partly lit).
+    order = np.lexsort((bright, lab))
+    starts = np.searchsorted(lab[order], hyp)
+    core_cut = bright[order][starts + (sizes[hyp] - 1) // 3]
+    cut_of = np.full(n + 1, -np.inf)
+    cut_of[hyp] = core_cut
+    core = bright <= cut_of[lab]
+    q = shade / np.maximum(lit, 1e-6)
+    proposals = np.stack([np.asarray(ndimage.median(qb[core], lab[core], hyp)) for qb in q],
+                         axis=1) if hyp.size else np.zeros((0, nb))
+    return _ShadeRegions(dark, lit, shade, lab, regions, sizes, proposals, step)
+
+
+def _shadow_model(found: _ShadeRegions, noise: NoiseModel, min_regions: int,
+                  ) -> ShadowModel | None:
+    # fit_shadow's choice among the proposals, judged within the noise.
+    nb = found.lit.shape[0]
+    lit, shade, lab, regions, sizes = found.lit, found.shade, found.lab, found.regions, \
+        found.sizes
+    wm = noise.whitening().astype(np.float64)
+    cut = float(chi2.ppf(0.99, nb))
+    in_region = np.isin(lab, regions)
+    best, best_count = None, 0
+    for k in found.proposals:
+        if not np.all((k > 0.02) & (k < 0.9)):
+            continue
+        ok, _ = _shade_fit(lit, shade, k, wm, cut)
+        share = np.bincount(lab[in_region], weights=ok[in_region], minlength=sizes.size)
+        count = int((share[regions] >= 0.5 * sizes[regions]).sum())
+        if count > best_count:
+            best, best_count = k, count
+    if best is None or best_count < min_regions:
+        return None
+    ok, alpha = _shade_fit(lit, shade, best, wm, cut)
+    full = ok & (alpha > 0.8)
+    if full.sum() < 10:
+        return None
+    lf, sf = lit[:, full], shade[:, full]
+    ratio = (lf * sf).sum(axis=1) / np.maximum((lf * lf).sum(axis=1), 1e-12)
+    if not (np.all((ratio > 0.05) & (ratio < 0.6)) and ratio.mean() < 0.5):
+        return None
+    if nb in (3, 4) and ratio[2] < ratio[0]:
+        # Taking bands 1-3 as red, green, blue (RGB and RGBN imagery): shade
+        # is lit by the sky alone, bluer than the sun, so it keeps more blue
+        # than red. A ratio that does not is a darker material, not shade.
+        return None
+    return ShadowModel(tuple(float(v) for v in found.dark), tuple(float(v) for v in ratio),
+                       int(ok.sum()) * found.step * found.step)
+
+
+#: fit_shadow's defaults: fewest regions explained, largest input (pixels),
+#: most proposals tried.
+_MIN_SHADE_REGIONS, _MAX_SHADE_PIXELS, _MAX_SHADE_HYPOTHESES = 4, 2_000_000, 200
+
+
 def fit_shadow(before: NDArray[np.floating], after: NDArray[np.floating],
-               invalid: NDArray[np.bool_], noise: NoiseModel, *, min_regions: int = 4,
-               max_pixels: int = 2_000_000, max_hypotheses: int = 200,
-               ) -> ShadowModel | None:
+               invalid: NDArray[np.bool_], noise: NoiseModel, *,
+               min_regions: int = _MIN_SHADE_REGIONS, max_pixels: int = _MAX_SHADE_PIXELS,
+               max_hypotheses: int = _MAX_SHADE_HYPOTHESES) -> ShadowModel | None:
     """Estimate the shadow ratio from pixels that one date shades and the other not.
 
     Candidates are pixels whose dark-corrected brightness is less than 60 %
@@ -315,81 +434,9 @@ def fit_shadow(before: NDArray[np.floating], after: NDArray[np.floating],
         green, blue (and near-infrared), no less blue kept than red (shade
         is lit by the blue sky only).
     """
-    nb, h, w = before.shape
-    step = max(int(np.sqrt(h * w / max_pixels)), 1)
-    b = np.asarray(before[:, ::step, ::step], np.float64)
-    a = np.asarray(after[:, ::step, ::step], np.float64)
-    valid = ~invalid[::step, ::step]
-    if valid.sum() < 100:
-        return None
-    dark = _dark_level(b[:, valid], a[:, valid])
-    yb = np.maximum(b - dark[:, None, None], 0)
-    ya = np.maximum(a - dark[:, None, None], 0)
-    sb, sa = yb.sum(axis=0), ya.sum(axis=0)
-    # The lit side must be bright enough for a ratio to mean something.
-    lit_floor = 0.3 * float(np.median(np.maximum(sb, sa)[valid]))
-    # A shade is also darker than the ground around it at its own date (a
-    # bright roof removed leaves paving no darker than its surroundings).
-    size = max(int(round(SHADE_WINDOW / step)), 5)
-    a_shaded = valid & (sa < 0.6 * sb) & (sb > lit_floor) & _darker_than_around(sa, size)
-    b_shaded = valid & (sb < 0.6 * sa) & (sa > lit_floor) & _darker_than_around(sb, size)
-    cand = a_shaded | b_shaded
-    # Regions are places: fragments a few pixels apart (one object broken up
-    # by its texture) count once.
-    places = ndimage.binary_dilation(cand, structure=np.ones((3, 3), bool), iterations=2)
-    labels, n = ndimage.label(places, structure=np.ones((3, 3), bool))
-    labels[~cand] = 0
-    if n < min_regions:
-        return None
-    lab = labels[cand]
-    lit = np.where(a_shaded, yb, ya)[:, cand]
-    shade = np.where(a_shaded, ya, yb)[:, cand]
-    bright = shade.sum(axis=0) / np.maximum(lit.sum(axis=0), 1e-6)
-    sizes = np.bincount(lab, minlength=n + 1)
-    regions = np.flatnonzero(sizes >= 4)
-    if regions.size < min_regions:
-        return None
-    hyp = regions[np.argsort(sizes[regions])[::-1][:max_hypotheses]]
-    hyp = hyp[sizes[hyp] >= 8]
-    # Each region's core: its darkest third (fringes are partly lit).
-    order = np.lexsort((bright, lab))
-    starts = np.searchsorted(lab[order], hyp)
-    core_cut = bright[order][starts + (sizes[hyp] - 1) // 3]
-    cut_of = np.full(n + 1, -np.inf)
-    cut_of[hyp] = core_cut
-    core = bright <= cut_of[lab]
-    q = shade / np.maximum(lit, 1e-6)
-    proposals = np.stack([np.asarray(ndimage.median(qb[core], lab[core], hyp)) for qb in q],
-                         axis=1) if hyp.size else np.zeros((0, nb))
-    wm = noise.whitening().astype(np.float64)
-    cut = float(chi2.ppf(0.99, nb))
-    in_region = np.isin(lab, regions)
-    best, best_count = None, 0
-    for k in proposals:
-        if not np.all((k > 0.02) & (k < 0.9)):
-            continue
-        ok, _ = _shade_fit(lit, shade, k, wm, cut)
-        share = np.bincount(lab[in_region], weights=ok[in_region], minlength=n + 1)
-        count = int((share[regions] >= 0.5 * sizes[regions]).sum())
-        if count > best_count:
-            best, best_count = k, count
-    if best is None or best_count < min_regions:
-        return None
-    ok, alpha = _shade_fit(lit, shade, best, wm, cut)
-    full = ok & (alpha > 0.8)
-    if full.sum() < 10:
-        return None
-    lf, sf = lit[:, full], shade[:, full]
-    ratio = (lf * sf).sum(axis=1) / np.maximum((lf * lf).sum(axis=1), 1e-12)
-    if not (np.all((ratio > 0.05) & (ratio < 0.6)) and ratio.mean() < 0.5):
-        return None
-    if nb in (3, 4) and ratio[2] < ratio[0]:
-        # Taking bands 1-3 as red, green, blue (RGB and RGBN imagery): shade
-        # is lit by the sky alone, bluer than the sun, so it keeps more blue
-        # than red. A ratio that does not is a darker material, not shade.
-        return None
-    return ShadowModel(tuple(float(v) for v in dark), tuple(float(v) for v in ratio),
-                       int(ok.sum()) * step * step)
+    found = _shade_regions(before, after, invalid, min_regions=min_regions,
+                           max_pixels=max_pixels, max_hypotheses=max_hypotheses)
+    return None if found is None else _shadow_model(found, noise, min_regions)
 
 
 #: Floor of the log-ratio's logarithm, as a share of the median level.
@@ -684,21 +731,46 @@ class _Nuisances:
                 "tolerance_px": self.tolerance}
 
 
+def _noise_and_shadow(before: NDArray[np.floating], after: NDArray[np.floating],
+                      invalid: NDArray[np.bool_], noise: NoiseModel | None, *, shadows: bool,
+                      ) -> tuple[NoiseModel, ShadowModel | None]:
+    # The no-change model of the difference (fitted unless given) and the
+    # shadow model (if asked for), which needs it only to judge the shades it
+    # found: the search for them runs beside the noise fit, on another core
+    # (both are numpy and scipy work that releases the GIL).
+    if not shadows:
+        return (noise if noise is not None else fit_noise(before, after, invalid)), None
+    if noise is not None:
+        return noise, fit_shadow(before, after, invalid, noise)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-fit") as pool:
+        pending = pool.submit(fit_noise, before, after, invalid)
+        try:
+            found = _shade_regions(before, after, invalid, min_regions=_MIN_SHADE_REGIONS,
+                                   max_pixels=_MAX_SHADE_PIXELS,
+                                   max_hypotheses=_MAX_SHADE_HYPOTHESES)
+        finally:
+            noise = pending.result()
+    return noise, None if found is None else _shadow_model(found, noise, _MIN_SHADE_REGIONS)
+
+
 def _fit_nuisances(before: NDArray[np.floating], after: NDArray[np.floating],
                    invalid: NDArray[np.bool_], noise: NoiseModel | None, *, shadows: bool,
                    vegetation: VegetationGate | None | Literal["auto"], tolerance: int,
                    ) -> dict[str, Any]:
     # The _Nuisances fields of a score's parameters. The shadow model needs
     # the no-change difference model (fitted here if not given).
-    shadow = None
-    if shadows:
-        shadow = fit_shadow(before, after, invalid,
-                            noise if noise is not None else fit_noise(before, after, invalid))
+    shadow = _noise_and_shadow(before, after, invalid, noise, shadows=True)[1] if shadows \
+        else None
+    return _nuisances(shadow, vegetation, before.shape[0], tolerance)
+
+
+def _nuisances(shadow: ShadowModel | None, vegetation: VegetationGate | None | Literal["auto"],
+               bands: int, tolerance: int) -> dict[str, Any]:
     if vegetation == "auto":
         # NDVI is taken on the values as they are: the darkest near-infrared
         # value of a scene is rarely a zero reflectance, and removing it
         # skews NDVI.
-        vegetation = default_vegetation_gate(before.shape[0])
+        vegetation = default_vegetation_gate(bands)
     return {"shadow": shadow, "vegetation": vegetation, "tolerance": int(tolerance)}
 
 
@@ -756,9 +828,8 @@ def fit_cva(before: NDArray[np.floating], after: NDArray[np.floating],
     -------
     CVAParams
     """
-    noise = fit_noise(before, after, invalid)
-    return CVAParams(noise, **_fit_nuisances(before, after, invalid, noise, shadows=shadows,
-                                             vegetation=vegetation, tolerance=tolerance))
+    noise, shadow = _noise_and_shadow(before, after, invalid, None, shadows=shadows)
+    return CVAParams(noise, **_nuisances(shadow, vegetation, before.shape[0], tolerance))
 
 
 def _check_pair(before: NDArray[np.floating], after: NDArray[np.floating], bands: int) -> None:
