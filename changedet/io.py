@@ -22,7 +22,7 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +81,8 @@ __all__ = [
     "write_image",
     "dumps_geojson",
     "RasterBlockWriter",
+    "class_overview",
+    "class_raster_writer",
     "GeoJSONWriter",
     "package_text",
 ]
@@ -1190,17 +1192,75 @@ def write_image(blocks: Iterable[tuple[Window, NDArray[np.floating], NDArray[np.
             out.write(window, values, invalid=invalid if nodata is None else None)
 
 
+def class_overview(classes: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """One overview level of a class raster: each 2 x 2 pixels become one.
+
+    A coarse pixel is change if any pixel under it is (the change class
+    most of them have; on a tie the first of appeared, disappeared,
+    changed), else no change if any is valid, else nodata. Made level from
+    level, a change stays visible however far out the map is zoomed (a
+    majority vote would drop every structure smaller than the coarse pixel).
+
+    Parameters
+    ----------
+    classes : (2h, 2w) ndarray of uint8
+        0 no change, 1 appeared, 2 disappeared, 3 changed, 255 nodata.
+
+    Returns
+    -------
+    (h, w) ndarray of uint8
+
+    Examples
+    --------
+    >>> class_overview(np.array([[0, 0, 255, 255], [0, 1, 255, 255]], np.uint8))
+    array([[  1, 255]], dtype=uint8)
+    """
+    h, w = classes.shape
+    out = np.zeros((h // 2, w // 2), np.uint8)
+    # Most of a class raster is 0: reduce only the box that is not.
+    rows, cols = np.flatnonzero(classes.any(axis=1)), np.flatnonzero(classes.any(axis=0))
+    if rows.size:
+        r0, r1 = rows[0] // 2, rows[-1] // 2 + 1
+        c0, c1 = cols[0] // 2, cols[-1] // 2 + 1
+        out[r0:r1, c0:c1] = _class_overview(classes[2 * r0:2 * r1, 2 * c0:2 * c1])
+    return out
+
+
+def _class_overview(classes: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    q = [classes[i::2, j::2] for i in (0, 1) for j in (0, 1)]
+    lowest = np.minimum(np.minimum(q[0], q[1]), np.minimum(q[2], q[3]))
+    if not ((classes >= 1) & (classes <= 3)).any():
+        return lowest  # only 0 and nodata: 0 wherever one is valid
+    best = np.zeros(lowest.shape, np.uint8)
+    most = np.zeros(lowest.shape, np.uint8)
+    for value in (1, 2, 3):
+        n = sum((v == value).view(np.uint8) for v in q)
+        better = n > most
+        best[better], most[better] = value, n[better]
+    return np.where(most > 0, best, lowest)
+
+
+def class_raster_writer(path: str | os.PathLike, grid: Grid, *, overwrite: bool = False,
+                        inputs: Iterable[Any] = ()) -> RasterBlockWriter:
+    """Open a :class:`RasterBlockWriter` for the class raster, 0 where not written.
+
+    Values: 0 no change, 1 appeared, 2 disappeared, 3 changed, 255 nodata;
+    uint8, the overviews made by :func:`class_overview`.
+    """
+    return RasterBlockWriter(
+        path, grid, dtype="uint8", nodata=255, overwrite=overwrite, inputs=inputs,
+        predictor=1, sparse=True, reduce=class_overview,
+        tags={"CLASSES": "0=no change,1=appeared,2=disappeared,3=changed,255=nodata"})
+
+
 def write_class_raster(classes: NDArray[np.uint8], grid: Grid, path: str | os.PathLike, *,
                        overwrite: bool = False, inputs: Iterable[Any] = ()) -> None:
-    """Write the class raster as a Cloud-Optimized GeoTIFF.
-
-    Values: 0 no change, 1 appeared, 2 disappeared, 3 changed, 255 nodata.
-    """
+    """Write the class raster as a Cloud-Optimized GeoTIFF (see :func:`class_raster_writer`)."""
     if classes.shape != grid.shape:
         raise ValueError(f"classes shape {classes.shape} does not match grid {grid.shape}")
-    _write_cog(np.ascontiguousarray(classes, dtype=np.uint8), grid, path, nodata=255,
-               overwrite=overwrite, inputs=inputs, predictor=1, resampling="MODE",
-               tags={"CLASSES": "0=no change,1=appeared,2=disappeared,3=changed,255=nodata"})
+    with class_raster_writer(path, grid, overwrite=overwrite, inputs=inputs) as out:
+        out.write(Window(0, 0, grid.width, grid.height),
+                  np.ascontiguousarray(classes, dtype=np.uint8))
 
 
 def write_float_raster(values: NDArray[np.float32], grid: Grid, path: str | os.PathLike, *,
@@ -1246,13 +1306,20 @@ class RasterBlockWriter:
         a raster that is mostly 0 is then written only where it is not.
         (GDAL reads a tile never written as the file's nodata value, so the
         temporary file carries none; the published raster does.)
+    reduce : callable, optional
+        Make the overviews with this instead of GDAL's
+        `overview_resampling`: called on a (2h, 2w) window of one level
+        (a single band; odd edges padded with `nodata`), it returns the
+        (h, w) window of the next. Each level is made from the one before,
+        window by window.
     """
 
     def __init__(self, path: str | os.PathLike, grid: Grid, *, dtype: str,
                  nodata: float | None, count: int = 1, fill: float = 0,
                  overwrite: bool = False, inputs: Iterable[Any] = (),
                  tags: dict[str, str] | None = None, predictor: int = 1,
-                 overview_resampling: str = "NEAREST", sparse: bool = False) -> None:
+                 overview_resampling: str = "NEAREST", sparse: bool = False,
+                 reduce: Callable[[NDArray[Any]], NDArray[Any]] | None = None) -> None:
         import threading
 
         if sparse and fill != 0:
@@ -1262,6 +1329,10 @@ class RasterBlockWriter:
         self._predictor, self._ovr = predictor, overview_resampling
         self._dtype, self._tags = np.dtype(dtype), dict(tags or {})
         self._nodata = nodata if sparse else None
+        self._reduce, self._pad = reduce, 0 if nodata is None else nodata
+        self._touched: set[tuple[int, int]] = set()
+        if reduce is not None and count != 1:
+            raise ValueError("overviews by a reduce function are made for one band only")
         self._lock = threading.Lock()
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part.tif",
                                          dir=self.path.parent)
@@ -1269,7 +1340,7 @@ class RasterBlockWriter:
         profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count,
                        dtype=dtype, crs=grid.crs, transform=grid.transform,
                        nodata=None if sparse else nodata,
-                       tiled=True, blockxsize=512, blockysize=512, compress="DEFLATE",
+                       tiled=True, blockxsize=_TILE, blockysize=_TILE, compress="DEFLATE",
                        zlevel=1, predictor=predictor, BIGTIFF="IF_SAFER",
                        SPARSE_OK=(fill == 0))
         try:
@@ -1296,6 +1367,7 @@ class RasterBlockWriter:
         With `invalid`, also the dataset's mask band there (True = invalid).
         """
         with self._lock:
+            self._touch(window)
             if array.ndim == 2:
                 self._ds.write(array, 1, window=window)
             else:
@@ -1306,28 +1378,68 @@ class RasterBlockWriter:
     def update(self, window: Window, func: Any) -> None:
         """Read `window`, replace it with ``func(current)``, all under the lock."""
         with self._lock:
+            self._touch(window)
             current = self._ds.read(1, window=window)
             self._ds.write(func(current), 1, window=window)
+
+    def _touch(self, window: Window) -> None:
+        # Note the tiles a write reaches: the overviews are made only there.
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        if r1 > r0 and c1 > c0:
+            t = _TILE
+            self._touched.update((r, c) for r in range(r0 // t, (r1 - 1) // t + 1)
+                                 for c in range(c0 // t, (c1 - 1) // t + 1))
 
     def commit(self) -> None:
         """Publish the raster at its path as a COG, atomically."""
         ds, self._ds = self._ds, None
+        levels: list[str] = []
         try:
             count = ds.count
             ds.close()
+            overviews = "AUTO" if min(self.grid.shape) > 512 else "NONE"
+            if self._reduce is not None and overviews == "AUTO":
+                with quiet_not_georeferenced():  # the levels carry no grid
+                    levels = self._overviews()
             # A sparse raster gets its nodata value on the way (a VRT):
-            # declared on the temporary file, it would fill its unwritten tiles.
-            src = self._tmp if self._nodata is None else _nodata_vrt(
-                self._tmp, self.grid, count, self._dtype, self._nodata, self._tags)
+            # declared on the temporary file, it would fill its unwritten
+            # tiles. The VRT also lends the COG driver our own overviews.
+            src = self._tmp if self._nodata is None and not levels else _publish_vrt(
+                self._tmp, self.grid, count, self._dtype, self._nodata, self._tags, levels)
             with _raster_output(self.path, overwrite=self.overwrite, inputs=()) as out:
                 rasterio.shutil.copy(
                     src, out, driver="COG", compress="DEFLATE", num_threads="ALL_CPUS",
                     predictor=self._predictor, blocksize=512, BIGTIFF="IF_SAFER",
-                    overview_resampling=self._ovr,
-                    overviews="AUTO" if min(self.grid.shape) > 512 else "NONE")
+                    overview_resampling=self._ovr, overviews=overviews)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
+            for tmp in (self._tmp, *levels):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    def _overviews(self) -> list[str]:
+        # The levels GDAL's COG driver would make (halving, rounded up, until
+        # both sides are 512 or less), each from the one before with
+        # `reduce`, as sparse temporary GeoTIFFs beside the raster; only
+        # where tiles were written (elsewhere every level is 0).
+        levels: list[str] = []
+        src, (h, w), touched = self._tmp, self.grid.shape, self._touched
+        try:
+            while h > _TILE or w > _TILE:
+                fd, dst = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".ovr.tif",
+                                           dir=self.path.parent)
+                os.close(fd)
+                levels.append(dst)
+                h, w = (h + 1) // 2, (w + 1) // 2
+                touched = _reduce_level(src, dst, (h, w), touched, self._dtype, self._reduce,
+                                        self._pad)
+                src = dst
+        except BaseException:
+            for tmp in levels:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            raise
+        return levels
 
     def abort(self) -> None:
         """Drop everything written; the destination is untouched."""
@@ -1348,10 +1460,43 @@ class RasterBlockWriter:
             self.abort()
 
 
-def _nodata_vrt(path: str, grid: Grid, count: int, dtype: np.dtype, nodata: float,
-                tags: dict[str, str]) -> str:
+#: Tile side of the temporary rasters and their overview levels, pixels.
+_TILE = 512
+
+
+def _reduce_level(src: str, dst: str, shape: tuple[int, int], touched: set[tuple[int, int]],
+                  dtype: np.dtype, reduce: Callable[[NDArray[Any]], NDArray[Any]],
+                  pad: float) -> set[tuple[int, int]]:
+    # Write the (h, w) level `dst` made from the level `src` by `reduce`,
+    # tile by tile, where `src` has tiles written (`touched`: (row, col) of
+    # its tiles); return the tiles of `dst` written.
+    h, w = shape
+    t = _TILE
+    written: set[tuple[int, int]] = set()
+    with rasterio.open(src) as fine, rasterio.open(
+            dst, "w", driver="GTiff", width=w, height=h, count=1, dtype=dtype.name,
+            tiled=True, blockxsize=t, blockysize=t, compress="DEFLATE", zlevel=1,
+            SPARSE_OK=True) as out:
+        for tr, tc in sorted({(r // 2, c // 2) for r, c in touched}):
+            r0, c0 = 2 * t * tr, 2 * t * tc
+            win = Window(c0, r0, min(2 * t, fine.width - c0), min(2 * t, fine.height - r0))
+            data = fine.read(1, window=win)
+            if data.shape[0] % 2 or data.shape[1] % 2:
+                data = np.pad(data, ((0, data.shape[0] % 2), (0, data.shape[1] % 2)),
+                              constant_values=pad)
+            coarse = reduce(data)
+            if coarse.any():
+                out.write(coarse.astype(dtype, copy=False), 1, window=Window(
+                    t * tc, t * tr, coarse.shape[1], coarse.shape[0]))
+                written.add((tr, tc))
+    return written
+
+
+def _publish_vrt(path: str, grid: Grid, count: int, dtype: np.dtype, nodata: float | None,
+                 tags: dict[str, str], overviews: Sequence[str] = ()) -> str:
     # A VRT of the raster at `path` that declares `nodata` (the file itself
-    # has none), with the grid and tags the published raster must carry.
+    # has none) and the given overview files, with the grid and tags the
+    # published raster must carry.
     from xml.sax.saxutils import escape, quoteattr
 
     gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
@@ -1365,13 +1510,19 @@ def _nodata_vrt(path: str, grid: Grid, count: int, dtype: np.dtype, nodata: floa
         head.append("<Metadata>" + "".join(
             f"<MDI key={quoteattr(k)}>{escape(v)}</MDI>" for k, v in tags.items())
             + "</Metadata>")
-    value = "nan" if math.isnan(nodata) else repr(float(nodata))
+    if nodata is None:
+        declared = ""
+    else:
+        declared = "<NoDataValue>{}</NoDataValue>".format(
+            "nan" if math.isnan(nodata) else repr(float(nodata)))
     for band in range(1, count + 1):
+        levels = "".join(
+            f'<Overview><SourceFilename relativeToVRT="0">{escape(ovr)}</SourceFilename>'
+            f"<SourceBand>{band}</SourceBand></Overview>" for ovr in overviews)
         head.append(
-            f'<VRTRasterBand dataType="{gdal_type}" band="{band}">'
-            f"<NoDataValue>{value}</NoDataValue><SimpleSource>"
+            f'<VRTRasterBand dataType="{gdal_type}" band="{band}">{declared}<SimpleSource>'
             f'<SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
-            f"<SourceBand>{band}</SourceBand></SimpleSource></VRTRasterBand>")
+            f"<SourceBand>{band}</SourceBand></SimpleSource>{levels}</VRTRasterBand>")
     return "".join(head) + "</VRTDataset>"
 
 

@@ -923,10 +923,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
         plan = prep.plan
         classes_w = score_w = None
         if mask is not None:
-            classes_w = stack.enter_context(io.RasterBlockWriter(
-                mask, plan.grid, dtype="uint8", nodata=NODATA_CLASS, overwrite=overwrite,
-                inputs=inputs, overview_resampling="MODE", sparse=True,
-                tags={"CLASSES": "0=no change,1=appeared,2=disappeared,3=changed,255=nodata"}))
+            classes_w = stack.enter_context(io.class_raster_writer(
+                mask, plan.grid, overwrite=overwrite, inputs=inputs))
         if score is not None:
             score_w = stack.enter_context(io.RasterBlockWriter(
                 score, plan.grid, dtype="float32", nodata=math.nan, overwrite=overwrite,

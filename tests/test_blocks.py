@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import rasterio
+from scipy import ndimage
 from shapely import wkb
 
 import changedet
@@ -144,6 +145,31 @@ def test_streamed_class_raster_with_nodata_equals_the_in_memory_one(tmp_path):
         assert ds.tags()["CLASSES"].startswith("0=no change")
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "c.geojson", "m.tif"]
+
+
+def test_streamed_class_raster_overviews_show_every_change(tmp_path):
+    # A raster large enough for overviews, written sparsely by blocks: each
+    # level is class_overview of the level below, as for the whole array,
+    # and every change is still there at the coarsest.
+    from changedet.io import class_overview
+
+    b, a = (np.tile(v, (1, 4, 2)) for v in _scene())   # 1204 x 874, the scene eight times
+    before = write_tif(tmp_path / "b.tif", b)
+    after = write_tif(tmp_path / "a.tif", a)
+    mask = tmp_path / "m.tif"
+    summary = changedet.diff(before, after, tmp_path / "c.geojson", mask=mask, block_size=256)
+    assert summary.count >= 40
+    with rasterio.open(mask) as ds:
+        classes = ds.read(1)
+        assert ds.overviews(1) == [2, 4] and ds.nodata == 255
+    level = classes
+    for i in range(2):
+        level = class_overview(np.pad(level, ((0, level.shape[0] % 2), (0, level.shape[1] % 2)),
+                                      constant_values=255))
+        with rasterio.open(mask, OVERVIEW_LEVEL=i) as ov:
+            np.testing.assert_array_equal(ov.read(1), level)
+    assert {1, 2} <= set(np.unique(level).tolist())
+    assert ndimage.label(np.isin(level, (1, 2, 3)))[1] >= summary.count - 1
 
 
 def test_streamed_output_is_deterministic(scene, tmp_path):

@@ -69,6 +69,42 @@ def test_class_raster_round_trip(tmp_path):
         assert "CLASSES" in ds.tags()
 
 
+def test_class_overview_keeps_change_visible():
+    c = np.array([[0, 0, 255, 255, 2, 1, 0, 3, 0, 0],
+                  [0, 1, 255, 255, 2, 1, 3, 2, 0, 255]], np.uint8)
+    # one appeared pixel among no change; all nodata; a tie between two
+    # classes (the first wins); changed most often; no change beside nodata.
+    np.testing.assert_array_equal(io.class_overview(c), [[1, 255, 1, 3, 0]])
+    assert io.class_overview(np.zeros((4, 6), np.uint8)).shape == (2, 3)
+
+
+def test_class_raster_overviews_are_made_level_from_level(tmp_path):
+    # Odd sides: levels halving (rounded up: odd edges padded as nodata)
+    # until both sides are 512 or less, as GDAL's COG levels, each the
+    # class_overview of the one before.
+    grid = Grid(utm_transform(), UTM, 1101, 2100)
+    rng = np.random.default_rng(3)
+    classes = np.zeros(grid.shape, np.uint8)
+    for r, c in rng.integers(0, 1050, (40, 2)):
+        classes[r:r + rng.integers(1, 30), c:c + rng.integers(1, 30)] = rng.integers(1, 4)
+    classes[:200, :90] = 255
+    io.write_class_raster(classes, grid, tmp_path / "c.tif")
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        assert ds.overviews(1) == [2, 4, 8]  # 1050 x 551, 525 x 276, 263 x 138
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        np.testing.assert_array_equal(ds.read(1), classes)
+    level = classes
+    for i in range(3):
+        padded = np.pad(level, ((0, level.shape[0] % 2), (0, level.shape[1] % 2)),
+                        constant_values=255)
+        level = io.class_overview(padded)
+        with rasterio.open(tmp_path / "c.tif", OVERVIEW_LEVEL=i) as ov:
+            np.testing.assert_array_equal(ov.read(1), level)
+    # Every structure still shows at the coarsest level.
+    assert (level == 0).sum() < level.size and {1, 2, 3} <= set(np.unique(level).tolist())
+    assert list(tmp_path.iterdir()) == [tmp_path / "c.tif"]
+
+
 def test_outputs_are_deterministic(tmp_path):
     grid = Grid(utm_transform(), UTM, 64, 64)
     classes = (np.arange(64 * 64).reshape(64, 64) % 4).astype(np.uint8)
