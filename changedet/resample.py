@@ -101,7 +101,8 @@ def _convolve(src: NDArray[np.float32], taps: list[tuple[float, tuple[slice, ...
 
 
 def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: float, dy: float,
-                shape: tuple[int, int]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+                shape: tuple[int, int], *, out: NDArray[np.float32] | None = None,
+                ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """Resample `data` at ``(row + dy, col + dx)`` with GDAL's cubic kernel.
 
     Parameters
@@ -117,6 +118,8 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
         indices: at ``(row + dy, col + dx)``.
     shape : (h, w)
         Output shape.
+    out : (bands, h, w) ndarray of float32, optional
+        Where to write the result (it must not overlap `data`).
 
     Returns
     -------
@@ -154,7 +157,10 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
         inv |= across[sk]
     # In strips of rows, band by band: the scratch arrays and the strip in
     # hand stay in the core's cache (whole-band passes were memory-bound).
-    out = np.empty((src.shape[0], h, w), np.float32)
+    if out is None:
+        out = np.empty((src.shape[0], h, w), np.float32)
+    elif out.shape != (src.shape[0], h, w) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {(src.shape[0], h, w)}")
     step = max(min(h, _STRIP_ROWS), 1)
     rows = np.empty((step + 3, w), np.float32)
     tmp_rows, tmp = np.empty_like(rows), np.empty((step, w), np.float32)

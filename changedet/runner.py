@@ -174,6 +174,8 @@ class Readers:
     """
 
     def __init__(self, sources: Sources, plan: Plan, cache_pixels: int = 0) -> None:
+        #: Where each thread assembles its blocks (see read_block).
+        self.scratch = io.Scratch()
         self.before = io.TileReader(sources.before, bands=plan.bands, name=sources.before_name,
                                     max_pixels=cache_pixels)
         try:
@@ -264,6 +266,7 @@ def cache_pixels(plan: Plan, block_size: int, halo: int, stripe: int = STRIPE_BL
 
 
 def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | None = None,
+               *, reuse: bool = False,
                ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
     """Read a window of both images, the after image aligned and normalised.
 
@@ -271,6 +274,10 @@ def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | 
     ----------
     readers : Readers, optional
         The images opened for the run (default: opened for this window).
+    reuse : bool, optional
+        Read into the thread's scratch arrays of `readers` (the before
+        image's window is then valid until the thread's next such read):
+        for blocks of one size read one after the other.
 
     Returns
     -------
@@ -289,9 +296,10 @@ def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | 
     local = None if p is None else window_transform(p, c0, r0)
     # Runs in worker threads: rasterio's NotGeoreferencedWarning for
     # pixel-space inputs is silenced by run_blocks for the whole run.
-    b, inv_b = readers.before.read(src_window)
+    scratch = readers.scratch if reuse else None
+    b, inv_b = readers.before.read(src_window, scratch=scratch)
     a, inv_a = io.read_aligned(readers.after, grid, pixel_transform=local,
-                               resampling=Resampling[plan.resampling])
+                               resampling=Resampling[plan.resampling], scratch=scratch)
     invalid = inv_b | inv_a
     if plan.roi is not None:
         invalid |= geometry_mask([plan.roi], out_shape=grid.shape, transform=grid.transform)
@@ -315,7 +323,9 @@ def _box(win: Window) -> tuple[int, int, int, int]:
 def run_block(sources: Sources, plan: Plan, block: Block, readers: Readers | None = None,
               ) -> BlockOutput:
     """Process one block: the unit of work sent to a thread or a Dask worker."""
-    b, a, invalid = read_block(sources, plan, block.window, readers)
+    # Blocks come one after the other on a thread: read into its scratch
+    # arrays (the readers of a Dask task are its own).
+    b, a, invalid = read_block(sources, plan, block.window, readers, reuse=readers is not None)
     r0, c0 = int(block.window.row_off), int(block.window.col_off)
 
     def in_core(anchors: NDArray[np.int64], bbox: NDArray[np.int64]) -> NDArray[np.bool_]:

@@ -455,6 +455,45 @@ def test_tile_reader_threads_match_serial_reads(tmp_path):
     assert 1 <= handles <= 5
 
 
+def test_tile_reader_reuses_evicted_tiles_safely_across_threads(tmp_path):
+    # A small cache evicts all the time and decodes new tiles into the
+    # memory of evicted ones: no thread may see a tile overwritten while it
+    # copies from it, and the memory is indeed reused.
+    path = _tiled(tmp_path)
+    tile_bytes = 3 * 64 * 64 * 2
+    windows = TILE_WINDOWS * 6
+    with rasterio.open(path) as ds:
+        want = [io.read_window(ds, w) for w in windows]
+    with io.TileReader(str(path), max_bytes=2 * tile_bytes) as r, ThreadPoolExecutor(4) as pool:
+        spares = set()
+        real = r._decode
+
+        def decode(window, out=None):
+            if out is not None:
+                spares.add(id(out))
+            return real(window, out)
+
+        r._decode = decode
+        got = list(pool.map(r.read, windows))
+        assert r.decoded > 4 * 25 and len(spares) >= 1
+        assert not r._leases
+    for (a, ia), (b, ib) in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ia, ib)
+
+
+def test_scratch_reuses_one_array_per_name_and_thread():
+    s = io.Scratch()
+    a = s.array("x", (2, 3), np.float32)
+    b = s.array("x", (1, 2), np.float32)      # smaller: a view of the same memory
+    assert b.base is a.base and b.shape == (1, 2)
+    c = s.array("x", (4, 4), np.float32)      # larger: new memory
+    assert c.base is not a.base and s.array("y", (2, 3), np.float32).base is not c.base
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(s.array, "x", (4, 4), np.float32).result()
+    assert other.base is not c.base
+
+
 @pytest.mark.parametrize("window", [Window(-1, 0, 10, 10), Window(0, -1, 10, 10),
                                     Window(295, 0, 10, 10), Window(0, 255, 10, 10),
                                     Window(400, 300, 5, 5)], ids=str)
