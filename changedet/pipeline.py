@@ -487,8 +487,10 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
 
     report("normalising")
     if applied:
-        # Only the after image moves: the before samples stand.
-        after_raw = [read_after(win, applied_alignment) for win in windows]
+        # Only the after image moves: the before samples stand. Read on two
+        # threads (decoding and resampling release the GIL).
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            after_raw = list(pool.map(lambda win: read_after(win, applied_alignment), windows))
     per_row = 1 if len(windows) == 1 else len({int(w.col_off) for w in windows})
     b_s = _mosaic([b for b, _ in before_raw], per_row)
     a_s = _mosaic([a for a, _ in after_raw], per_row)

@@ -412,8 +412,11 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     >>> [round(g, 3) for g in fit.gain]
     [0.667, 1.25, 0.833]
     """
-    # Shade moves with the sun: keep it out of the invariant candidates.
-    shaded = _shaded(before, invalid) | _shaded(after, invalid)
+    # Shade moves with the sun: keep it out of the invariant candidates
+    # (each date on its own thread: the filters release the GIL).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        shaded_after = pool.submit(_shaded, after, invalid)
+        shaded = _shaded(before, invalid) | shaded_after.result()
     if (~(invalid | shaded)).sum() >= max(min_pifs, 3 * before.shape[0]):
         invalid = invalid | shaded
     bs = sample_valid(before, invalid, max_samples=_IRMAD_SAMPLES).astype(np.float64)
