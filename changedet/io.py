@@ -749,35 +749,6 @@ class TileReader:
                         self._spare.append(data)
         return tile
 
-    def tiles_of(self, window: Window) -> list[tuple[int, int]]:
-        """Return the (row, col) of the tiles `window` reads, row by row (none if uncached).
-
-        The window is clipped to the raster.
-        """
-        th, tw = self.tile_shape
-        r0, c0 = max(int(window.row_off), 0), max(int(window.col_off), 0)
-        r1 = min(int(window.row_off + window.height), self.height)
-        c1 = min(int(window.col_off + window.width), self.width)
-        if not self.cached or r1 <= r0 or c1 <= c0:
-            return []
-        return [(r, c) for r in range(r0 // th, (r1 - 1) // th + 1)
-                for c in range(c0 // tw, (c1 - 1) // tw + 1)]
-
-    def warm(self, key: tuple[int, int]) -> bool:
-        """Decode tile `key` into the cache if it has room for it; say whether it had.
-
-        A tile already cached (or being decoded) counts as room.
-        """
-        th, tw = self.tile_shape
-        with self._lock:
-            if key in self._tiles:
-                return True
-            if self._bytes + th * tw * self.pixel_bytes > self.max_bytes:
-                return False
-        self._tile(key)
-        self._release(key)
-        return True
-
     def _release(self, key: tuple[int, int]) -> None:
         with self._lock:
             n = self._leases[key] - 1

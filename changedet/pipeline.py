@@ -31,7 +31,6 @@ from typing import IO, Any, Literal, get_args
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
-from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 from shapely.geometry import box, mapping, shape
@@ -55,31 +54,14 @@ from changedet.errors import (
 )
 from changedet.features import band_stats, gradient_magnitude
 from changedet.geojson import feature, feature_collection, to_wgs84
-from changedet.grid import (
-    WGS84,
-    Grid,
-    overlap_window,
-    resampling_for,
-    roi_window,
-    translation_between,
-)
+from changedet.grid import WGS84, Grid, overlap_window, resampling_for, roi_window
 from changedet.radiometry import (
     NORMALISE_METHODS,
     NormaliseMethod,
     apply_normalisation,
     fit_normalisation,
 )
-from changedet.runner import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_HALO,
-    BlockOutput,
-    Prefetch,
-    Readers,
-    Sources,
-    cache_pixels,
-    run_blocks,
-    small_pages,
-)
+from changedet.runner import DEFAULT_BLOCK_SIZE, BlockOutput, Sources, run_blocks, small_pages
 from changedet.scores import (
     ScoreMethod,
     default_vegetation_gate,
@@ -427,21 +409,14 @@ class _Prepared:
     sources: Sources
     shift: Shift
     metadata: dict[str, Any]
-    #: The images opened for a local block stage, caches already filled.
-    readers: Readers | None = None
 
 
 def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
              bbox: Sequence[float] | None, coreg: str, normalise: str, method: str,
              threshold: ThresholdMethod | float, min_area: float, open_radius: int,
              close_radius: int, simplify: float, tolerance: int | None,
-             report: Callable[[str], None], prefetch: int | None = None) -> _Prepared:
-    """Estimate globally: read sample windows and fit the run's parameters.
-
-    With `prefetch` (the block size of a local block stage), the images are
-    also opened for that stage and the tiles of its first blocks decoded
-    meanwhile, on a thread of its own.
-    """
+             report: Callable[[str], None]) -> _Prepared:
+    """Estimate globally: read sample windows and fit the run's parameters."""
     binfo, ainfo, bds, ads = opened.binfo, opened.ainfo, opened.before, opened.after
     use_bands = _pick_bands(binfo, ainfo, bands)
     roi_geom, roi_crs = _roi_geometry(roi, bbox)
@@ -494,19 +469,6 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         if all(inv.all() for _, inv in raw):
             raise InputError(f"{info.name}: has no valid pixels where the images overlap "
                              "(all nodata or masked)")
-    sources = Sources(opened.sources_paths[0], opened.sources_paths[1], binfo.name,
-                      ainfo.name, _window_origin(window))
-    readers = warm = None
-    if prefetch is not None:
-        with io.quiet_not_georeferenced():
-            readers = opened.stack.enter_context(Readers(
-                sources, use_bands, cache_pixels(wgrid.shape, prefetch, DEFAULT_HALO)))
-        move = translation_between(after_tiles.grid, wgrid)
-        warm = Prefetch(readers, wgrid.shape, block_size=prefetch, halo=DEFAULT_HALO,
-                        before_origin=sources.origin,
-                        after_origin=None if move is None or resampling != Resampling.cubic
-                        else (round(move[1]), round(move[0])))
-        opened.stack.callback(warm.stop)  # before the readers close
 
     alignment, applied = Alignment(), False
     if coreg != "none":
@@ -568,8 +530,8 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
                 pixel_area_m2=pixel_area,
                 open_radius=int(open_radius), close_radius=int(close_radius),
                 simplify=simplify_crs, roi=roi_geom)
-    if warm is not None:
-        warm.stop()
+    sources = Sources(opened.sources_paths[0], opened.sources_paths[1], binfo.name,
+                      ainfo.name, _window_origin(window))
 
     from changedet import __version__
 
@@ -597,7 +559,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         },
         "classes": {str(k): v for k, v in CLASS_NAMES.items()},
     }
-    return _Prepared(plan, sources, alignment.shift, metadata, readers)
+    return _Prepared(plan, sources, alignment.shift, metadata)
 
 
 def _check_options(coreg: str, normalise: str, method: str, min_area: Any, simplify: float,
@@ -737,10 +699,8 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
         # The estimation parallelises itself (reads beside fits, IR-MAD's
         # regressions on a pool); numpy's BLAS would add a spinning thread
         # per core to each small product, measured 0.2 s slower on two cores.
-        local = scheduler is None and workers is None
         with threadpool_limits(limits=1, user_api="blas"):
-            prep = _prepare(opened, report=report, prefetch=block_size if local else None,
-                            **opts)
+            prep = _prepare(opened, report=report, **opts)
 
         def run(sink: Any) -> None:
             with _cluster(scheduler, workers) as client:
@@ -748,8 +708,7 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
                     _check_dask_sources(prep.sources)
                 report("detecting")
                 run_blocks(prep.sources, prep.plan, sink, block_size=block_size,
-                           threads=threads, client=client, progress=progress,
-                           readers=prep.readers)
+                           threads=threads, client=client, progress=progress)
 
         yield prep, run
     report("done")

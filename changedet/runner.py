@@ -17,13 +17,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import importlib
-import logging
 import os
 import threading
 import warnings
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,8 +53,6 @@ from changedet.errors import LargeChangeWarning
 from changedet.process import SharedSetting
 from changedet.radiometry import apply_normalisation
 
-log = logging.getLogger(__name__)
-
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "STRIPE_BLOCKS",
@@ -64,7 +61,6 @@ __all__ = [
     "BlockOutput",
     "layout",
     "Readers",
-    "Prefetch",
     "cache_pixels",
     "release_free_memory",
     "small_pages",
@@ -171,21 +167,19 @@ class Readers:
     Parameters
     ----------
     sources : Sources
-    bands : sequence of int or None
-        1-based bands read from both images (:attr:`Plan.bands`).
+    plan : Plan
     cache_pixels : int, optional
         Pixels (per band) of each image's decoded tiles to keep (see
         :class:`changedet.io.TileReader`); 0 keeps only the tile in use.
     """
 
-    def __init__(self, sources: Sources, bands: Sequence[int] | None,
-                 cache_pixels: int = 0) -> None:
+    def __init__(self, sources: Sources, plan: Plan, cache_pixels: int = 0) -> None:
         #: Where each thread assembles its blocks (see read_block).
         self.scratch = io.Scratch()
-        self.before = io.TileReader(sources.before, bands=bands, name=sources.before_name,
+        self.before = io.TileReader(sources.before, bands=plan.bands, name=sources.before_name,
                                     max_pixels=cache_pixels)
         try:
-            self.after = io.TileReader(sources.after, bands=bands,
+            self.after = io.TileReader(sources.after, bands=plan.bands,
                                        name=sources.after_name, max_pixels=cache_pixels)
         except BaseException:
             self.before.close()
@@ -260,85 +254,15 @@ def release_free_memory() -> None:
     trim(0)
 
 
-def cache_pixels(shape: tuple[int, int], block_size: int, halo: int,
-                 stripe: int = STRIPE_BLOCKS) -> int:
+def cache_pixels(plan: Plan, block_size: int, halo: int, stripe: int = STRIPE_BLOCKS) -> int:
     """Tile cache per image, in pixels, that lets each tile be decoded about once.
 
-    Two rows of halo'd blocks across a stripe of a ``(height, width)``
-    grid: the rows of tiles the current row of blocks shares with the next
-    stay cached until it comes.
+    Two rows of halo'd blocks across a stripe: the rows of tiles the
+    current row of blocks shares with the next stay cached until it comes.
     """
-    w = min(shape[1], block_size * stripe) + 2 * halo
-    h = min(shape[0], block_size) + 2 * halo
+    w = min(plan.grid.width, block_size * stripe) + 2 * halo
+    h = min(plan.grid.height, block_size) + 2 * halo
     return 2 * w * h
-
-
-class Prefetch:
-    """Decode the tiles the first blocks will read, on a thread, while the run estimates.
-
-    The estimation leaves a core idle much of the time; the block stage
-    then starts with the caches of `readers` full (as many tiles as they
-    hold, in the order the blocks will ask for them), not empty.
-
-    Parameters
-    ----------
-    readers : Readers
-        The images opened for the block stage, with their caches.
-    shape : (height, width)
-        The processing grid.
-    block_size, halo : int
-        As the block stage will use them (a halo that ends up larger only
-        makes a few of the tiles wrong).
-    before_origin : (row, col)
-        The processing grid's origin in the before image's pixels.
-    after_origin : (row, col) or None
-        The same in the after image's pixels, when it is read through its
-        tiles (a grid that differs from the before image's by a
-        translation); None: it is warped, and not prefetched.
-    """
-
-    #: Pixels around a block's window the after image may be read from: the
-    #: cubic kernel's support, and the few pixels of a usual shift.
-    AFTER_MARGIN = 5
-
-    def __init__(self, readers: Readers, shape: tuple[int, int], *, block_size: int,
-                 halo: int, before_origin: tuple[int, int],
-                 after_origin: tuple[int, int] | None) -> None:
-        self._stop = threading.Event()
-        targets = [(readers.before, before_origin, 0)]
-        if after_origin is not None:
-            targets.append((readers.after, after_origin, self.AFTER_MARGIN))
-        self._thread = threading.Thread(
-            target=self._run, name="changedet-prefetch", daemon=True,
-            args=(targets, shape, block_size, halo))
-        self._thread.start()
-
-    def _run(self, targets: list[tuple[io.TileReader, tuple[int, int], int]],
-             shape: tuple[int, int], block_size: int, halo: int) -> None:
-        try:
-            with io.quiet_not_georeferenced():
-                for blk in layout(shape, block_size, halo):
-                    win = blk.window
-                    for reader, (r0, c0), margin in targets:
-                        window = Window(int(win.col_off) + c0 - margin,
-                                        int(win.row_off) + r0 - margin,
-                                        int(win.width) + 2 * margin,
-                                        int(win.height) + 2 * margin)
-                        for key in reader.tiles_of(window):
-                            if self._stop.is_set() or not reader.warm(key):
-                                return
-        except Exception:  # the block stage reads these tiles again, and says why not
-            log.debug("prefetch stopped", exc_info=True)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the caches are full (or `timeout` s); say whether they are."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def stop(self) -> None:
-        """Stop decoding (the tiles decoded stay cached) and wait for the thread."""
-        self._stop.set()
-        self._thread.join()
 
 
 def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | None = None,
@@ -362,7 +286,7 @@ def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | 
         Invalid in either image, or outside the region of interest.
     """
     if readers is None:
-        with Readers(sources, plan.bands) as own:
+        with Readers(sources, plan) as own:
             return read_block(sources, plan, window, own)
     r0, c0 = int(window.row_off), int(window.col_off)
     grid = plan.grid.window_grid(window)
@@ -502,8 +426,7 @@ def _merge_boxes(boxes: list[tuple[int, int, int, int]], pad: int,
 def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
                block_size: int = DEFAULT_BLOCK_SIZE, halo: int | None = None,
                threads: int | None = None, client: Any = None,
-               progress: Callable[[str, int, int], None] | None = None,
-               readers: Readers | None = None) -> None:
+               progress: Callable[[str, int, int], None] | None = None) -> None:
     """Process every block and hand the outputs to `sink`, in block order.
 
     Parameters
@@ -524,9 +447,6 @@ def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
         Run the blocks as tasks on this cluster instead.
     progress : callable, optional
         ``progress("blocks", done, total)``.
-    readers : Readers, optional
-        The images already opened for the local path (e.g. warmed by a
-        :class:`Prefetch`); closed at the end.
     """
     if block_size < 64:
         raise ValueError("block_size must be at least 64 pixels")
@@ -535,13 +455,12 @@ def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
         # georeferencing rasterio warns on every open.
         _run_blocks(sources, plan, sink, block_size=block_size,
                     halo=DEFAULT_HALO if halo is None else halo, threads=threads,
-                    client=client, progress=progress, readers=readers)
+                    client=client, progress=progress)
 
 
 def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, halo: int,
                 threads: int | None, client: Any,
-                progress: Callable[[str, int, int], None] | None,
-                readers: Readers | None) -> None:
+                progress: Callable[[str, int, int], None] | None) -> None:
     halo = max(halo, plan.halo)
     blocks = layout(plan.grid.shape, block_size, halo)
     threads = threads or os.cpu_count() or 1
@@ -554,13 +473,8 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
             # pass's): oversubscribed, it runs ten times slower than on one.
             stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         release_free_memory()
-        pixels = cache_pixels(plan.grid.shape, block_size, halo)
-        if readers is None:
-            readers = Readers(sources, plan.bands, pixels)
-        else:  # opened (and their caches filled) during the estimation
-            for reader in (readers.before, readers.after):
-                reader.max_bytes = max(reader.max_bytes, pixels * reader.pixel_bytes)
-        stack.enter_context(readers)
+        readers = stack.enter_context(Readers(sources, plan,
+                                              cache_pixels(plan, block_size, halo)))
         if client is not None:
             outputs = _ordered_dask(blocks, sources, plan, client)
         else:

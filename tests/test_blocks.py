@@ -95,58 +95,6 @@ def test_scores_below_the_threshold_need_not_be_exact(scene, reference, monkeypa
     assert (reference.score != searched.score).any()
 
 
-def test_prefetch_fills_the_caches_with_the_first_blocks_tiles(tmp_path):
-    from changedet.runner import Prefetch, Readers, Sources
-
-    b, a = (v[:, :288, :432] for v in _scene())           # tiled 256 x 256
-    paths = write_tif(tmp_path / "b.tif", b), write_tif(tmp_path / "a.tif", a)
-    sources = Sources(str(paths[0]), str(paths[1]), "b", "a", (0, 0))
-    with Readers(sources, None, cache_pixels=3 * 256 * 256) as readers:
-        assert readers.before.tile_shape == (256, 256)
-        warm = Prefetch(readers, (288, 432), block_size=128, halo=48, before_origin=(0, 0),
-                        after_origin=(0, 0))
-        assert warm.wait(30)
-        warm.stop()
-        for reader in (readers.before, readers.after):
-            # The first block's window (rows and columns 0-175) lies in tile
-            # (0, 0); the next in (0, 0) and (0, 1); no more than fit.
-            assert {(0, 0), (0, 1)} <= set(reader._tiles)
-            assert reader.decoded == len(reader._tiles)
-            assert reader._bytes <= reader.max_bytes
-            assert not reader._leases
-
-
-def test_results_do_not_depend_on_the_prefetch(scene, reference, monkeypatch):
-    import changedet.pipeline as pipeline
-
-    class Idle:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def stop(self):
-            pass
-
-    monkeypatch.setattr(pipeline, "Prefetch", Idle)
-    cold = changedet.detect(*scene, block_size=4096, threads=1)
-    np.testing.assert_array_equal(cold.classes, reference.classes)
-    np.testing.assert_array_equal(cold.score, reference.score)
-    assert _features(cold) == _features(reference)
-
-
-def test_a_failed_estimation_stops_the_prefetch(scene, monkeypatch):
-    import threading
-
-    import changedet.pipeline as pipeline
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("fit failed")
-
-    monkeypatch.setattr(pipeline, "fit_normalisation", broken)
-    with pytest.raises(RuntimeError, match="fit failed"):
-        changedet.detect(*scene, block_size=64)
-    assert not [t for t in threading.enumerate() if t.name == "changedet-prefetch"]
-
-
 def test_the_large_structure_needs_the_second_pass(reference):
     # With 64-pixel blocks and the default halo, the 200 x 120 px structure
     # cannot be finished by the block that holds its first pixel.
