@@ -1386,7 +1386,7 @@ class RasterBlockWriter:
         (GDAL reads a tile never written as the file's nodata value, so the
         temporary file carries none; the published raster does.)
     reduce : callable, optional
-        Make the overviews with this instead of GDAL's
+        With `sparse`: make the overviews with this instead of GDAL's
         `overview_resampling`: called on a (2h, 2w) window of one level
         (a single band; odd edges padded with `nodata`), it returns the
         (h, w) window of the next. Each level is made from the one before,
@@ -1410,8 +1410,11 @@ class RasterBlockWriter:
         self._nodata = nodata if sparse else None
         self._reduce, self._pad = reduce, 0 if nodata is None else nodata
         self._touched: set[tuple[int, int]] = set()
-        if reduce is not None and count != 1:
-            raise ValueError("overviews by a reduce function are made for one band only")
+        if reduce is not None and (count != 1 or not sparse):
+            # The levels are made only where tiles were written, the rest
+            # taken as 0: true of a sparse raster only.
+            raise ValueError("overviews by a reduce function are made for one band of a "
+                             "sparse raster only")
         self._lock = threading.Lock()
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part.tif",
                                          dir=self.path.parent)
@@ -1497,8 +1500,10 @@ class RasterBlockWriter:
                     os.unlink(tmp)
 
     def _overviews(self) -> list[str]:
-        # The levels GDAL's COG driver would make (halving, rounded up, until
-        # both sides are 512 or less), each from the one before with
+        # Levels halving until both sides are 512 or less, as GDAL's COG
+        # driver stops, but rounded up (GDAL rounds down, which can make one
+        # level fewer): each coarse pixel covers exactly 2 x 2 finer ones,
+        # the last odd row and column included. Each from the one before with
         # `reduce`, as sparse temporary GeoTIFFs beside the raster; only
         # where tiles were written (elsewhere every level is 0).
         levels: list[str] = []

@@ -80,8 +80,8 @@ def test_class_overview_keeps_change_visible():
 
 def test_class_raster_overviews_are_made_level_from_level(tmp_path):
     # Odd sides: levels halving (rounded up: odd edges padded as nodata)
-    # until both sides are 512 or less, as GDAL's COG levels, each the
-    # class_overview of the one before.
+    # until both sides are 512 or less, each the class_overview of the one
+    # before.
     grid = Grid(utm_transform(), UTM, 1101, 2100)
     rng = np.random.default_rng(3)
     classes = np.zeros(grid.shape, np.uint8)
@@ -103,6 +103,15 @@ def test_class_raster_overviews_are_made_level_from_level(tmp_path):
     # Every structure still shows at the coarsest level.
     assert (level == 0).sum() < level.size and {1, 2, 3} <= set(np.unique(level).tolist())
     assert list(tmp_path.iterdir()) == [tmp_path / "c.tif"]
+
+
+def test_reduce_needs_a_sparse_single_band_raster(tmp_path):
+    grid = Grid(utm_transform(), UTM, 64, 64)
+    for kwargs in ({}, {"sparse": True, "count": 2}):
+        with pytest.raises(ValueError, match="sparse raster only"):
+            io.RasterBlockWriter(tmp_path / "c.tif", grid, dtype="uint8", nodata=255,
+                                 reduce=io.class_overview, **kwargs)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_outputs_are_deterministic(tmp_path):
