@@ -657,8 +657,7 @@ class _FileSink:
         # background needs writing only where it is nodata, and never over
         # an object that a neighbour wrote first.
         if self.classes is not None and out.invalid.any():
-            self.classes.update(out.core, lambda cur: np.where(
-                out.invalid & (cur == 0), np.uint8(NODATA_CLASS), cur))
+            self.classes.update(out.core, lambda cur: _merge_background(cur, out.invalid))
         if self.score is not None:
             self.score.write(out.core, np.where(out.invalid, np.nan, out.score))
 
