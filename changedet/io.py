@@ -1485,15 +1485,16 @@ class RasterBlockWriter:
             count = ds.count
             ds.close()
             overviews = "AUTO" if min(self.grid.shape) > 512 else "NONE"
-            if self._reduce is not None and overviews == "AUTO":
-                with quiet_not_georeferenced():  # the levels carry no grid
-                    self._overviews(levels)
-            # A sparse raster gets its nodata value on the way (a VRT):
-            # declared on the temporary file, it would fill its unwritten
-            # tiles. The VRT also lends the COG driver our own overviews.
-            src = self._tmp if self._nodata is None and not levels else _publish_vrt(
-                self._tmp, self.grid, count, self._dtype, self._nodata, self._tags, levels)
+            # Inside _raster_output: a failure making the levels (a full
+            # disk) is an OutputError naming the raster, as one copying it.
             with _raster_output(self.path, overwrite=self.overwrite, inputs=()) as out:
+                if self._reduce is not None and overviews == "AUTO":
+                    self._overviews(levels)  # (the levels carry no grid: warnings quiet)
+                # A sparse raster gets its nodata value on the way (a VRT):
+                # declared on the temporary file, it would fill its unwritten
+                # tiles. The VRT also lends the COG driver our own overviews.
+                src = self._tmp if self._nodata is None and not levels else _publish_vrt(
+                    self._tmp, self.grid, count, self._dtype, self._nodata, self._tags, levels)
                 rasterio.shutil.copy(
                     src, out, driver="COG", compress="DEFLATE", num_threads="ALL_CPUS",
                     predictor=self._predictor, blocksize=512, BIGTIFF="IF_SAFER",

@@ -105,6 +105,22 @@ def test_class_raster_overviews_are_made_level_from_level(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "c.tif"]
 
 
+def test_failure_while_making_overviews_leaves_nothing(tmp_path, monkeypatch):
+    grid = Grid(utm_transform(), UTM, 1200, 1100)      # two levels
+    real, calls = io._reduce_level, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(io, "_reduce_level", second_fails)
+    with pytest.raises(OutputError, match="c.tif"):
+        io.write_class_raster(np.ones(grid.shape, np.uint8), grid, tmp_path / "c.tif")
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+
+
 def test_reduce_needs_a_sparse_single_band_raster(tmp_path):
     grid = Grid(utm_transform(), UTM, 64, 64)
     for kwargs in ({}, {"sparse": True, "count": 2}):
