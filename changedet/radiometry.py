@@ -33,6 +33,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import linalg, ndimage, special
 
+from changedet.features import low_percentile
+
 __all__ = [
     "NormaliseMethod",
     "NORMALISE_METHODS",
@@ -351,7 +353,7 @@ def _shaded(data: NDArray[np.floating], invalid: NDArray[np.bool_], *, window: i
     # Pixels much darker than the ground around them: shade, which moves
     # with the sun, so never pseudo-invariant.
     data = np.asarray(data, np.float32)
-    dark = np.array([np.percentile(band[~invalid], 0.5) if (~invalid).any() else 0.0
+    dark = np.array([low_percentile(band[~invalid], 0.5) if (~invalid).any() else 0.0
                      for band in data], np.float32)
     bright = np.maximum(data - dark[:, None, None], 0).sum(axis=0)
     return bright < ratio * ndimage.uniform_filter(bright, window, mode="nearest")

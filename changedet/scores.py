@@ -61,6 +61,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from changedet import chi2
+from changedet.features import low_percentile
 from changedet.radiometry import IRMAD, irmad, sample_valid
 
 __all__ = [
@@ -266,7 +267,7 @@ def _dark_level(before: NDArray[np.floating], after: NDArray[np.floating],
     def values(band: NDArray[np.floating]) -> NDArray[np.float64]:
         return np.asarray(band if valid is None else band[valid], np.float64)
 
-    return np.array([np.percentile(np.concatenate([values(b), values(a)]), 0.05)
+    return np.array([low_percentile(np.concatenate([values(b), values(a)]), 0.05)
                      for b, a in zip(before, after, strict=True)])
 
 
