@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from shapely.geometry.base import BaseGeometry
 
-from changedet.cleanup import CONNECTIVITY, clean_mask, delineate, label_components
+from changedet.cleanup import CONNECTIVITY, clean_mask, delineate, dilate_square, label_components
 from changedet.direction import CLASS_NAMES, Direction, classify_direction
 from changedet.features import BandStats
 from changedet.grid import Grid
@@ -413,7 +413,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     if not live.any():
         return WindowResult(score)
     k = plan.link_radius
-    grouped = ndimage.maximum_filter(live.view(np.uint8), size=2 * k + 1) > 0
+    grouped = dilate_square(live, k)
     glabels, ng = ndimage.label(grouped, structure=CONNECTIVITY)
     ids = np.arange(1, ng + 1)
     slices = ndimage.find_objects(glabels)

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_MIN_AREA_M2",
     "CONNECTIVITY",
     "label_components",
+    "dilate_square",
     "delineate",
     "remove_small_components",
     "fill_small_holes",
@@ -49,6 +50,53 @@ def label_components(mask: NDArray[np.bool_]) -> tuple[NDArray[np.int32], int]:
     """Label 8-connected components; returns ``(labels, count)``, 0 = background."""
     labels, n = ndimage.label(mask, structure=CONNECTIVITY)
     return labels.astype(np.int32, copy=False), int(n)
+
+
+def dilate_square(mask: NDArray[np.bool_], radius: int) -> NDArray[np.bool_]:
+    """Dilate a mask by a ``(2 radius + 1)`` square: True within `radius` of a True pixel.
+
+    The same as ``ndimage.maximum_filter(mask, 2 * radius + 1) > 0`` (or a
+    binary dilation with that square), by windows that double in length
+    along each axis: a few whole-array ORs, about half the filter's time on
+    a block's sparse mask.
+
+    Examples
+    --------
+    >>> m = np.zeros((1, 7), bool); m[0, 3] = True
+    >>> dilate_square(m, 2).astype(int).tolist()
+    [[0, 1, 1, 1, 1, 1, 0]]
+    """
+    out = np.asarray(mask, bool)
+    if radius <= 0:
+        return out.copy()
+    for axis in range(out.ndim):
+        out = _dilate_axis(out, radius, axis)
+    return out
+
+
+def _dilate_axis(mask: NDArray[np.bool_], radius: int, axis: int) -> NDArray[np.bool_]:
+    # run[i] = any(mask[i:i + length]), for a length doubled up to
+    # 2 radius + 1; the result is run shifted back by radius, with pixels
+    # past the edge False.
+    n = mask.shape[axis]
+    want = 2 * radius + 1
+
+    def cut(a: NDArray[np.bool_], start: int, stop: int | None) -> NDArray[np.bool_]:
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, stop)
+        return a[tuple(index)]
+
+    pad = [(0, 0)] * mask.ndim
+    pad[axis] = (radius, radius)
+    run = np.pad(mask, pad)          # index i here is i - radius in mask
+    length = 1
+    while length < want:
+        step = min(length, want - length)
+        # run[i] |= run[i + step]: windows of `length` become `length + step`.
+        head = cut(run, 0, -step)
+        head |= cut(run, step, None)
+        length += step
+    return cut(run, 0, n).copy()
 
 
 def delineate(score: NDArray[np.floating], mask: NDArray[np.bool_], *, fraction: float = 0.5,

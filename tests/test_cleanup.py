@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
+from scipy import ndimage
 
 from changedet.cleanup import (
     clean_mask,
     delineate,
+    dilate_square,
     fill_small_holes,
     label_components,
     remove_small_components,
@@ -77,3 +80,15 @@ def test_a_structure_and_its_shadow_are_one_polygon():
     m[32:40, 10:30] = True      # its shadow, 2 px away
     labels, n = label_components(clean_mask(m, pixel_area_m2=0.25, min_area_m2=30))
     assert n == 1
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3, 8])
+def test_dilate_square_equals_the_maximum_filter(radius):
+    rng = np.random.default_rng(radius)
+    for shape in [(1, 1), (5, 40), (37, 23), (120, 97)]:
+        for density in (0.0, 0.002, 0.05, 0.5):
+            mask = rng.random(shape) < density
+            expect = ndimage.maximum_filter(mask.view(np.uint8), size=2 * radius + 1) > 0
+            got = dilate_square(mask, radius)
+            assert got.dtype == bool and got.shape == mask.shape
+            np.testing.assert_array_equal(got, expect)
