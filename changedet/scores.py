@@ -477,15 +477,15 @@ def _shadow_residual(d: NDArray[np.float32], u: NDArray[np.float32],
 
 def _apply_shadow(score: NDArray[np.float32], before: NDArray[np.floating],
                   after: NDArray[np.floating], shadow: ShadowModel, w: NDArray[np.float32],
-                  mean: NDArray[np.float32], candidates: NDArray[np.bool_]) -> None:
+                  mean: NDArray[np.float32], candidates: _Candidates) -> None:
     # In place: where one date is only the other in shade, the score is the
     # distance from that explanation instead.
-    if not candidates.any():
+    if not candidates.at[0].size:
         return
     # Only a pixel darker than the ground around it at its date can be in
     # shade there (a field ploughed dark is as dark as its neighbours).
-    in_shade_b = _locally_dark(before, shadow.dark) & candidates
-    in_shade_a = _locally_dark(after, shadow.dark) & candidates
+    in_shade_b = _locally_dark(before, shadow.dark) & candidates.mask
+    in_shade_a = _locally_dark(after, shadow.dark) & candidates.mask
     dark = np.asarray(shadow.dark, np.float32)[:, None]
     k = np.asarray(shadow.ratio, np.float32)[:, None]
     for shaded, after_is_shaded in ((in_shade_a, True), (in_shade_b, False)):
@@ -577,7 +577,7 @@ def vegetation_mask(data: NDArray[np.floating], gate: VegetationGate) -> NDArray
 
 def _gate(score: NDArray[np.float32], before: NDArray[np.floating],
           after: NDArray[np.floating], gate: VegetationGate | None,
-          candidates: NDArray[np.bool_] | None = None) -> None:
+          candidates: _Candidates | None = None) -> None:
     # In place: 0 where a candidate pixel (default: every pixel) is
     # vegetation at both dates (the season changes a field's colour; it is
     # not a structure built or removed). The scores that know their
@@ -596,7 +596,7 @@ def _gate(score: NDArray[np.float32], before: NDArray[np.floating],
             veg &= vegetation_mask(after, gate)
             score[veg] = 0
         return
-    rows, cols = np.nonzero(candidates)
+    rows, cols = candidates.at
     veg = vegetation_at(before, gate, rows, cols)
     rows, cols = rows[veg], cols[veg]
     veg = vegetation_at(after, gate, rows, cols)
@@ -883,9 +883,18 @@ def _tolerant_distance(wa: NDArray[np.float32], wb: NDArray[np.float32],
 _TOLERANT_CHUNK = 4096
 
 
+@dataclass(frozen=True)
+class _Candidates:
+    # The pixels a score's nuisances are judged at: as a mask, and its
+    # np.nonzero (found once: it cost as much as the vegetation gate's own
+    # look-up of them).
+    mask: NDArray[np.bool_]
+    at: tuple[NDArray[np.intp], ...]
+
+
 def _whitened_score(wb: NDArray[np.float32], wa: NDArray[np.float32], dof: int,
                     tolerance: int, candidate_p: float, exact_above: float = 0.0,
-                    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+                    ) -> tuple[NDArray[np.float32], _Candidates]:
     # Plain whitened distance, then the displacement-tolerant one on the
     # pixels that could be change at all; also returns those candidates.
     # Every nuisance only lowers a score, so a pixel whose plain score is at
@@ -897,11 +906,10 @@ def _whitened_score(wb: NDArray[np.float32], wa: NDArray[np.float32], dof: int,
     del diff
     cut = max(float(np.sqrt(chi2.isf(candidate_p, dof))), exact_above)
     candidates = score > cut
-    if tolerance > 0:
-        rows, cols = np.nonzero(candidates)
-        if rows.size:
-            score[rows, cols] = _tolerant_distance(wa, wb, rows, cols, tolerance)
-    return score, candidates
+    at = np.nonzero(candidates)
+    if tolerance > 0 and at[0].size:
+        score[at] = _tolerant_distance(wa, wb, *at, tolerance)
+    return score, _Candidates(candidates, at)
 
 
 def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -1165,7 +1173,7 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
     score, candidates = _whitened_score(wb, wa, params.dof, params.tolerance, candidate_p,
                                         exact_above)
     if params.shadow is not None:
-        rows, cols = np.nonzero(candidates)
+        rows, cols = candidates.at
         if rows.size:
             # Shade moves the log values by log(ratio), a fixed vector, which
             # is then standardised like the rest.
