@@ -311,7 +311,7 @@ def robust_orthogonal_regression(x: NDArray[np.floating], y: NDArray[np.floating
     x0, y0 = x[i[ok]], y[i[ok]]
     xs, ys = x[uni], y[uni]
 
-    def residuals(lines: slice) -> NDArray[np.float64]:
+    def residuals(lines: slice | NDArray[np.intp]) -> NDArray[np.float64]:
         # Orthogonal distances of the scoring points from some candidate
         # lines, (lines, points). A few lines at a time: all 600 at once
         # made temporaries of ~100 MB each, whose page faults cost more
@@ -326,7 +326,15 @@ def robust_orthogonal_regression(x: NDArray[np.floating], y: NDArray[np.floating
     med = np.concatenate([np.median(residuals(c), axis=1) for c in chunks])
     scale = 1.4826 * float(med.min()) * (1 + 5 / max(xs.size - 2, 1))
     band = cutoff * max(scale, 1e-12)
-    counts = np.concatenate([(residuals(c) <= band).sum(axis=1) for c in chunks])
+    # Only lines whose median residual is within the band can win: one
+    # whose median is beyond it has at most half the points within it,
+    # while the best least-median line (median <= band) has at least half,
+    # and on a tie the smaller median wins. Most lines are skipped.
+    contenders = np.flatnonzero(med <= band)
+    at = [contenders[s:s + _LINES_AT_ONCE] for s in range(0, contenders.size, _LINES_AT_ONCE)]
+    counts = np.zeros(theta.size, np.intp)
+    for c in at:
+        counts[c] = (residuals(c) <= band).sum(axis=1)
     k = int(np.lexsort((med, -counts))[0])
     t, px, py = float(theta[k]), float(x0[k]), float(y0[k])
     inliers = np.abs(-np.sin(t) * (x - px) + np.cos(t) * (y - py)) <= band
