@@ -679,10 +679,15 @@ class TileReader:
             for ds in self._handles:
                 ds.close()
             self._handles.clear()
-            self._tiles.clear()
-            self._sizes.clear()
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop the cached tiles (tiles being read stay theirs); handles stay open."""
+        with self._lock:
+            for key in [k for k in self._tiles if not self._leases.get(k)]:
+                del self._tiles[key]
+                self._bytes -= self._sizes.pop(key, 0)
             self._spare.clear()
-            self._bytes = 0
 
     def __enter__(self) -> TileReader:
         return self

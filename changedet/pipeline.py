@@ -372,6 +372,11 @@ class _Opened:
     stack: contextlib.ExitStack
 
 
+#: Decoded tiles of the after image the estimation keeps, bytes: the
+#: samples are read again once co-registered (moved by a fraction of a
+#: pixel, they lie in the same tiles).
+SAMPLE_CACHE_BYTES = 64 * 2 ** 20
+
 #: GDAL's block cache, MB, unless the user sets GDAL_CACHEMAX: GDAL's own
 #: default (5 % of RAM) lets memory grow with the raster read. (rasterio
 #: passes an integer GDAL_CACHEMAX to GDAL in bytes, not megabytes.)
@@ -446,7 +451,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
 
     # The after image is read as the blocks will read it (runner.read_block).
     after_tiles = opened.stack.enter_context(io.TileReader(
-        opened.sources_paths[1], bands=use_bands, name=ainfo.name, max_bytes=0))
+        opened.sources_paths[1], bands=use_bands, name=ainfo.name, max_bytes=SAMPLE_CACHE_BYTES))
 
     def read_after(win: Window, alignment: Alignment | None = None,
                    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -491,6 +496,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         # threads (decoding and resampling release the GIL).
         with ThreadPoolExecutor(max_workers=2) as pool:
             after_raw = list(pool.map(lambda win: read_after(win, applied_alignment), windows))
+    after_tiles.clear()
     per_row = 1 if len(windows) == 1 else len({int(w.col_off) for w in windows})
     b_s = _mosaic([b for b, _ in before_raw], per_row)
     a_s = _mosaic([a for a, _ in after_raw], per_row)

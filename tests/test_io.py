@@ -429,6 +429,20 @@ def test_tile_reader_decodes_each_tile_once(tmp_path):
         np.testing.assert_array_equal(ia, ib)
 
 
+def test_tile_reader_clear_drops_the_tiles_and_keeps_reading(tmp_path):
+    path = _tiled(tmp_path)
+    win = Window(10, 20, 100, 50)              # 2 x 2 tiles
+    with io.TileReader(str(path)) as r:
+        before = r.read(win)
+        assert r.decoded == 4 and r._bytes > 0
+        r.clear()
+        assert r._bytes == 0 and not r._tiles
+        after = r.read(win)                      # the same handle, decoded again
+        assert r.decoded == 8
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+
+
 def test_tile_reader_small_cache_stays_bounded(tmp_path):
     path = _tiled(tmp_path)
     tile_bytes = 3 * 64 * 64 * 2 + 64 * 64      # uint16 bands and the invalid mask
