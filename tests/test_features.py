@@ -6,6 +6,8 @@ import pytest
 from changedet.features import low_percentile
 
 
+@pytest.mark.skipif(int(np.__version__.split(".")[0]) < 2,
+                    reason="numpy 1 promotes float32 scalars differently (NEP 50)")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("q", [0.0, 0.01, 0.05, 0.5, 3.0])
 def test_low_percentile_is_numpys_bit_for_bit(dtype, q):
