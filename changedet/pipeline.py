@@ -229,6 +229,11 @@ class DiffSummary(_Features):
         The polygons (on the grid's CRS) and their attributes, in the order
         written, when :func:`diff` was asked to ``collect`` them (for
         pictures and reports); empty otherwise.
+    valid_pixels : int
+        Pixels of the grid valid in both images (and inside the region of
+        interest).
+    changed_pixels : int
+        Pixels of the change polygons (the class raster's 1, 2 and 3).
     """
 
     count: int
@@ -238,6 +243,8 @@ class DiffSummary(_Features):
     metadata: dict[str, Any]
     geometries: list[BaseGeometry] = field(default_factory=list)
     properties: list[dict[str, Any]] = field(default_factory=list)
+    valid_pixels: int = 0
+    changed_pixels: int = 0
 
 
 def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
@@ -657,8 +664,10 @@ class _FileSink:
         self.collect = collect
         self.geometries: list[BaseGeometry] = []
         self.properties: list[dict[str, Any]] = []
+        self.valid_pixels = self.changed_pixels = 0
 
     def block(self, out: BlockOutput) -> None:
+        self.valid_pixels += out.invalid.size - int(np.count_nonzero(out.invalid))
         # The class raster is sparse (0 where never written): a block's
         # background needs writing only where it is nodata, and never over
         # an object that a neighbour wrote first.
@@ -672,6 +681,7 @@ class _FileSink:
         self.features.write(feature(self.features.count + 1, geom, obj.properties),
                             geom.bounds)
         self.counts[obj.properties["change"]] += 1
+        self.changed_pixels += int(obj.properties["pixels"])
         if self.collect:
             self.geometries.append(obj.geometry)
             self.properties.append(obj.properties)
@@ -947,7 +957,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
             raise
     return DiffSummary(count=writer.count, counts=dict(sink.counts), shift=prep.shift,
                        grid=plan.grid, metadata=prep.metadata, geometries=sink.geometries,
-                       properties=sink.properties)
+                       properties=sink.properties, valid_pixels=sink.valid_pixels,
+                       changed_pixels=sink.changed_pixels)
 
 
 detect.__doc__ = detect.__doc__.replace("{params}", _DETECT_DOC_PARAMETERS)
