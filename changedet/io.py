@@ -125,20 +125,28 @@ RasterSource = str | os.PathLike | DatasetReader | Raster
 
 
 def source_label(src: RasterSource) -> str:
-    """Return how to name an input in outputs and messages: its full path, or its name."""
+    """Return how to name an input in outputs and messages: its full path, or its name.
+
+    GDAL's ``vrt://PATH?OPTIONS`` is named by its PATH.
+    """
     if isinstance(src, (str, os.PathLike)):
-        return os.fspath(src)
+        return _vrt_target(os.fspath(src))
     if isinstance(src, Raster):
         return src.name
-    return str(getattr(src, "name", "<dataset>"))
+    return _vrt_target(str(getattr(src, "name", "<dataset>")))
+
+
+def _vrt_target(name: str) -> str:
+    return name[6:].split("?", 1)[0] if name.startswith("vrt://") else name
 
 
 def _name(src: RasterSource) -> str:
     if isinstance(src, Raster):
         return src.name
     if isinstance(src, (DatasetReader, WarpedVRT)):
-        return os.path.basename(src.name) or src.name
-    return os.path.basename(os.fspath(src))
+        name = _vrt_target(src.name)
+        return os.path.basename(name) or name
+    return os.path.basename(_vrt_target(os.fspath(src)))
 
 
 @contextlib.contextmanager
