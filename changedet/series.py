@@ -1,10 +1,19 @@
 """Time series: follow a site over many dates, and say when each change came.
 
 :func:`track_series` co-registers every date to the first (one global
-shift each), runs :func:`changedet.detect` between consecutive dates, and
-follows each structure across the steps, so that something that appeared at
-date *k* and is still there later is **one** feature with ``first_seen``
-date *k*; something that later disappears gets its ``last_seen``.
+shift each), runs :func:`changedet.diff` between consecutive dates (block
+by block, so memory does not grow with the images), and follows each
+structure across the steps, so that something that appeared at date *k*
+and is still there later is **one** feature with ``first_seen`` date *k*;
+something that later disappears gets its ``last_seen``.
+
+A date in a file is not copied: it is named through GDAL's ``vrt://``
+with its geotransform moved by its shift to the first date, so every
+step's polygons lie on the first date's frame. Each step also removes
+the residual shift between its two dates (shifts to the first date are
+estimated independently, so two of them can disagree by half a pixel,
+which a comparison of consecutive dates would otherwise see as change
+along every edge).
 
 Dates come from the caller, else from the file's metadata
 (``ACQUISITIONDATE``-like tags, ``TIFFTAG_DATETIME``), else from a date in
@@ -32,8 +41,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import rasterio
 import shapely
+from affine import Affine
+from rasterio.io import DatasetReader
+from rasterio.warp import transform, transform_bounds, transform_geom
 from rasterio.windows import Window
+from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from changedet import io
@@ -41,7 +55,7 @@ from changedet.coreg import Shift
 from changedet.errors import BandMismatchError, InputError, UnreliableShiftWarning
 from changedet.grid import Grid, overlap_window
 from changedet.pairinfo import central_window, estimate_pair_shift
-from changedet.pipeline import ChangeResult, _Features, detect
+from changedet.pipeline import _Features, diff
 from changedet.vectorize import areas_m2
 
 __all__ = [
@@ -261,6 +275,106 @@ def _intersect(a: Window, b: Window) -> Window:
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
+@dataclass
+class _Step:
+    # What one consecutive pair gave, on the series' CRS.
+    geometries: list[BaseGeometry]
+    properties: list[dict[str, Any]]
+    valid_pixels: int
+    changed_pixels: int
+    metadata: dict[str, Any]
+
+
+#: GDAL's ``vrt://`` takes a geotransform (``a_gt``) from GDAL 3.8 on.
+_VRT_GT = tuple(int(v) for v in rasterio.__gdal_version__.split(".")[:2]) >= (3, 8)
+
+
+def _gdal_name(src: io.RasterSource) -> str | None:
+    # A name every block thread (or Dask worker) can open the date by, or
+    # None for what lives in this process only, or cannot take vrt:// options.
+    if isinstance(src, (str, os.PathLike)):
+        name = os.fspath(src)
+    elif isinstance(src, DatasetReader):
+        name = src.name
+    else:
+        return None
+    if not _VRT_GT or "?" in name or name.startswith(("vrt://", "/vsimem/")):
+        return None
+    return name
+
+
+def _moved(own: Grid, grid: Grid, offset: tuple[float, float]) -> Affine:
+    """Move a date's transform so that its content lies where the first date's does.
+
+    `offset` is where the date's content is, in pixels of `grid`, relative to
+    the first date (what :func:`io.read_warped` takes as ``offset_px``).
+    """
+    t = grid.transform
+    dx, dy = offset
+    vx, vy = -(t.a * dx + t.b * dy), -(t.d * dx + t.e * dy)
+    if own.crs != grid.crs and (vx or vy):
+        # A move of a few pixels is a translation in the date's CRS too.
+        cx, cy = t @ (grid.width / 2, grid.height / 2)
+        xs, ys = transform(grid.crs, own.crs, [cx, cx + vx], [cy, cy + vy])
+        vx, vy = xs[1] - xs[0], ys[1] - ys[0]
+    return Affine.translation(vx, vy) @ own.transform
+
+
+def _registered(src: io.RasterSource, label: str, own: Grid, grid: Grid,
+                offset: tuple[float, float], window: Window | None,
+                bands: Sequence[int] | None) -> str | Callable[[], io.Raster]:
+    """Put a date on the first date's frame, as a name or as a reader for later.
+
+    A file is named through GDAL's ``vrt://`` with its geotransform moved by
+    the date's shift (no pixel is copied or resampled here: the blocks read
+    it like any input). Anything else is read onto `grid` in memory when its
+    step comes (a `window` of the first date, or warped by `offset`).
+    """
+    name = _gdal_name(src)
+    if name is not None and grid.crs is not None and own.crs is not None:
+        options = []
+        if bands is not None:
+            options.append("bands=" + ",".join(str(int(b)) for b in bands))
+        if offset != (0.0, 0.0):
+            m = _moved(own, grid, offset)
+            options.append("a_gt=" + ",".join(repr(float(v)) for v in
+                                              (m.c, m.a, m.b, m.f, m.d, m.e)))
+        return f"vrt://{name}?{'&'.join(options)}" if options else name
+
+    def load() -> io.Raster:
+        with io.open_raster(src) as ds:
+            if window is not None:
+                data, invalid = io.read_window(ds, window, bands=bands)
+            else:
+                data, invalid = io.read_warped(ds, grid, bands=bands, offset_px=offset)
+        return io.Raster(data, grid.transform, grid.crs, mask=invalid, name=label)
+
+    return load
+
+
+def _bounds_in(g: Grid, crs: Any) -> tuple[float, float, float, float]:
+    return g.bounds if g.crs == crs else transform_bounds(g.crs, crs, *g.bounds)
+
+
+def _run_step(before: io.RasterSource, after: io.RasterSource, grid: Grid,
+              footprint: BaseGeometry | None, progress: ProgressCallback, coreg: str,
+              options: dict[str, Any]) -> _Step:
+    """Find the changes between two registered dates, block by block."""
+    with open(os.devnull, "w") as discard:
+        s = diff(before, after, stream=discard, collect=True, coreg=coreg, progress=progress,
+                 **options)
+    geoms = s.geometries
+    if s.grid.crs != grid.crs:
+        geoms = [shape(transform_geom(s.grid.crs, grid.crs, mapping(g))) for g in geoms]
+    props = s.properties
+    if footprint is not None and not footprint.covers(shapely.box(*_bounds_in(s.grid, grid.crs))):
+        # The pair shares more ground than the whole series: keep the common part.
+        clipped = shapely.intersection(geoms, footprint)
+        keep = [i for i, g in enumerate(clipped) if g.area > 0]
+        geoms, props = [clipped[i] for i in keep], [props[i] for i in keep]
+    return _Step(list(geoms), list(props), s.valid_pixels, s.changed_pixels, s.metadata)
+
+
 def track_series(sources: Sequence[io.RasterSource], *,
                  dates: Sequence[str] | None = None,
                  bands: Sequence[int] | None = None,
@@ -281,14 +395,16 @@ def track_series(sources: Sequence[io.RasterSource], *,
         1-based bands to use from every image (default all; counts must
         then match).
     coreg : {"global", "none"}, optional
-        Co-register every date to the first with one global shift, or not.
+        Co-register every date to the first with one global shift, and each
+        consecutive pair to each other; or neither.
     overlap : float, optional
         Linking overlap, see :func:`link_changes`.
     progress : callable, optional
         Called as ``progress(stage, done, total)``; `stage` names the step.
     **detect_options
-        Passed to :func:`changedet.detect` for every consecutive pair
-        (``min_area``, ``threshold``, ``normalise``, ...).
+        Passed to :func:`changedet.diff` for every consecutive pair
+        (``min_area``, ``threshold``, ``normalise``, ``block_size``,
+        ``threads``, ``scheduler``, ...).
 
     Returns
     -------
@@ -310,9 +426,15 @@ def track_series(sources: Sequence[io.RasterSource], *,
 
     Notes
     -----
-    Memory: two dates at a time on the common grid (float32), plus what
-    :func:`changedet.detect` needs for one pair. Each date is read once for
-    its shift (a central crop of at most 1024 px) and once on the grid.
+    Memory: what :func:`changedet.diff` needs for one pair (bounded by the
+    block size, not the images), plus the polygons. Dates given as files
+    (paths, or datasets opened from files) are read block by block through
+    GDAL's ``vrt://`` (GDAL 3.8 or later); in-memory rasters and datasets,
+    files whose names hold a ``?``, and images without georeferencing are
+    read onto the common grid in memory instead, two dates at a time.
+    Each date is also read once for its shift (a central crop of at most
+    1024 px). Where a pair of dates shares more ground than all the dates
+    do, its polygons are clipped to the common ground.
     """
     if coreg not in ("global", "none"):
         raise ValueError(f"coreg must be one of ('global', 'none'), not {coreg!r}")
@@ -358,37 +480,39 @@ def track_series(sources: Sequence[io.RasterSource], *,
         use = list(bands) if bands is not None else None
 
         shifts = [Shift(reliability=1.0, reliable=True)]
-        rasters: list[io.Raster | None] = [None] * n
-        data, invalid = io.read_window(ref, window, bands=use)
-        rasters[0] = io.Raster(data, grid.transform, grid.crs, mask=invalid, name=labels[0])
+        registered: list[Any] = [None] * n
+        registered[0] = _registered(srcs[0], labels[0], rinfo.grid, grid, (0.0, 0.0), window,
+                                    use)
         report(f"{found[0]}: read", 1, steps_total)
-        results: list[ChangeResult] = []
         for k in range(1, n):
             with io.open_raster(srcs[k]) as ds:
                 shift = Shift()
+                info = io.image_info(ds, labels[k])
                 if coreg == "global":
                     report(f"{found[k]}: co-registering to {found[0]}", 2 * k, steps_total)
-                    shift = estimate_pair_shift(ref, ds, crop, bands=use,
-                                                after_grid=io.image_info(ds).grid)
+                    shift = estimate_pair_shift(ref, ds, crop, bands=use, after_grid=info.grid)
                     if not shift.reliable:
                         warnings.warn(
                             f"{labels[k]} could not be co-registered to {labels[0]} "
                             f"(peak-to-sidelobe ratio {shift.psr:.1f}); using it as it is",
                             UnreliableShiftWarning, stacklevel=2)
                 offset = (shift.x, shift.y) if shift.reliable else (0.0, 0.0)
-                data, invalid = io.read_warped(ds, grid, bands=use, offset_px=offset)
+                registered[k] = _registered(srcs[k], labels[k], info.grid, grid, offset, None, use)
             shifts.append(shift)
-            rasters[k] = io.Raster(data, grid.transform, grid.crs, mask=invalid,
-                                   name=labels[k])
-            step = f"{found[k - 1]} → {found[k]}"
+    footprint = shapely.box(*grid.bounds) if grid.crs is not None else None
+    results: list[_Step] = []
+    for k in range(1, n):
+        step = f"{found[k - 1]} → {found[k]}"
 
-            def inner(stage: str, done: int, total: int, _s: str = step, _k: int = k) -> None:
-                report(f"{_s}: {stage}", 2 * _k + 1 if stage == "done" else 2 * _k, steps_total)
+        def inner(stage: str, done: int, total: int, _s: str = step, _k: int = k) -> None:
+            report(f"{_s}: {stage}", 2 * _k + 1 if stage == "done" else 2 * _k, steps_total)
 
-            res = detect(rasters[k - 1], rasters[k], coreg="none", progress=inner,
-                         **detect_options)
-            results.append(res)
-            rasters[k - 1] = None  # two dates in memory at a time
+        for i in (k - 1, k):
+            if callable(registered[i]):
+                registered[i] = registered[i]()
+        results.append(_run_step(registered[k - 1], registered[k], grid, footprint, inner,
+                                 coreg, detect_options))
+        registered[k - 1] = None  # an in-memory date is held only while a step needs it
     tracks = link_changes([list(zip(r.geometries, r.properties, strict=True)) for r in results], n,
                           overlap=overlap)
     tracks.sort(key=lambda t: (t.first, -1 if t.last is None else t.last,
@@ -411,10 +535,9 @@ def track_series(sources: Sequence[io.RasterSource], *,
     steps = []
     for k, r in enumerate(results, start=1):
         classes = [p["change"] for p in r.properties]
-        valid = int((r.classes != 255).sum())
-        flagged = int(((r.classes >= 1) & (r.classes <= 3)).sum())
         steps.append({"from": found[k - 1], "to": found[k],
-                      "changed_percent": round(100 * flagged / max(valid, 1), 2),
+                      "changed_percent": round(100 * r.changed_pixels / max(r.valid_pixels, 1),
+                                               2),
                       "appeared": classes.count("appeared"),
                       "disappeared": classes.count("disappeared"),
                       "changed": classes.count("changed"),

@@ -6,26 +6,28 @@ import textwrap
 
 import pytest
 
-MAKE_AND_RUN = textwrap.dedent("""
+MAKE = textwrap.dedent("""
     import resource, sys
     import numpy as np, rasterio
     from affine import Affine
     from scipy import ndimage
     import changedet
+    from changedet.series import track_series
 
-    n, out = int(sys.argv[1]), sys.argv[2]
+    n, out, dates = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     rng = np.random.default_rng(0)
     tile = ndimage.gaussian_filter(rng.random((3, 256, 256), dtype=np.float32), (0, 2, 2))
     profile = dict(driver="GTiff", width=n, height=n, count=3, dtype="uint16",
                    crs="EPSG:32633", transform=Affine(0.5, 0, 5e5, 0, -0.5, 5e6),
                    tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-    for name, add in (("b", 0), ("a", 12000)):
-        with rasterio.open(f"{out}/{name}.tif", "w", **profile) as ds:
+    paths = [f"{out}/site_202{k}0601.tif" for k in range(dates)]
+    for k, path in enumerate(paths):
+        with rasterio.open(path, "w", **profile) as ds:
             for _, win in ds.block_windows(1):
                 data = tile * 20000 + 8000
-                r, c = int(win.row_off), int(win.col_off)
-                if add and (r // 256 + c // 256) % 5 == 0:
-                    data[:, 100:140, 90:150] += add  # a structure every fifth tile
+                r, c = int(win.row_off) // 256, int(win.col_off) // 256
+                if k and (r + c * k) % 5 == 0:
+                    data[:, 100:140, 90:150] += 12000 * k  # structures come and go
                 ds.write(data.astype("uint16"), window=win)
     def peak_kb():
         # VmHWM is this process's own peak; ru_maxrss also counts the peak
@@ -36,20 +38,27 @@ MAKE_AND_RUN = textwrap.dedent("""
         except (OSError, IndexError):
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     before = peak_kb()
-    s = changedet.diff(f"{out}/b.tif", f"{out}/a.tif", f"{out}/c.geojson", block_size=256,
-                       threads=2)
-    print(s.count, before, peak_kb())
 """)
 
+DIFF = """
+s = changedet.diff(paths[0], paths[1], f"{out}/c.geojson", block_size=256, threads=2)
+print(s.count, before, peak_kb())
+"""
 
-def _run(n, tmp_path):
-    out = tmp_path / str(n)
+SERIES = """
+s = track_series(paths, block_size=256, threads=2)
+print(len(s), before, peak_kb())
+"""
+
+
+def _run(n, tmp_path, run=DIFF, dates=2):
+    out = tmp_path / f"{n}_{dates}"
     out.mkdir()
     # GDAL's block cache is capped below what either size fills, so it is
     # the same at both sizes: at 64 MB the small raster left it part empty
     # and the big one filled it, ~45 MB of apparent growth that is bounded
     # (the test then failed on about one run in three).
-    r = subprocess.run([sys.executable, "-c", MAKE_AND_RUN, str(n), str(out)],
+    r = subprocess.run([sys.executable, "-c", MAKE + run, str(n), str(out), str(dates)],
                        capture_output=True, text=True, check=True,
                        env={"GDAL_CACHEMAX": "16", "PATH": "/usr/bin:/bin"})
     count, _, peak = (int(v) for v in r.stdout.split())
@@ -67,6 +76,18 @@ def test_peak_memory_does_not_grow_with_the_raster(tmp_path):
     # An in-memory pipeline holds several float32 copies of both images; one
     # float32 copy of ONE band of one image grows by (4608^2 - 2304^2) x 4 B
     # = 61 MB.
+    one_band = (4608 ** 2 - 2304 ** 2) * 4 / 2 ** 20
+    assert big - small < one_band, (small, big)
+
+
+@pytest.mark.slow
+def test_series_peak_memory_does_not_grow_with_the_images(tmp_path):
+    small_count, small = _run(2304, tmp_path, SERIES, dates=3)
+    big_count, big = _run(4608, tmp_path, SERIES, dates=3)
+    assert big_count > 3 * small_count
+    # Two dates held in memory as float32 (as the series did before it went
+    # block by block: 0.7 GB at 2304^2, 1.8 GB at 4608^2) would grow by
+    # 2 dates x 3 bands x 61 MB; one band of one date is 61 MB.
     one_band = (4608 ** 2 - 2304 ** 2) * 4 / 2 ** 20
     assert big - small < one_band, (small, big)
 

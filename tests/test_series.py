@@ -298,3 +298,106 @@ def test_images_that_do_not_overlap_are_named():
     far = Raster(data, utm_transform(origin=(800000.0, 4322620.0)), UTM, name="april.tif")
     with pytest.raises(NoOverlapError, match="march.tif and april.tif do not overlap"):
         track_series([first, far], dates=["2021-03", "2021-04"])
+
+
+def _same_tracks(a, b):
+    # Structure by structure: the same class and dates, and nearly the same outline.
+    assert len(a) == len(b)
+    for g, p in zip(a.geometries, a.properties, strict=True):
+        iou = [g.intersection(q).area / g.union(q).area for q in b.geometries]
+        k = int(np.argmax(iou))
+        assert iou[k] > 0.9, (p, iou[k])
+        q = b.properties[k]
+        assert (p["change"], p["first_seen"], p["last_seen"]) == \
+            (q["change"], q["first_seen"], q["last_seen"])
+
+
+def test_files_in_memory_rasters_and_datasets_give_the_same_series(stack, stack_result):
+    # Files are read block by block through vrt://; rasters and datasets are
+    # warped onto the common grid in memory. Both find the same structures.
+    from changedet.io import Raster
+
+    paths, _, _ = stack
+    rasters = []
+    for p in paths:
+        with rasterio.open(p) as ds:
+            rasters.append(Raster(ds.read(), ds.transform, ds.crs, name=p))
+    _same_tracks(track_series(rasters, dates=DATES), stack_result)
+    with rasterio.open(paths[0]) as d0, rasterio.open(paths[1]) as d1, \
+            rasterio.open(paths[2]) as d2:
+        _same_tracks(track_series([d0, d1, d2], dates=DATES), stack_result)
+
+
+def test_series_does_not_depend_on_blocks_or_threads(stack, stack_result):
+    paths, _, _ = stack
+    r = track_series(paths, block_size=64, threads=1)
+    assert [g.wkb for g in r.geometries] == [g.wkb for g in stack_result.geometries]
+    assert r.properties == stack_result.properties
+    assert r.steps == stack_result.steps
+
+
+def test_a_date_is_moved_onto_the_first_dates_frame(tmp_path):
+    # Known answer: a date displaced by (2.6, -1.3) px, in the first date's
+    # CRS or in another one, named through vrt:// with its geotransform
+    # moved, lines up with the first date to a small fraction of a pixel.
+    from rasterio.warp import calculate_default_transform, reproject
+
+    from changedet import coregister, io
+    from changedet.series import _registered
+
+    imgs, _, _ = three_dates(seed=3)
+    sensor_shift = (2.6, -1.3)
+    shifted = quantise(render(textured_ground((1024, 1024), "pavement", bands=3,
+                                              rng=np.random.default_rng(3), texture=0.02,
+                                              grain=12.0, slab=24.0),
+                              [], sun=Sun(150, 55), sensor=Sensor(shift=sensor_shift),
+                              supersample=4, rng=np.random.default_rng(4)))
+    still = quantise(render(textured_ground((1024, 1024), "pavement", bands=3,
+                                            rng=np.random.default_rng(3), texture=0.02,
+                                            grain=12.0, slab=24.0),
+                            [], sun=Sun(150, 55), sensor=Sensor(), supersample=4,
+                            rng=np.random.default_rng(4)))
+    first = write_tif(tmp_path / "first.tif", still)
+    moved = write_tif(tmp_path / "moved.tif", shifted)
+    # The same displaced image in geographic coordinates.
+    with rasterio.open(moved) as src:
+        t, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height,
+                                              *src.bounds)
+        geo = np.zeros((3, h, w), np.float32)
+        reproject(src.read().astype(np.float32), geo, src_transform=src.transform,
+                  src_crs=src.crs, dst_transform=t, dst_crs="EPSG:4326",
+                  resampling=rasterio.enums.Resampling.cubic, dst_nodata=0)
+    lonlat = write_tif(tmp_path / "lonlat.tif", geo, transform=t, crs="EPSG:4326", nodata=0)
+    with rasterio.open(first) as ds:
+        grid = io.image_info(ds).grid
+    for path in (moved, lonlat):
+        before = coregister(first, path)
+        with rasterio.open(path) as ds:
+            own = io.image_info(ds).grid
+        named = _registered(str(path), "x", own, grid, (before.shift.x, before.shift.y),
+                            None, None)
+        assert named.startswith("vrt://") and "a_gt=" in named
+        after = coregister(first, named)
+        assert abs(before.shift.x) > 2 and abs(before.shift.y) > 1
+        assert (after.shift.x, after.shift.y) == pytest.approx((0, 0), abs=0.1)
+
+
+def test_series_of_files_in_another_crs_lies_on_the_first_dates_crs(stack, stack_result,
+                                                                   tmp_path):
+    # The last date in lon/lat: its step's polygons come back in the first
+    # date's CRS, where the same structures are found.
+    from rasterio.warp import calculate_default_transform, reproject
+
+    paths, _, _ = stack
+    with rasterio.open(paths[2]) as src:
+        t, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height,
+                                              *src.bounds)
+        geo = np.zeros((src.count, h, w), np.float32)
+        reproject(src.read().astype(np.float32), geo, src_transform=src.transform,
+                  src_crs=src.crs, dst_transform=t, dst_crs="EPSG:4326",
+                  resampling=rasterio.enums.Resampling.cubic, dst_nodata=0)
+    last = write_tif(tmp_path / "site_20220301.tif", geo, transform=t, crs="EPSG:4326",
+                     nodata=0)
+    r = track_series([paths[0], paths[1], str(last)])
+    assert r.grid.crs == stack_result.grid.crs
+    _same_tracks(r, stack_result)

@@ -19,6 +19,7 @@ from changedet.cli.options import (
     overwrite_opt,
     progress_reporter,
     quiet,
+    scale_opts,
     threshold_opt,
     verbosity_opt,
 )
@@ -46,11 +47,13 @@ def _parse_dates(ctx: click.Context, param: click.Parameter, value: str | None,
 @bands_opt
 @coreg_opt
 @threshold_opt
+@scale_opts
 @overwrite_opt
 @verbosity_opt
 @handle_errors
 def series(images: tuple[str, ...], output: str | None, dates: list[str] | None,
            min_area: float, bands: list[int] | None, coreg: str, threshold: str | float,
+           threads: int | None, block_size: int, scheduler: str | None, workers: int | None,
            overwrite: bool) -> None:
     """Find what changed across IMAGES (two or more dates) and when.
 
@@ -60,7 +63,9 @@ def series(images: tuple[str, ...], output: str | None, dates: list[str] | None,
     `absent_before` (the last date without it, if any) and `absent_after`
     (the first date it is gone, if any). `change` is appeared (still there at
     the end), disappeared (there from the start, then gone), transient
-    (appeared, then gone) or changed (in place).
+    (appeared, then gone) or changed (in place). Each pair of consecutive
+    dates is processed block by block, as `changedet diff` does, so memory
+    does not grow with the images.
 
     \b
     Examples:
@@ -69,6 +74,8 @@ def series(images: tuple[str, ...], output: str | None, dates: list[str] | None,
     """  # noqa: D301 - \b must stay a backspace: click's no-rewrap marker
     if len(images) < 2:
         raise click.UsageError("give at least two images")
+    if scheduler and workers:
+        raise click.UsageError("give --scheduler or --workers, not both")
     if output:
         if any(os.path.abspath(output) == os.path.abspath(p) for p in images):
             raise OutputError(f"{output}: is also an input; choose another output path")
@@ -77,7 +84,9 @@ def series(images: tuple[str, ...], output: str | None, dates: list[str] | None,
     try:
         with rasterio.Env():
             result = track_series(list(images), dates=dates, bands=bands, coreg=coreg,
-                                  min_area=min_area, threshold=threshold, progress=progress)
+                                  min_area=min_area, threshold=threshold, progress=progress,
+                                  block_size=block_size, threads=threads, scheduler=scheduler,
+                                  workers=workers)
     finally:
         if progress is not None:
             progress.close()
