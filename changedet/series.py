@@ -322,31 +322,32 @@ def _moved(own: Grid, grid: Grid, offset: tuple[float, float]) -> Affine:
 
 def _registered(src: io.RasterSource, label: str, own: Grid, grid: Grid,
                 offset: tuple[float, float], window: Window | None,
-                bands: Sequence[int] | None) -> str | Callable[[], io.Raster]:
+                ) -> str | Callable[[], io.Raster]:
     """Put a date on the first date's frame, as a name or as a reader for later.
 
     A file is named through GDAL's ``vrt://`` with its geotransform moved by
     the date's shift (no pixel is copied or resampled here: the blocks read
     it like any input). Anything else is read onto `grid` in memory when its
-    step comes (a `window` of the first date, or warped by `offset`).
+    step comes (a `window` of the first date, or warped by `offset`). Every
+    data band is kept: the step picks the bands to compare, by the file's
+    numbers, on both sides.
     """
     name = _gdal_name(src)
     if name is not None and grid.crs is not None and own.crs is not None:
-        options = []
-        if bands is not None:
-            options.append("bands=" + ",".join(str(int(b)) for b in bands))
-        if offset != (0.0, 0.0):
-            m = _moved(own, grid, offset)
-            options.append("a_gt=" + ",".join(repr(float(v)) for v in
-                                              (m.c, m.a, m.b, m.f, m.d, m.e)))
-        return f"vrt://{name}?{'&'.join(options)}" if options else name
+        if offset == (0.0, 0.0):
+            return name
+        # Every band stays (the step picks them), so an alpha band still
+        # masks: vrt://'s own band selection drops it.
+        m = _moved(own, grid, offset)
+        return f"vrt://{name}?a_gt=" + ",".join(repr(float(v)) for v in
+                                                (m.c, m.a, m.b, m.f, m.d, m.e))
 
     def load() -> io.Raster:
         with io.open_raster(src) as ds:
             if window is not None:
-                data, invalid = io.read_window(ds, window, bands=bands)
+                data, invalid = io.read_window(ds, window)
             else:
-                data, invalid = io.read_warped(ds, grid, bands=bands, offset_px=offset)
+                data, invalid = io.read_warped(ds, grid, offset_px=offset)
         return io.Raster(data, grid.transform, grid.crs, mask=invalid, name=label)
 
     return load
@@ -481,8 +482,7 @@ def track_series(sources: Sequence[io.RasterSource], *,
 
         shifts = [Shift(reliability=1.0, reliable=True)]
         registered: list[Any] = [None] * n
-        registered[0] = _registered(srcs[0], labels[0], rinfo.grid, grid, (0.0, 0.0), window,
-                                    use)
+        registered[0] = _registered(srcs[0], labels[0], rinfo.grid, grid, (0.0, 0.0), window)
         report(f"{found[0]}: read", 1, steps_total)
         for k in range(1, n):
             with io.open_raster(srcs[k]) as ds:
@@ -497,7 +497,7 @@ def track_series(sources: Sequence[io.RasterSource], *,
                             f"(peak-to-sidelobe ratio {shift.psr:.1f}); using it as it is",
                             UnreliableShiftWarning, stacklevel=2)
                 offset = (shift.x, shift.y) if shift.reliable else (0.0, 0.0)
-                registered[k] = _registered(srcs[k], labels[k], info.grid, grid, offset, None, use)
+                registered[k] = _registered(srcs[k], labels[k], info.grid, grid, offset, None)
             shifts.append(shift)
     footprint = shapely.box(*grid.bounds) if grid.crs is not None else None
     results: list[_Step] = []
@@ -511,7 +511,7 @@ def track_series(sources: Sequence[io.RasterSource], *,
             if callable(registered[i]):
                 registered[i] = registered[i]()
         results.append(_run_step(registered[k - 1], registered[k], grid, footprint, inner,
-                                 coreg, detect_options))
+                                 coreg, {**detect_options, "bands": use}))
         registered[k - 1] = None  # an in-memory date is held only while a step needs it
     tracks = link_changes([list(zip(r.geometries, r.properties, strict=True)) for r in results], n,
                           overlap=overlap)

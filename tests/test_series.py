@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from click.testing import CliRunner
 from shapely.geometry import box
 
@@ -323,6 +324,9 @@ def test_files_in_memory_rasters_and_datasets_give_the_same_series(stack, stack_
         with rasterio.open(p) as ds:
             rasters.append(Raster(ds.read(), ds.transform, ds.crs, name=p))
     _same_tracks(track_series(rasters, dates=DATES), stack_result)
+    # Bands are the files' numbers on both paths.
+    _same_tracks(track_series(rasters, dates=DATES, bands=[1, 3]),
+                 track_series(paths, bands=[1, 3]))
     with rasterio.open(paths[0]) as d0, rasterio.open(paths[1]) as d1, \
             rasterio.open(paths[2]) as d2:
         _same_tracks(track_series([d0, d1, d2], dates=DATES), stack_result)
@@ -374,8 +378,7 @@ def test_a_date_is_moved_onto_the_first_dates_frame(tmp_path):
         before = coregister(first, path)
         with rasterio.open(path) as ds:
             own = io.image_info(ds).grid
-        named = _registered(str(path), "x", own, grid, (before.shift.x, before.shift.y),
-                            None, None)
+        named = _registered(str(path), "x", own, grid, (before.shift.x, before.shift.y), None)
         assert named.startswith("vrt://") and "a_gt=" in named
         after = coregister(first, named)
         assert abs(before.shift.x) > 2 and abs(before.shift.y) > 1
@@ -400,4 +403,23 @@ def test_series_of_files_in_another_crs_lies_on_the_first_dates_crs(stack, stack
                      nodata=0)
     r = track_series([paths[0], paths[1], str(last)])
     assert r.grid.crs == stack_result.grid.crs
+    _same_tracks(r, stack_result)
+
+
+def test_an_alpha_band_still_masks_when_bands_are_chosen(stack, stack_result, tmp_path):
+    # The middle date's top rows are transparent (alpha 0) and black: with
+    # --bands 1,2,3 they must stay nodata, not become a dark change.
+    paths, _, _ = stack
+    with rasterio.open(paths[1]) as src:
+        data, profile = src.read(), src.profile
+    alpha = np.full(data.shape[1:], 255, data.dtype)
+    alpha[:24] = 0
+    data[:, :24] = 0
+    profile.update(count=4, photometric="RGB", alpha="YES")
+    rgba = tmp_path / "site_20210301.tif"
+    with rasterio.open(rgba, "w", **profile) as ds:
+        ds.write(np.concatenate([data, alpha[None]]))
+    r = track_series([paths[0], str(rgba), paths[2]], bands=[1, 2, 3])
+    top = shapely.box(*r.grid.bounds).bounds[3] - 24 * abs(r.grid.transform.e)
+    assert all(g.bounds[3] <= top + 1e-6 or g.bounds[1] < top - 10 for g in r.geometries)
     _same_tracks(r, stack_result)
