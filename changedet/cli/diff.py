@@ -12,6 +12,7 @@ from changedet import io
 from changedet.cli.options import (
     bands_opt,
     bbox_opt,
+    check_scale,
     coreg_opt,
     handle_errors,
     method_opt,
@@ -91,8 +92,7 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
     """  # noqa: D301 - \b must stay a backspace: click's no-rewrap marker
     if roi and bbox:
         raise click.UsageError("give --roi or --bbox, not both")
-    if scheduler and workers:
-        raise click.UsageError("give --scheduler or --workers, not both")
+    check_scale(scheduler, workers)
     # diff() checks every output, pictures included, before it works.
     pictures = bool(quicklook_path or report_path)
     progress = progress_reporter()

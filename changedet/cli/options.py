@@ -30,6 +30,7 @@ __all__ = [
     "method_opt",
     "threshold_opt",
     "scale_opts",
+    "check_scale",
     "Progress",
     "min_area_opt",
     "rgb_opt",
@@ -144,6 +145,12 @@ def scale_opts(f: F) -> F:
     f = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Threads for the block stage (default: all cores).")(f)
     return f
+
+
+def check_scale(scheduler: str | None, workers: int | None) -> None:
+    """Refuse ``--scheduler`` with ``--workers`` (a usage error)."""
+    if scheduler and workers:
+        raise click.UsageError("give --scheduler or --workers, not both")
 
 
 class Progress:

@@ -12,6 +12,7 @@ import rasterio
 from changedet import io
 from changedet.cli.options import (
     bands_opt,
+    check_scale,
     coreg_opt,
     handle_errors,
     min_area_opt,
@@ -74,8 +75,7 @@ def series(images: tuple[str, ...], output: str | None, dates: list[str] | None,
     """  # noqa: D301 - \b must stay a backspace: click's no-rewrap marker
     if len(images) < 2:
         raise click.UsageError("give at least two images")
-    if scheduler and workers:
-        raise click.UsageError("give --scheduler or --workers, not both")
+    check_scale(scheduler, workers)
     if output:
         if any(os.path.abspath(output) == os.path.abspath(p) for p in images):
             raise OutputError(f"{output}: is also an input; choose another output path")
