@@ -35,7 +35,9 @@ __all__ = [
 
 
 def _polygonal(geom: BaseGeometry) -> BaseGeometry:
-    if not geom.is_valid:
+    # Not geom.is_valid: shapely wraps it in warnings.catch_warnings, which
+    # block threads racing each other can leave the caller's filters changed.
+    if shapely.is_valid_reason(geom) != "Valid Geometry":
         geom = shapely.make_valid(geom)
     if geom.geom_type in ("Polygon", "MultiPolygon"):
         return geom
