@@ -656,10 +656,11 @@ def _merge_background(current: NDArray[np.uint8], invalid: NDArray[np.bool_],
 
 
 class _FileSink:
-    def __init__(self, grid: Grid, features: io.GeoJSONWriter,
+    def __init__(self, grid: Grid, features: io.GeoJSONWriter | None,
                  classes: io.RasterBlockWriter | None,
                  score: io.RasterBlockWriter | None, collect: bool = False) -> None:
         self.grid, self.features, self.classes, self.score = grid, features, classes, score
+        self.count = 0
         self.counts: Counter[str] = Counter()
         self.collect = collect
         self.geometries: list[BaseGeometry] = []
@@ -677,9 +678,10 @@ class _FileSink:
             self.score.write(out.core, np.where(out.invalid, np.nan, out.score))
 
     def object(self, obj: ChangeObject) -> None:
-        (geom,) = to_wgs84([obj.geometry], self.grid.crs)
-        self.features.write(feature(self.features.count + 1, geom, obj.properties),
-                            geom.bounds)
+        self.count += 1
+        if self.features is not None:
+            (geom,) = to_wgs84([obj.geometry], self.grid.crs)
+            self.features.write(feature(self.count, geom, obj.properties), geom.bounds)
         self.counts[obj.properties["change"]] += 1
         self.changed_pixels += int(obj.properties["pixels"])
         if self.collect:
@@ -910,7 +912,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
         Replace outputs that exist.
     collect : bool, optional
         Also keep the polygons in the returned summary (for pictures and
-        reports); memory then grows with their number.
+        reports); memory then grows with their number. With neither
+        `output` nor `stream`, they are only collected (no GeoJSON is made).
     extra_outputs : sequence of paths, optional
         Other files the caller will write (checked like these, before any work).{params}
 
@@ -928,8 +931,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
         As :func:`detect`.
     """
     opts = _run_options(locals())
-    if output is None and stream is None:
-        raise ValueError("give an output path or a stream")
+    if output is None and stream is None and not collect:
+        raise ValueError("give an output path or a stream, or collect=True")
     inputs = [p for p in (before, after) if isinstance(p, (str, os.PathLike))]
     io.check_output_paths((output, mask, score, *extra_outputs), overwrite=overwrite,
                           inputs=inputs)
@@ -946,16 +949,19 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
             score_w = stack.enter_context(io.RasterBlockWriter(
                 score, plan.grid, dtype="float32", nodata=math.nan, overwrite=overwrite,
                 inputs=inputs, predictor=3, overview_resampling="AVERAGE"))
-        writer = io.GeoJSONWriter(output, {"changedet": prep.metadata}, stream=stream,
-                                  overwrite=overwrite, inputs=inputs)
+        writer = None if output is None and stream is None else io.GeoJSONWriter(
+            output, {"changedet": prep.metadata}, stream=stream, overwrite=overwrite,
+            inputs=inputs)
         try:
             sink = _FileSink(plan.grid, writer, classes_w, score_w, collect=collect)
             run(sink)
-            writer.close()
+            if writer is not None:
+                writer.close()
         except BaseException:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             raise
-    return DiffSummary(count=writer.count, counts=dict(sink.counts), shift=prep.shift,
+    return DiffSummary(count=sink.count, counts=dict(sink.counts), shift=prep.shift,
                        grid=plan.grid, metadata=prep.metadata, geometries=sink.geometries,
                        properties=sink.properties, valid_pixels=sink.valid_pixels,
                        changed_pixels=sink.changed_pixels)

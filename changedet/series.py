@@ -38,7 +38,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import rasterio
@@ -55,7 +55,7 @@ from changedet.coreg import Shift
 from changedet.errors import BandMismatchError, InputError, UnreliableShiftWarning
 from changedet.grid import Grid, overlap_window
 from changedet.pairinfo import central_window, estimate_pair_shift
-from changedet.pipeline import _Features, diff
+from changedet.pipeline import DiffSummary, _Features, diff
 from changedet.vectorize import areas_m2
 
 __all__ = [
@@ -275,16 +275,6 @@ def _intersect(a: Window, b: Window) -> Window:
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-@dataclass
-class _Step:
-    # What one consecutive pair gave, on the series' CRS.
-    geometries: list[BaseGeometry]
-    properties: list[dict[str, Any]]
-    valid_pixels: int
-    changed_pixels: int
-    metadata: dict[str, Any]
-
-
 #: GDAL's ``vrt://`` takes a geotransform (``a_gt``) from GDAL 3.8 on.
 _VRT_GT = tuple(int(v) for v in rasterio.__gdal_version__.split(".")[:2]) >= (3, 8)
 
@@ -303,42 +293,42 @@ def _gdal_name(src: io.RasterSource) -> str | None:
     return name
 
 
-def _moved(own: Grid, grid: Grid, offset: tuple[float, float]) -> Affine:
+def _moved(own: Grid, grid: Grid, shift: Shift) -> Affine:
     """Move a date's transform so that its content lies where the first date's does.
 
-    `offset` is where the date's content is, in pixels of `grid`, relative to
-    the first date (what :func:`io.read_warped` takes as ``offset_px``).
+    `shift` is where the date's content is, in pixels of `grid`, relative to
+    the first date.
     """
-    t = grid.transform
-    dx, dy = offset
-    vx, vy = -(t.a * dx + t.b * dy), -(t.d * dx + t.e * dy)
+    east, north = shift.to_map(grid)
+    vx, vy = -east, -north
     if own.crs != grid.crs and (vx or vy):
         # A move of a few pixels is a translation in the date's CRS too.
-        cx, cy = t @ (grid.width / 2, grid.height / 2)
+        cx, cy = grid.transform @ (grid.width / 2, grid.height / 2)
         xs, ys = transform(grid.crs, own.crs, [cx, cx + vx], [cy, cy + vy])
         vx, vy = xs[1] - xs[0], ys[1] - ys[0]
     return Affine.translation(vx, vy) @ own.transform
 
 
 def _registered(src: io.RasterSource, label: str, own: Grid, grid: Grid,
-                offset: tuple[float, float], window: Window | None,
+                shift: Shift | None, window: Window | None,
                 ) -> str | Callable[[], io.Raster]:
     """Put a date on the first date's frame, as a name or as a reader for later.
 
     A file is named through GDAL's ``vrt://`` with its geotransform moved by
     the date's shift (no pixel is copied or resampled here: the blocks read
     it like any input). Anything else is read onto `grid` in memory when its
-    step comes (a `window` of the first date, or warped by `offset`). Every
+    step comes (a `window` of the first date, or warped by `shift`; None
+    leaves it where it is). Every
     data band is kept: the step picks the bands to compare, by the file's
     numbers, on both sides.
     """
     name = _gdal_name(src)
     if name is not None and grid.crs is not None and own.crs is not None:
-        if offset == (0.0, 0.0):
+        if shift is None:
             return name
         # Every band stays (the step picks them), so an alpha band still
         # masks: vrt://'s own band selection drops it.
-        m = _moved(own, grid, offset)
+        m = _moved(own, grid, shift)
         return f"vrt://{name}?a_gt=" + ",".join(repr(float(v)) for v in
                                                 (m.c, m.a, m.b, m.f, m.d, m.e))
 
@@ -347,33 +337,33 @@ def _registered(src: io.RasterSource, label: str, own: Grid, grid: Grid,
             if window is not None:
                 data, invalid = io.read_window(ds, window)
             else:
+                offset = (0.0, 0.0) if shift is None else (shift.x, shift.y)
                 data, invalid = io.read_warped(ds, grid, offset_px=offset)
         return io.Raster(data, grid.transform, grid.crs, mask=invalid, name=label)
 
     return load
 
 
-def _bounds_in(g: Grid, crs: Any) -> tuple[float, float, float, float]:
-    return g.bounds if g.crs == crs else transform_bounds(g.crs, crs, *g.bounds)
-
-
 def _run_step(before: io.RasterSource, after: io.RasterSource, grid: Grid,
               footprint: BaseGeometry | None, progress: ProgressCallback, coreg: str,
-              options: dict[str, Any]) -> _Step:
-    """Find the changes between two registered dates, block by block."""
-    with open(os.devnull, "w") as discard:
-        s = diff(before, after, stream=discard, collect=True, coreg=coreg, progress=progress,
-                 **options)
-    geoms = s.geometries
-    if s.grid.crs != grid.crs:
-        geoms = [shape(transform_geom(s.grid.crs, grid.crs, mapping(g))) for g in geoms]
-    props = s.properties
-    if footprint is not None and not footprint.covers(shapely.box(*_bounds_in(s.grid, grid.crs))):
+              options: dict[str, Any]) -> DiffSummary:
+    """Find the changes between two registered dates, block by block.
+
+    The summary's polygons are on `grid`'s CRS, within `footprint`.
+    """
+    s = diff(before, after, collect=True, coreg=coreg, progress=progress, **options)
+    geoms, props = s.geometries, s.properties
+    bounds = s.grid.bounds
+    if geoms and s.grid.crs != grid.crs:
+        geoms = [shape(g) for g in transform_geom(s.grid.crs, grid.crs,
+                                                  [mapping(g) for g in geoms])]
+        bounds = transform_bounds(s.grid.crs, grid.crs, *bounds, densify_pts=21)
+    if geoms and footprint is not None and not footprint.covers(shapely.box(*bounds)):
         # The pair shares more ground than the whole series: keep the common part.
         clipped = shapely.intersection(geoms, footprint)
         keep = [i for i, g in enumerate(clipped) if g.area > 0]
         geoms, props = [clipped[i] for i in keep], [props[i] for i in keep]
-    return _Step(list(geoms), list(props), s.valid_pixels, s.changed_pixels, s.metadata)
+    return replace(s, geometries=list(geoms), properties=list(props))
 
 
 def track_series(sources: Sequence[io.RasterSource], *,
@@ -465,13 +455,14 @@ def track_series(sources: Sequence[io.RasterSource], *,
     with io.open_raster(srcs[0]) as ref:
         rinfo = io.image_info(ref, labels[0])
         window = Window(0, 0, rinfo.grid.width, rinfo.grid.height)
-        counts = [rinfo.count]
+        infos = [rinfo]
         for src, label in zip(srcs[1:], labels[1:], strict=True):
             with io.open_raster(src) as ds:
                 info = io.image_info(ds, label)
-                counts.append(info.count)
+                infos.append(info)
                 window = _intersect(window, overlap_window(
                     rinfo.grid, info.grid.bounds, info.grid.crs, names=(rinfo.name, info.name)))
+        counts = [info.count for info in infos]
         if bands is None and len(set(counts)) > 1:
             raise BandMismatchError(
                 f"the images have different band counts ({', '.join(map(str, counts))}); "
@@ -482,25 +473,25 @@ def track_series(sources: Sequence[io.RasterSource], *,
 
         shifts = [Shift(reliability=1.0, reliable=True)]
         registered: list[Any] = [None] * n
-        registered[0] = _registered(srcs[0], labels[0], rinfo.grid, grid, (0.0, 0.0), window)
+        registered[0] = _registered(srcs[0], labels[0], rinfo.grid, grid, None, window)
         report(f"{found[0]}: read", 1, steps_total)
         for k in range(1, n):
             with io.open_raster(srcs[k]) as ds:
                 shift = Shift()
-                info = io.image_info(ds, labels[k])
                 if coreg == "global":
                     report(f"{found[k]}: co-registering to {found[0]}", 2 * k, steps_total)
-                    shift = estimate_pair_shift(ref, ds, crop, bands=use, after_grid=info.grid)
+                    shift = estimate_pair_shift(ref, ds, crop, bands=use,
+                                                after_grid=infos[k].grid)
                     if not shift.reliable:
                         warnings.warn(
                             f"{labels[k]} could not be co-registered to {labels[0]} "
                             f"(peak-to-sidelobe ratio {shift.psr:.1f}); using it as it is",
                             UnreliableShiftWarning, stacklevel=2)
-                offset = (shift.x, shift.y) if shift.reliable else (0.0, 0.0)
-                registered[k] = _registered(srcs[k], labels[k], info.grid, grid, offset, None)
+                registered[k] = _registered(srcs[k], labels[k], infos[k].grid, grid,
+                                            shift if shift.reliable else None, None)
             shifts.append(shift)
     footprint = shapely.box(*grid.bounds) if grid.crs is not None else None
-    results: list[_Step] = []
+    results: list[DiffSummary] = []
     for k in range(1, n):
         step = f"{found[k - 1]} → {found[k]}"
 

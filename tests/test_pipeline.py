@@ -310,3 +310,18 @@ def test_local_coregistration_removes_rotation_and_scale_blockwise(tmp_path):
     assert len(r) == 3
     small = changedet.detect(b, a, coreg="local", block_size=128)
     np.testing.assert_array_equal(small.classes, r.classes)
+
+
+def test_diff_can_only_collect_the_polygons(pair_files, tmp_path):
+    b, a, _ = pair_files(0)
+    written = changedet.diff(b, a, tmp_path / "c.geojson", collect=True)
+    collected = changedet.diff(b, a, collect=True)   # no GeoJSON made
+    assert collected.count == written.count == len(collected.geometries) > 0
+    assert [g.wkb for g in collected.geometries] == [g.wkb for g in written.geometries]
+    assert collected.properties == written.properties
+    assert (collected.valid_pixels, collected.changed_pixels) == \
+        (written.valid_pixels, written.changed_pixels)
+    assert 0 < collected.changed_pixels < collected.valid_pixels
+    assert not list(tmp_path.glob("*.part"))
+    with pytest.raises(ValueError, match="output path or a stream"):
+        changedet.diff(b, a)

@@ -378,7 +378,7 @@ def test_a_date_is_moved_onto_the_first_dates_frame(tmp_path):
         before = coregister(first, path)
         with rasterio.open(path) as ds:
             own = io.image_info(ds).grid
-        named = _registered(str(path), "x", own, grid, (before.shift.x, before.shift.y), None)
+        named = _registered(str(path), "x", own, grid, before.shift, None)
         assert named.startswith("vrt://") and "a_gt=" in named
         after = coregister(first, named)
         assert abs(before.shift.x) > 2 and abs(before.shift.y) > 1
