@@ -38,6 +38,7 @@ from changedet.features import low_percentile
 __all__ = [
     "NormaliseMethod",
     "NORMALISE_METHODS",
+    "MIN_BAND_CORRELATION",
     "RadiometricFit",
     "IRMAD",
     "sample_valid",
@@ -57,6 +58,13 @@ NormaliseMethod = Literal["irmad", "histogram", "linear", "none"]
 
 #: Pixels sampled for IR-MAD: enough for a 6-band covariance many times over.
 _IRMAD_SAMPLES = 100_000
+
+#: Below this correlation between the dates on a band's invariant pixels,
+#: the band's orthogonal regression line is left to chance (the principal
+#: axis of a round cloud points anywhere: NAIP's red, July against
+#: September three years on, gave a gain of -48); the band's spreads on
+#: those pixels are matched instead.
+MIN_BAND_CORRELATION = 0.5
 
 #: Candidate lines whose residuals robust_orthogonal_regression holds at
 #: once: 64 lines of 20 000 points are 10 MB a temporary.
@@ -382,7 +390,10 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     real scenes: a large area that changed in a consistent way (fields
     ripening) passes IR-MAD's test, and when one material (paving) covers
     most of the scene the slope is set by the few others that did not
-    change.
+    change. A band whose dates correlate less than
+    :data:`MIN_BAND_CORRELATION` on those inliers (crops at another stage
+    in every field) has no line to find: its spreads there are matched
+    instead, and the metadata's ``spreads_matched`` names it.
 
     When not even the best canonical correlation reaches
     `min_correlation`, nothing reliable is invariant (dates years apart, a
@@ -449,17 +460,38 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     # Bands are fitted independently, on all cores (the same answer as one
     # after another: each fit draws from its own seeded generator).
     with ThreadPoolExecutor(max_workers=min(bs.shape[0], os.cpu_count() or 1)) as pool:
-        fits = list(pool.map(robust_orthogonal_regression, as_[:, pifs], bs[:, pifs]))
-    gains = [g for g, _, _ in fits]
-    offsets = [o for _, o, _ in fits]
-    used = [float(inl.mean()) for _, _, inl in fits]
+        fits = list(pool.map(_band_fit, as_[:, pifs], bs[:, pifs]))
+    gains = [g for g, _, _, _ in fits]
+    offsets = [o for _, o, _, _ in fits]
+    used = [float(inl.mean()) for _, _, inl, _ in fits]
+    spreads = [k + 1 for k, (*_, matched) in enumerate(fits) if matched]
     return RadiometricFit(tuple(gains), tuple(offsets), "irmad", {
         "pif_fraction": round(float(pifs.mean()), 4),
         "inlier_fraction": [round(u, 4) for u in used],
+        **({"spreads_matched": spreads} if spreads else {}),
         "canonical_correlations": [round(float(r), 5) for r in res.rho],
         "iterations": res.iterations,
         "converged": res.converged,
     })
+
+
+def _band_fit(x: NDArray[np.float64], y: NDArray[np.float64],
+              ) -> tuple[float, float, NDArray[np.bool_], bool]:
+    # One band's map of after (x) onto before (y) on the invariant pixels:
+    # the robust orthogonal line, or, when the dates hardly correlate on
+    # the line's inliers, the line through their means matching their
+    # spreads (the reduced major axis: always a positive gain). Also says
+    # which.
+    slope, icpt, inliers = robust_orthogonal_regression(x, y)
+    xi, yi = x[inliers], y[inliers]
+    sx, sy = float(xi.std()), float(yi.std())
+    if sx == 0 or sy == 0:
+        return slope, icpt, inliers, False
+    r = float(((xi - xi.mean()) * (yi - yi.mean())).mean()) / (sx * sy)
+    if r >= MIN_BAND_CORRELATION and slope > 0:
+        return slope, icpt, inliers, False
+    gain = sy / sx
+    return gain, float(yi.mean()) - gain * float(xi.mean()), inliers, True
 
 
 def fit_robust_linear(before: NDArray[np.floating], after: NDArray[np.floating],

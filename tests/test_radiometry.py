@@ -149,3 +149,26 @@ def test_linear_fit_is_applied_exactly_in_place_or_not(h):
     np.testing.assert_array_equal(apply_normalisation(a, fit), expected)
     np.testing.assert_array_equal(apply_normalisation(a, fit, out=a), expected)
     np.testing.assert_array_equal(a, expected)
+
+
+def test_a_band_the_dates_do_not_share_gets_its_spreads_matched():
+    # Bands 1 and 3 are one scene under a known gain; band 2 is another
+    # texture at each date (crops at another stage everywhere). Its
+    # orthogonal line would point anywhere (NAIP's red gave -48): its gain
+    # is the ratio of the spreads instead, and the metadata says so.
+    from scipy import ndimage
+    rng = np.random.default_rng(5)
+
+    def texture():
+        t = ndimage.gaussian_filter(rng.normal(0, 1, (128, 128)), 2)
+        return (t / t.std()).astype(np.float32)
+
+    scene = 100 + 25 * np.stack([texture(), texture()])
+    b = np.stack([scene[0], 80 + 12 * texture(), scene[1]])
+    a = np.stack([0.8 * scene[0] + 10, 60 + 30 * texture(), 1.25 * scene[1] - 5])
+    b += rng.normal(0, 0.5, b.shape).astype(np.float32)
+    a += rng.normal(0, 0.5, a.shape).astype(np.float32)
+    fit = fit_irmad(b, a, np.zeros((128, 128), bool))
+    assert fit.method == "irmad" and fit.details["spreads_matched"] == [2]
+    np.testing.assert_allclose(fit.gain, [1 / 0.8, 12 / 30, 1 / 1.25], rtol=0.1)
+    assert fit.offset[1] == pytest.approx(80 - fit.gain[1] * 60, abs=3)
