@@ -64,9 +64,9 @@ from changedet.radiometry import (
 from changedet.runner import DEFAULT_BLOCK_SIZE, BlockOutput, Sources, run_blocks, small_pages
 from changedet.scores import (
     ScoreMethod,
-    default_vegetation_gate,
     fit_score,
     score_change,
+    vegetation_gate_for,
     vegetation_mask,
 )
 from changedet.thresholds import HISTOGRAM_METHODS, Threshold, ThresholdMethod, select_threshold
@@ -513,7 +513,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     if inv_s.all():
         raise InputError(f"{binfo.name} and {ainfo.name} have no valid pixels in common")
     # Vegetation is never pseudo-invariant (it changes with the season).
-    gate = default_vegetation_gate(b_s.shape[0])
+    gate = vegetation_gate_for(binfo.count if binfo.count == ainfo.count else 0, use_bands)
     pif_invalid = inv_s if gate is None else (
         inv_s | vegetation_mask(b_s, gate) | vegetation_mask(a_s, gate))
     fit = fit_normalisation(b_s, a_s, pif_invalid, method=normalise)
@@ -521,7 +521,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     if tolerance is None:
         tolerance = default_tolerance(wgrid)
     score_method: ScoreMethod = AUTO_METHOD if method == "auto" else method  # type: ignore
-    params = fit_score(score_method, b_s, a_s, inv_s, tolerance=tolerance)
+    params = fit_score(score_method, b_s, a_s, inv_s, tolerance=tolerance, vegetation=gate)
     stats_b, stats_a = band_stats(b_s, inv_s), band_stats(a_s, inv_s)
     floor = default_gradient_floor(gradient_magnitude(b_s, inv_s, stats=stats_b))
     if isinstance(threshold, str) and threshold in HISTOGRAM_METHODS:

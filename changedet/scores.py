@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -80,6 +80,7 @@ __all__ = [
     "vegetation_mask",
     "vegetation_at",
     "default_vegetation_gate",
+    "vegetation_gate_for",
     "fit_cva",
     "score_cva",
     "change_direction",
@@ -713,6 +714,41 @@ def default_vegetation_gate(bands: int, dark: NDArray[np.floating] | None = None
         return None
     return VegetationGate(red=0, nir=3, green=1, blue=2,
                           dark=() if dark is None else tuple(float(v) for v in dark))
+
+
+def vegetation_gate_for(count: int, picked: Sequence[int] | None) -> VegetationGate | None:
+    """Return the vegetation gate for some bands of four-band images.
+
+    Four-band images are red, green, blue, near-infrared (see
+    :func:`default_vegetation_gate`); a stack of some of their bands is
+    gated when it holds band 1 (red) and band 4 (NIR), wherever they sit in
+    it.
+
+    Parameters
+    ----------
+    count : int
+        Data bands of the images.
+    picked : sequence of int or None
+        1-based bands stacked, in order (None: all of them).
+
+    Returns
+    -------
+    VegetationGate or None
+
+    Examples
+    --------
+    >>> g = vegetation_gate_for(4, [4, 2, 1])
+    >>> g.red, g.nir, g.green, g.blue
+    (2, 0, 1, None)
+    >>> vegetation_gate_for(4, [1, 2, 3]) is None
+    True
+    """
+    if picked is None:
+        return default_vegetation_gate(count)
+    if count != 4 or 1 not in picked or 4 not in picked:
+        return None
+    at = {band: k for k, band in reversed(list(enumerate(picked)))}
+    return VegetationGate(red=at[1], nir=at[4], green=at.get(2), blue=at.get(3))
 
 
 # ------------------------------------------------------------- nuisances
