@@ -55,7 +55,8 @@ from changedet.radiometry import apply_normalisation
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
-    "STRIPE_BLOCKS",
+    "STRIPE_PIXELS",
+    "stripe_blocks",
     "Block",
     "Sources",
     "BlockOutput",
@@ -127,21 +128,39 @@ class BlockOutput:
     deferred: NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 6), np.int64))
 
 
-#: Width, in blocks, of the column stripes blocks are visited in: a stripe's
-#: rows of blocks share tiles, and a narrow stripe keeps the tiles to cache
-#: few whatever the raster's width.
-STRIPE_BLOCKS = 4
+#: Widest column stripe blocks are visited in, pixels: a stripe's rows of
+#: blocks share tiles, and its width bounds the tiles to cache whatever the
+#: raster's. The tiles under a seam between stripes are decoded twice (on
+#: the 8192 px benchmark pair, stripes of 4096 px decoded 64 tiles of 512
+#: twice), so stripes are as wide as this allows.
+STRIPE_PIXELS = 8192
+
+
+def stripe_blocks(width: int, block_size: int, max_pixels: int | None = None) -> int:
+    """Return the blocks in a stripe: as few equal stripes as are at most `max_pixels` wide.
+
+    Default `max_pixels`: :data:`STRIPE_PIXELS`.
+
+    Examples
+    --------
+    >>> stripe_blocks(8192, 1024), stripe_blocks(20000, 1024), stripe_blocks(9000, 4096)
+    (8, 7, 2)
+    """
+    across = -(-width // block_size)
+    stripes = -(-width // max(STRIPE_PIXELS if max_pixels is None else max_pixels, block_size))
+    return max(1, -(-across // max(stripes, 1)))
 
 
 def layout(shape: tuple[int, int], block_size: int, halo: int,
-           stripe: int = STRIPE_BLOCKS) -> list[Block]:
+           stripe: int | None = None) -> list[Block]:
     """Tile a ``(height, width)`` grid into blocks.
 
-    Blocks come stripe by stripe (columns of `stripe` blocks, left to right),
-    row by row within a stripe: consecutive blocks then share most of the
-    tiles their halos read.
+    Blocks come stripe by stripe (columns of `stripe` blocks, left to right;
+    default :func:`stripe_blocks`), row by row within a stripe: consecutive
+    blocks then share most of the tiles their halos read.
     """
     h, w = shape
+    stripe = stripe_blocks(w, block_size) if stripe is None else stripe
     out = []
     for s0 in range(0, w, block_size * stripe):
         for r0 in range(0, h, block_size):
@@ -254,12 +273,15 @@ def release_free_memory() -> None:
     trim(0)
 
 
-def cache_pixels(plan: Plan, block_size: int, halo: int, stripe: int = STRIPE_BLOCKS) -> int:
+def cache_pixels(plan: Plan, block_size: int, halo: int, stripe: int | None = None) -> int:
     """Tile cache per image, in pixels, that lets each tile be decoded about once.
 
-    Two rows of halo'd blocks across a stripe: the rows of tiles the
-    current row of blocks shares with the next stay cached until it comes.
+    Two rows of halo'd blocks across a stripe (of `stripe` blocks, default
+    :func:`stripe_blocks`): the rows of tiles the current row of blocks
+    shares with the next stay cached until it comes.
     """
+    if stripe is None:
+        stripe = stripe_blocks(plan.grid.width, block_size)
     w = min(plan.grid.width, block_size * stripe) + 2 * halo
     h = min(plan.grid.height, block_size) + 2 * halo
     return 2 * w * h

@@ -69,8 +69,16 @@ def test_reference_finds_all_eight_structures(reference):
     assert big["area_m2"] == pytest.approx(200 * 120 * 0.25, rel=0.1)
 
 
-@pytest.mark.parametrize("block_size, threads", [(64, 1), (100, 2), (128, 2), (257, 1)])
-def test_blockwise_equals_in_memory(scene, reference, block_size, threads):
+@pytest.mark.parametrize("block_size, threads, stripe_px", [
+    (64, 1, None), (100, 2, None), (128, 2, None), (257, 1, None),
+    (64, 2, 150),      # stripes of 2 blocks: seams between stripes, the cache across them
+])
+def test_blockwise_equals_in_memory(scene, reference, block_size, threads, stripe_px,
+                                    monkeypatch):
+    if stripe_px is not None:
+        import changedet.runner as runner
+        monkeypatch.setattr(runner, "STRIPE_PIXELS", stripe_px)
+        assert runner.stripe_blocks(SHAPE[1], block_size) < -(-SHAPE[1] // block_size)
     r = changedet.detect(*scene, block_size=block_size, threads=threads)
     np.testing.assert_array_equal(r.classes, reference.classes)
     np.testing.assert_array_equal(r.score, reference.score)
@@ -199,8 +207,9 @@ def test_failure_mid_run_leaves_no_output(scene, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_layout_covers_the_grid_once():
-    blocks = layout((301, 437), 100, 20)
+@pytest.mark.parametrize("stripe", [None, 1, 2, 3])
+def test_layout_covers_the_grid_once(stripe):
+    blocks = layout((301, 437), 100, 20, stripe)
     cover = np.zeros((301, 437), int)
     for b in blocks:
         cover[int(b.core.row_off):int(b.core.row_off + b.core.height),
