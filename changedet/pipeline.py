@@ -61,7 +61,14 @@ from changedet.radiometry import (
     apply_normalisation,
     fit_normalisation,
 )
-from changedet.runner import DEFAULT_BLOCK_SIZE, BlockOutput, Sources, run_blocks, small_pages
+from changedet.runner import (
+    DEFAULT_BLOCK_SIZE,
+    BlockOutput,
+    Sink,
+    Sources,
+    run_blocks,
+    small_pages,
+)
 from changedet.scores import (
     ScoreMethod,
     fit_score,
@@ -627,11 +634,11 @@ def _check_dask_sources(sources: Sources) -> None:
                              "needs files (paths or URLs), not in-memory arrays")
 
 
-class _MemorySink:
+class _MemorySink(Sink):
     def __init__(self, shape: tuple[int, int]) -> None:
         self.classes = np.zeros(shape, np.uint8)
         self.score = np.zeros(shape, np.float32)
-        self.objects: list[ChangeObject] = []
+        self.found: list[ChangeObject] = []
 
     def block(self, out: BlockOutput) -> None:
         rows = slice(int(out.core.row_off), int(out.core.row_off + out.core.height))
@@ -644,7 +651,7 @@ class _MemorySink:
         for r0, c0, mask in obj.masks():
             h, w = mask.shape
             self.classes[r0:r0 + h, c0:c0 + w][mask] = obj.change
-        self.objects.append(obj)
+        self.found.append(obj)
 
 
 def _merge_background(current: NDArray[np.uint8], invalid: NDArray[np.bool_],
@@ -655,7 +662,7 @@ def _merge_background(current: NDArray[np.uint8], invalid: NDArray[np.bool_],
     return np.where(is_object, current, np.where(invalid, NODATA_CLASS, 0)).astype(np.uint8)
 
 
-class _FileSink:
+class _FileSink(Sink):
     def __init__(self, grid: Grid, features: io.GeoJSONWriter | None,
                  classes: io.RasterBlockWriter | None,
                  score: io.RasterBlockWriter | None, collect: bool = False) -> None:
@@ -678,9 +685,19 @@ class _FileSink:
             self.score.write(out.core, np.where(out.invalid, np.nan, out.score))
 
     def object(self, obj: ChangeObject) -> None:
+        self.objects([obj])
+
+    def objects(self, objs: list[ChangeObject]) -> None:
+        # A block's polygons go to WGS84 in one call: one each cost 0.2 ms
+        # more a polygon (a new transformation each time).
+        geoms = (to_wgs84([o.geometry for o in objs], self.grid.crs)
+                 if self.features is not None else [None] * len(objs))
+        for obj, geom in zip(objs, geoms, strict=True):
+            self._write(obj, geom)
+
+    def _write(self, obj: ChangeObject, geom: BaseGeometry | None) -> None:
         self.count += 1
-        if self.features is not None:
-            (geom,) = to_wgs84([obj.geometry], self.grid.crs)
+        if self.features is not None and geom is not None:
             self.features.write(feature(self.count, geom, obj.properties), geom.bounds)
         self.counts[obj.properties["change"]] += 1
         self.changed_pixels += int(obj.properties["pixels"])
@@ -861,7 +878,7 @@ def detect(before: io.RasterSource, after: io.RasterSource, *,
         plan = prep.plan
         sink = _MemorySink(plan.grid.shape)
         run(sink)
-    objects = sorted(sink.objects, key=lambda o: o.anchor)
+    objects = sorted(sink.found, key=lambda o: o.anchor)
     return ChangeResult(classes=sink.classes, score=sink.score, grid=plan.grid,
                         shift=prep.shift, threshold=plan.threshold,
                         geometries=[o.geometry for o in objects],

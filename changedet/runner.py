@@ -68,6 +68,7 @@ __all__ = [
     "read_block",
     "run_block",
     "run_blocks",
+    "Sink",
 ]
 
 #: Side of a block's core, pixels.
@@ -369,14 +370,25 @@ def run_block(sources: Sources, plan: Plan, block: Block, readers: Readers | Non
                        deferred)
 
 
-class _Sink:
-    """Where block outputs go (arrays in memory, or files)."""
+class Sink:
+    """Where block outputs go (arrays in memory, or files).
+
+    :func:`run_blocks` hands each block's output to :meth:`block`, then its
+    objects to :meth:`objects`, in block order.
+    """
 
     def block(self, out: BlockOutput) -> None:  # pragma: no cover - interface
+        """Take a block's score and validity (its core)."""
         raise NotImplementedError
 
     def object(self, obj: ChangeObject) -> None:  # pragma: no cover - interface
+        """Take one object (the second pass gives them one at a time)."""
         raise NotImplementedError
+
+    def objects(self, objs: list[ChangeObject]) -> None:
+        """Take a block's objects, in order (default: one by one)."""
+        for obj in objs:
+            self.object(obj)
 
 
 def _in_order(items: list[Block], submit: Callable[[Block], Any], in_flight: int,
@@ -445,7 +457,7 @@ def _merge_boxes(boxes: list[tuple[int, int, int, int]], pad: int,
     return sorted(tuple(b) for b in merged)  # type: ignore[misc]
 
 
-def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
+def run_blocks(sources: Sources, plan: Plan, sink: Sink, *,
                block_size: int = DEFAULT_BLOCK_SIZE, halo: int | None = None,
                threads: int | None = None, client: Any = None,
                progress: Callable[[str, int, int], None] | None = None) -> None:
@@ -457,9 +469,9 @@ def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
         The two images.
     plan : Plan
         Global parameters.
-    sink : object
+    sink : Sink
         Receives ``sink.block(BlockOutput)`` for each block in order, then
-        ``sink.object(ChangeObject)`` for each object.
+        ``sink.objects([ChangeObject, ...])`` with its objects.
     block_size, halo : int, optional
         Core side and halo of the blocks, pixels (default halo:
         :data:`DEFAULT_HALO`).
@@ -480,7 +492,7 @@ def run_blocks(sources: Sources, plan: Plan, sink: _Sink, *,
                     client=client, progress=progress)
 
 
-def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, halo: int,
+def _run_blocks(sources: Sources, plan: Plan, sink: Sink, *, block_size: int, halo: int,
                 threads: int | None, client: Any,
                 progress: Callable[[str, int, int], None] | None) -> None:
     halo = max(halo, plan.halo)
@@ -513,8 +525,8 @@ def _run_blocks(sources: Sources, plan: Plan, sink: _Sink, *, block_size: int, h
         width = plan.grid.width
         for i, out in enumerate(outputs, start=1):
             sink.block(out)
+            sink.objects(out.objects)
             for obj in out.objects:
-                sink.object(obj)
                 emitted.append(_anchor_key(obj, width))
                 reported.extend(Footprint.of(obj))
             if len(out.deferred):
@@ -533,7 +545,7 @@ def _anchor_key(obj: ChangeObject, width: int) -> int:
     return obj.anchor[0] * width + obj.anchor[1]
 
 
-def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: _Sink,
+def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: Sink,
                       halo: int, readers: Readers, first_pass: NDArray[np.int64],
                       limit: int, threads: int, reported: list[Footprint]) -> None:
     """Second pass: groups too large for their block, in grown windows.
@@ -661,7 +673,7 @@ def _grow(region: tuple[int, int], groups: tuple[int, int], window: tuple[int, i
 
 
 def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources, plan: Plan,
-                      sink: _Sink, halo: int, readers: Readers, emitted: NDArray[np.int64],
+                      sink: Sink, halo: int, readers: Readers, emitted: NDArray[np.int64],
                       limit: int, reported: list[Footprint]) -> None:
     """Regions too large for one window: processed in tiles, the pieces of what they cut joined.
 
@@ -726,8 +738,7 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
         pieces.extend(cut)
     joined = join_pieces(pieces, plan, whole=list(whole.values()), reported=reported)
     new = [o for key, o in whole.items() if not _holds_key(emitted, key)]
-    for obj in sorted(new + joined, key=lambda o: o.anchor):
-        sink.object(obj)
+    sink.objects(sorted(new + joined, key=lambda o: o.anchor))
     if joined:
         warnings.warn(
             f"an area of change larger than {limit} pixels across was processed in tiles of "
