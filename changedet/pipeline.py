@@ -520,7 +520,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     if inv_s.all():
         raise InputError(f"{binfo.name} and {ainfo.name} have no valid pixels in common")
     # Vegetation is never pseudo-invariant (it changes with the season).
-    gate = vegetation_gate_for(binfo.count if binfo.count == ainfo.count else 0, use_bands)
+    gate = vegetation_gate_for(binfo.count if binfo.count == ainfo.count else None, use_bands)
     pif_invalid = inv_s if gate is None else (
         inv_s | vegetation_mask(b_s, gate) | vegetation_mask(a_s, gate))
     fit = fit_normalisation(b_s, a_s, pif_invalid, method=normalise)

@@ -479,9 +479,9 @@ def _band_fit(x: NDArray[np.float64], y: NDArray[np.float64],
               ) -> tuple[float, float, NDArray[np.bool_], bool]:
     # One band's map of after (x) onto before (y) on the invariant pixels:
     # the robust orthogonal line, or, when the dates hardly correlate on
-    # the line's inliers, the line through their means matching their
-    # spreads (the reduced major axis: always a positive gain). Also says
-    # which.
+    # the line's inliers (or do the other way round: no sensor inverts a
+    # band), the line through their means matching their spreads (the
+    # reduced major axis: always a positive gain). Also says which.
     slope, icpt, inliers = robust_orthogonal_regression(x, y)
     xi, yi = x[inliers], y[inliers]
     sx, sy = float(xi.std()), float(yi.std())

@@ -140,16 +140,21 @@ STRIPE_PIXELS = 8192
 def stripe_blocks(width: int, block_size: int, max_pixels: int | None = None) -> int:
     """Return the blocks in a stripe: as few equal stripes as are at most `max_pixels` wide.
 
+    (One block when a block is wider.)
+
     Default `max_pixels`: :data:`STRIPE_PIXELS`.
 
     Examples
     --------
     >>> stripe_blocks(8192, 1024), stripe_blocks(20000, 1024), stripe_blocks(9000, 4096)
     (8, 7, 2)
+    >>> stripe_blocks(16384, 1000)          # 6000 px: nine would be 9000
+    6
     """
     across = -(-width // block_size)
-    stripes = -(-width // max(STRIPE_PIXELS if max_pixels is None else max_pixels, block_size))
-    return max(1, -(-across // max(stripes, 1)))
+    per = max(1, (STRIPE_PIXELS if max_pixels is None else max_pixels) // block_size)
+    stripes = max(1, -(-across // per))
+    return max(1, -(-across // stripes))
 
 
 def layout(shape: tuple[int, int], block_size: int, halo: int,
@@ -374,7 +379,10 @@ class Sink:
     """Where block outputs go (arrays in memory, or files).
 
     :func:`run_blocks` hands each block's output to :meth:`block`, then its
-    objects to :meth:`objects`, in block order.
+    objects to :meth:`objects`, in block order (and the second pass's
+    objects to :meth:`objects` too, a region or a set of tiles at a time).
+    A sink implements :meth:`block` and :meth:`object`, and may override
+    :meth:`objects` to take a list at once.
     """
 
     def block(self, out: BlockOutput) -> None:  # pragma: no cover - interface
@@ -382,7 +390,7 @@ class Sink:
         raise NotImplementedError
 
     def object(self, obj: ChangeObject) -> None:  # pragma: no cover - interface
-        """Take one object (the second pass gives them one at a time)."""
+        """Take one object."""
         raise NotImplementedError
 
     def objects(self, objs: list[ChangeObject]) -> None:
@@ -561,12 +569,16 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     h, w = plan.grid.shape
     emitted: set[int] = set()   # keys, as first_pass's, of this pass's objects
 
-    def emit(obj: ChangeObject) -> None:
-        key = _anchor_key(obj, w)
-        if key not in emitted and not _holds_key(first_pass, key):
-            emitted.add(key)
-            sink.object(obj)
-            reported.extend(Footprint.of(obj))
+    def unseen(objs: list[ChangeObject]) -> list[ChangeObject]:
+        # Those not emitted yet (by the first pass or another region).
+        out = []
+        for obj in objs:
+            key = _anchor_key(obj, w)
+            if key not in emitted and not _holds_key(first_pass, key):
+                emitted.add(key)
+                out.append(obj)
+                reported.extend(Footprint.of(obj))
+        return out
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
     regions = _merge_boxes(boxes, halo)  # type: ignore[arg-type]
@@ -616,8 +628,7 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
         for region, (objects, big) in zip(regions, pool.map(settle, regions), strict=True):
             if big:
                 too_big.append(region)
-            for obj in objects:
-                emit(obj)
+            sink.objects(unseen(objects))
     if too_big:
         known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
         _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit, reported)

@@ -716,18 +716,21 @@ def default_vegetation_gate(bands: int, dark: NDArray[np.floating] | None = None
                           dark=() if dark is None else tuple(float(v) for v in dark))
 
 
-def vegetation_gate_for(count: int, picked: Sequence[int] | None) -> VegetationGate | None:
-    """Return the vegetation gate for some bands of four-band images.
+def vegetation_gate_for(count: int | None, picked: Sequence[int] | None,
+                        ) -> VegetationGate | None:
+    """Return the vegetation gate for a stack of some bands of two images.
 
     Four-band images are red, green, blue, near-infrared (see
-    :func:`default_vegetation_gate`); a stack of some of their bands is
-    gated when it holds band 1 (red) and band 4 (NIR), wherever they sit in
-    it.
+    :func:`default_vegetation_gate`): a stack of their bands is gated when
+    it holds band 1 (red) and band 4 (NIR), wherever they sit in it. The
+    bands of other images (or of two images whose band counts differ) say
+    nothing of their colours: a stack of four of them is read as red,
+    green, blue, NIR in the order picked, as a four-band image is.
 
     Parameters
     ----------
-    count : int
-        Data bands of the images.
+    count : int or None
+        Data bands of each image (None: the two images differ).
     picked : sequence of int or None
         1-based bands stacked, in order (None: all of them).
 
@@ -742,10 +745,14 @@ def vegetation_gate_for(count: int, picked: Sequence[int] | None) -> VegetationG
     (2, 0, 1, None)
     >>> vegetation_gate_for(4, [1, 2, 3]) is None
     True
+    >>> vegetation_gate_for(8, [5, 3, 2, 7]).nir     # WorldView's R, G, B, NIR1
+    3
     """
     if picked is None:
-        return default_vegetation_gate(count)
-    if count != 4 or 1 not in picked or 4 not in picked:
+        return default_vegetation_gate(count or 0)
+    if count != 4:
+        return default_vegetation_gate(len(picked))
+    if 1 not in picked or 4 not in picked:
         return None
     at = {band: k for k, band in reversed(list(enumerate(picked)))}
     return VegetationGate(red=at[1], nir=at[4], green=at.get(2), blue=at.get(3))

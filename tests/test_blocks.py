@@ -71,7 +71,7 @@ def test_reference_finds_all_eight_structures(reference):
 
 @pytest.mark.parametrize("block_size, threads, stripe_px", [
     (64, 1, None), (100, 2, None), (128, 2, None), (257, 1, None),
-    (64, 2, 150),      # stripes of 2 blocks: seams between stripes, the cache across them
+    (64, 2, 150),      # stripes of 2 blocks (128 px): seams between them, the cache across
 ])
 def test_blockwise_equals_in_memory(scene, reference, block_size, threads, stripe_px,
                                     monkeypatch):

@@ -20,6 +20,7 @@ from changedet.scores import (
     score_change,
     score_cva,
     vegetation_at,
+    vegetation_gate_for,
     vegetation_mask,
 )
 from changedet.thresholds import apply_threshold, threshold_chi2
@@ -292,6 +293,18 @@ def test_vegetation_gate_zeroes_candidates_vegetated_at_both_dates_only():
     assert (both & candidates).sum() > 500 and (both & ~candidates).sum() > 500
     assert np.all(score[both & candidates] == 0)
     assert np.array_equal(score[~(both & candidates)], plain[~(both & candidates)])
+
+
+def test_vegetation_gate_follows_red_and_nir_of_a_four_band_image():
+    assert vegetation_gate_for(4, None) == default_vegetation_gate(4)
+    g = vegetation_gate_for(4, [1, 1, 4])             # a band listed twice: its first place
+    assert (g.red, g.nir, g.green, g.blue) == (0, 2, None, None)
+    assert vegetation_gate_for(4, [2, 3, 4, 3]) is None   # no red: no gate (had red = band 2)
+    assert vegetation_gate_for(4, [4]) is None
+    # Other images, or two that differ: four picked bands are R, G, B, NIR.
+    assert vegetation_gate_for(8, [5, 3, 2, 7]) == default_vegetation_gate(4)
+    assert vegetation_gate_for(None, [1, 2, 3, 4]) == default_vegetation_gate(4)
+    assert vegetation_gate_for(8, [5, 3, 2]) is None
 
 
 def test_vegetation_mask_needs_more_green_than_blue():
