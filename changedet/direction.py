@@ -175,7 +175,10 @@ def classify_direction(before: NDArray[np.floating], after: NDArray[np.floating]
     floor = gradient_floor if gradient_floor is not None else default_gradient_floor(gb)
 
     def contrast(g: NDArray[np.float32]) -> NDArray[np.float64]:
-        on = np.nan_to_num(np.asarray(ndimage.mean(g, edge, idx), np.float64))
+        # An object with no edge pixel left (all invalid, or cut by the
+        # window) has no mean there: 0, without numpy's 0 / 0 warning.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            on = np.nan_to_num(np.asarray(ndimage.mean(g, edge, idx), np.float64))
         off = np.nan_to_num(labelled_median(g, ground, idx))
         return on / np.maximum(off, floor)
 

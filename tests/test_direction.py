@@ -60,3 +60,26 @@ def test_direction_of_built_and_demolished_structures_in_a_scene():
             assert result.classes[int(c.y), int(c.x)] == expected, (expected, fp.bounds)
     conf = [q["confidence"] for q in result.properties]
     assert all(0 <= v <= 1 for v in conf) and np.median(conf) > 0.5
+
+
+def test_an_object_without_valid_edge_pixels_is_changed_quietly():
+    # The flood benchmark's tiles cut objects whose edge ring lies in
+    # invalid pixels: their mean edge contrast is 0 / 0, which numpy
+    # reported to the user as a RuntimeWarning from scipy.
+    import warnings
+
+    before = _ground(2)
+    after = before.copy()
+    after[:, 10:30, 10:30] = 200
+    after[:, 50:70, 50:70] = 200
+    truth = np.zeros((96, 96), bool)
+    truth[10:30, 10:30] = truth[50:70, 50:70] = True
+    labels, n = label_components(truth)
+    invalid = np.zeros((96, 96), bool)
+    invalid[5:35, 5:35] = True              # the first object's edge ring (its outline
+    invalid[11:29, 11:29] = False           # either side), and more
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = classify_direction(before, after, labels, n, invalid=invalid)
+    assert d.classes[labels[20, 20] - 1] == 3       # no edge to judge: changed
+    assert d.classes[labels[60, 60] - 1] == 1       # the other one is judged
