@@ -215,6 +215,12 @@ class Readers:
         self.before.close()
         self.after.close()
 
+    def recache(self, pixels: int) -> None:
+        """Drop the decoded tiles and keep at most `pixels` (per band) of each image's from now."""
+        for reader in (self.before, self.after):
+            reader.max_bytes = int(pixels) * reader.pixel_bytes
+            reader.clear()
+
     def __enter__(self) -> Readers:
         return self
 
@@ -542,10 +548,15 @@ def _run_blocks(sources: Sources, plan: Plan, sink: Sink, *, block_size: int, ha
             if progress is not None:
                 progress("blocks", i, len(blocks))
         if deferred:
+            # The second pass's windows lie anywhere and are up to `limit`
+            # across: the stripes' tiles are of little use to them, and
+            # kept (up to 150 MB an image) they pushed the flood pair's peak
+            # from 700 to 980 MB. A window's worth is kept instead, for a
+            # region re-read larger as it grows.
+            limit = max(MAX_GROWN_WINDOW, block_size + 2 * halo)
+            readers.recache(min(limit * limit, cache_pixels(plan, block_size, halo)))
             _resolve_deferred(np.concatenate(deferred), sources, plan, sink, halo, readers,
-                              np.sort(np.asarray(emitted)),
-                              max(MAX_GROWN_WINDOW, block_size + 2 * halo), threads,
-                              reported)
+                              np.sort(np.asarray(emitted)), limit, threads, reported)
 
 
 def _anchor_key(obj: ChangeObject, width: int) -> int:

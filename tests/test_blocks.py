@@ -532,3 +532,23 @@ def test_threads_leave_the_warning_filters_as_they_were(tmp_path):
             t.join()
         assert len(found) == 16 and min(found) >= 1
         assert warnings.filters == before
+
+
+def test_the_second_pass_starts_with_a_window_of_tile_cache(scene, reference, monkeypatch):
+    # The stripes' tiles are of little use to the second pass and took the
+    # flood pair's peak from 700 to 980 MB: it keeps a window's worth.
+    import changedet.runner as runner
+
+    seen = []
+    orig = runner._resolve_deferred
+
+    def spy(deferred, sources, plan, sink, halo, readers, first_pass, limit, *rest):
+        for r in (readers.before, readers.after):
+            seen.append((len(r._tiles), r.max_bytes, limit * limit * r.pixel_bytes))
+        return orig(deferred, sources, plan, sink, halo, readers, first_pass, limit, *rest)
+
+    monkeypatch.setattr(runner, "_resolve_deferred", spy)
+    r = changedet.detect(*scene, block_size=64, threads=2)
+    assert len(seen) == 2                      # the big structure needed the second pass
+    assert all(n == 0 and kept <= window for n, kept, window in seen)
+    assert _features(r) == _features(reference)
