@@ -69,6 +69,31 @@ def flat_pair(seed: int = 0, *, n_appeared: int = 2, n_disappeared: int = 1,
                        sensor_after=sensor_after, dtype=dtype, **kw)
 
 
+def lawn_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Four bands (R, G, B, NIR), float32, 160 px: a lawn dries; a grey roof is built on it.
+
+    The lawn is rows and columns 20-110, the roof 60-90.
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    h, w = 160, 160
+    paving = np.array([100, 98, 94, 110], np.float32)
+    grass = np.array([20, 41, 15, 115], np.float32)
+    dry = np.array([48, 51, 28, 79], np.float32)
+    tex = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.0).astype(np.float32)
+    tex = 1 + 0.25 * tex / tex.std()
+    b = np.empty((4, h, w), np.float32)
+    b[:] = paving[:, None, None]
+    b[:, 20:110, 20:110] = grass[:, None, None]
+    a = b.copy()
+    a[:, 20:110, 20:110] = dry[:, None, None]
+    b *= tex
+    a *= tex
+    a[:, 60:90, 60:90] = np.array([71, 71, 76, 79], np.float32)[:, None, None]  # grey roof
+    return tuple(im + rng.normal(0, 1.5, im.shape).astype(np.float32) for im in (b, a))
+
+
 @pytest.fixture
 def pair_files(tmp_path):
     """Write a flat synthetic pair as GeoTIFFs; returns (before, after, pair)."""

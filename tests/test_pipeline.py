@@ -11,7 +11,14 @@ from shapely.geometry import box, mapping, shape
 import changedet
 from changedet.errors import BandMismatchError, NoOverlapError, ROIError
 from changedet.pipeline import PROPERTY_KEYS
-from tests.conftest import UTM, flat_pair, pixel_polygons_to_map, utm_transform, write_tif
+from tests.conftest import (
+    UTM,
+    flat_pair,
+    lawn_pair,
+    pixel_polygons_to_map,
+    utm_transform,
+    write_tif,
+)
 
 
 def match_truth(result, pair, transform=None):
@@ -327,48 +334,28 @@ def test_diff_can_only_collect_the_polygons(pair_files, tmp_path):
         changedet.diff(b, a)
 
 
-def _lawn_pair(seed=0, size=256):
-    """Red, green, blue, NIR paving around a lawn that dries; a roof is built on it."""
-    from scipy import ndimage
-    rng = np.random.default_rng(seed)
-    paving = np.array([100, 98, 94, 110], np.float32)
-    grass = np.array([20, 41, 15, 115], np.float32)
-    dry = np.array([48, 51, 28, 79], np.float32)
-    tex = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 1.5).astype(np.float32)
-    tex = 1 + 0.3 * tex / tex.std()
-    b = np.empty((4, size, size), np.float32)
-    b[:] = paving[:, None, None]
-    b[:, 40:200, 40:200] = grass[:, None, None]
-    a = b.copy()
-    a[:, 40:200, 40:200] = dry[:, None, None]
-    b *= tex
-    a *= tex
-    a[:, 100:140, 100:150] = np.array([71, 71, 76, 79], np.float32)[:, None, None]  # a roof
-    b += rng.normal(0, 1.5, b.shape).astype(np.float32)
-    a += rng.normal(0, 1.5, a.shape).astype(np.float32)
-    return (np.clip(b, 1, 255).astype(np.uint8), np.clip(a, 1, 255).astype(np.uint8))
+def _lawn_files(tmp_path):
+    b, a = (np.clip(im, 1, 255).astype(np.uint8) for im in lawn_pair())
+    return write_tif(tmp_path / "b.tif", b), write_tif(tmp_path / "a.tif", a)
 
 
 @pytest.mark.parametrize("bands", [None, [1, 2, 4], [4, 1, 2, 3]])
 def test_the_season_on_a_lawn_is_no_change_whichever_bands_hold_red_and_nir(tmp_path, bands):
     # The vegetation gate follows red (band 1) and NIR (band 4) of a
-    # four-band image wherever --bands puts them: with bands 1,2,4 it had
-    # taken the third band for NIR, and the dried lawn was change.
-    before, after = _lawn_pair()
-    b = write_tif(tmp_path / "b.tif", before)
-    a = write_tif(tmp_path / "a.tif", after)
+    # four-band image wherever --bands puts them: it had read the stack
+    # itself as R, G, B, NIR, so bands 1,2,4 had no gate and 4,1,2,3 took
+    # NIR for red, and the dried lawn was change.
+    b, a = _lawn_files(tmp_path)
     r = changedet.detect(b, a, bands=bands, coreg="none")
     veg = r.metadata["score"]["vegetation"]
     order = bands or [1, 2, 3, 4]
     assert veg is not None and (order[veg["red"]], order[veg["nir"]]) == (1, 4)
-    roof, = pixel_polygons_to_map([box(100, 100, 150, 140)], utm_transform())
+    roof, = pixel_polygons_to_map([box(60, 60, 90, 90)], utm_transform())
     assert len(r.geometries) == 1                  # the roof, not the lawn
     assert r.geometries[0].intersection(roof).area / r.geometries[0].union(roof).area > 0.8
 
 
 def test_stacks_without_red_and_nir_get_no_vegetation_gate(tmp_path):
-    before, after = _lawn_pair()
-    b = write_tif(tmp_path / "b.tif", before)
-    a = write_tif(tmp_path / "a.tif", after)
+    b, a = _lawn_files(tmp_path)
     r = changedet.detect(b, a, bands=[4, 3, 2], coreg="none")
     assert r.metadata["score"]["vegetation"] is None

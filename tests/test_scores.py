@@ -24,6 +24,7 @@ from changedet.scores import (
     vegetation_mask,
 )
 from changedet.thresholds import apply_threshold, threshold_chi2
+from tests.conftest import lawn_pair
 
 
 def _noise_pair(shape=(3, 256, 256), sigma=2.0, seed=0):
@@ -197,28 +198,8 @@ def test_no_shadow_model_from_one_dark_object():
     assert fit_shadow(b, a, inv, fit_noise(b, a, inv)) is None
 
 
-def _vegetation_pair(seed=0):
-    """Four bands (R, G, B, NIR): a lawn dries; a grey roof is built on it."""
-    rng = np.random.default_rng(seed)
-    h, w = 160, 160
-    paving = np.array([100, 98, 94, 110], np.float32)
-    grass = np.array([20, 41, 15, 115], np.float32)
-    dry = np.array([48, 51, 28, 79], np.float32)
-    tex = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.0).astype(np.float32)
-    tex = 1 + 0.25 * tex / tex.std()
-    b = np.empty((4, h, w), np.float32)
-    b[:] = paving[:, None, None]
-    b[:, 20:110, 20:110] = grass[:, None, None]
-    a = b.copy()
-    a[:, 20:110, 20:110] = dry[:, None, None]
-    b *= tex
-    a *= tex
-    a[:, 60:90, 60:90] = np.array([71, 71, 76, 79], np.float32)[:, None, None]  # grey roof
-    return _noisy(rng, b, a)
-
-
 def test_vegetation_gate_ignores_the_season_but_not_a_roof_on_grass():
-    b, a = _vegetation_pair()
+    b, a = lawn_pair()
     inv = np.zeros(b.shape[1:], bool)
     gate = default_vegetation_gate(4)
     assert vegetation_mask(b, gate)[30:100, 30:100].all()
@@ -246,7 +227,7 @@ def test_vegetation_at_some_pixels_is_the_mask_there(dark, whole, monkeypatch):
     import changedet.scores as scores
 
     monkeypatch.setattr(scores, "_DENSE_NDVI_SHARE", 0.0 if whole else 2.0)
-    b, a = _vegetation_pair(seed=3)
+    b, a = lawn_pair(seed=3)
     gate = default_vegetation_gate(4, None if dark is None else np.array(dark))
     for data in (b, a, b[:, 7:50, 90:]):
         mask = vegetation_mask(data, gate)
@@ -281,7 +262,7 @@ def test_vegetation_at_both_ways_agree_at_the_threshold(monkeypatch):
 
 
 def test_vegetation_gate_zeroes_candidates_vegetated_at_both_dates_only():
-    b, a = _vegetation_pair(seed=4)
+    b, a = lawn_pair(seed=4)
     a[:, 20:50] = b[:, 20:50] + np.random.default_rng(5).normal(0, 1, (4, 30, 160))  # kept green
     gated = fit_cva(b, a, np.zeros(b.shape[1:], bool))
     plain = score_cva(b, a, dataclasses.replace(gated, vegetation=None))
