@@ -895,14 +895,11 @@ def _whiten(data: NDArray[np.floating], w: NDArray[np.float32],
     # are views across the bands, which np.tensordot copied first (0.39 ms
     # a 96-row strip of 1120 px and four bands, against 0.20 ms).
     data = np.asarray(data, np.float32)
-    if w.dtype != np.float32:
-        out = np.tensordot(w, data, axes=1)
-    else:
-        out = np.empty((w.shape[0], *data.shape[1:]), np.float32)
-        np.matmul(w, data.reshape(data.shape[0], -1), out=out.reshape(w.shape[0], -1))
+    out = np.empty((w.shape[0], *data.shape[1:]), np.float32)
+    np.matmul(w, data.reshape(data.shape[0], -1), out=out.reshape(w.shape[0], -1))
     if centre is not None:
         out -= (w @ centre)[:, None, None]
-    return out.astype(np.float32, copy=False)
+    return out
 
 
 def _tolerant_distance(wa: NDArray[np.float32], wb: NDArray[np.float32],
