@@ -440,47 +440,112 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
     if not work.any():
         return WindowResult(score, [], incomplete)
 
-    lut = np.concatenate([[False], work])
-    # Nothing below reaches further than `k` past a group: work in the box
-    # that holds the emitted groups with that margin (a block with a few
-    # structures then costs a few structures' worth), the same result as on
-    # the whole window.
-    r0, c0 = np.maximum(bbox[work, :2].min(axis=0) - k - m, 0)
-    r1, c1 = np.minimum(bbox[work, 2:].max(axis=0) + k + m, (h, w))
+    # Nothing below reaches further than `k` past a group: work in boxes
+    # that hold the groups to emit or cut with that margin, each box its
+    # own groups only (a block with a few structures then costs a few
+    # structures' worth, and one with hundreds scattered over it costs
+    # their boxes, not the whole window), the same result as on the whole
+    # window.
+    objects: list[ChangeObject] = []
+    pieces: list[tuple[int, Piece]] = []
+    for idx, box in _work_boxes(bbox, np.flatnonzero(work), k + m, (h, w)):
+        mine = np.zeros(ng + 1, bool)
+        mine[idx + 1] = True
+        found, cut_here = _process_box(before, after, invalid, score, live, glabels, mine, emit,
+                                       has_own_seed if core is not None else None, clabels,
+                                       plan, box, row_off, col_off, core)
+        objects += found
+        pieces += cut_here
+    # In raster order of their objects' first pixels, as one box gives them.
+    objects.sort(key=lambda o: o.anchor)
+    pieces.sort(key=lambda kp: kp[0])
+    return WindowResult(score, objects, incomplete, [p for _, p in pieces])
+
+
+#: A box of groups to process is split in two while it is larger than this
+#: (pixels) and than twice its groups' own boxes: each box processed costs
+#: some 40 numpy and scipy calls, whatever its size.
+_SPLIT_PIXELS = 128 * 128
+
+
+def _work_boxes(bbox: NDArray[np.int64], which: NDArray[np.intp], pad: int,
+                shape: tuple[int, int],
+                ) -> list[tuple[NDArray[np.intp], tuple[int, int, int, int]]]:
+    # Groups `which` (indices into bbox) in boxes to process separately:
+    # (the groups, their box padded by `pad` within `shape`). Boxes may
+    # overlap; each is processed with its own groups only.
+    padded = np.concatenate([np.maximum(bbox[which, :2] - pad, 0),
+                             np.minimum(bbox[which, 2:] + pad, shape)], axis=1)
+    sizes = (padded[:, 2] - padded[:, 0]) * (padded[:, 3] - padded[:, 1])
+    out = []
+    todo = [np.arange(which.size)]
+    while todo:
+        i = todo.pop()
+        b = padded[i]
+        r0, c0 = b[:, :2].min(axis=0)
+        r1, c1 = b[:, 2:].max(axis=0)
+        if i.size == 1 or (r1 - r0) * (c1 - c0) <= max(_SPLIT_PIXELS, 2 * int(sizes[i].sum())):
+            out.append((which[i], (int(r0), int(c0), int(r1), int(c1))))
+            continue
+        # Halves by the boxes' centres along the longer side.
+        axis = 0 if r1 - r0 >= c1 - c0 else 1
+        order = np.argsort(b[:, axis] + b[:, axis + 2], kind="stable")
+        todo += [i[order[i.size // 2:]], i[order[:i.size // 2]]]
+    return out
+
+
+def _process_box(before: NDArray[np.float32], after: NDArray[np.float32],
+                 invalid: NDArray[np.bool_], score: NDArray[np.float32],
+                 live: NDArray[np.bool_], glabels: NDArray[np.int32], mine: NDArray[np.bool_],
+                 emit: NDArray[np.bool_], has_own_seed: NDArray[np.bool_] | None,
+                 clabels: NDArray[np.int32], plan: Plan, bounds: tuple[int, int, int, int],
+                 row_off: int, col_off: int, core: tuple[int, int, int, int] | None,
+                 ) -> tuple[list[ChangeObject], list[tuple[int, Piece]]]:
+    # The objects of the groups `mine` marks (a lookup by group label) in
+    # window box `bounds`: those of groups to emit whole, and the pieces
+    # in `core` of the others, each with its object's first pixel (global
+    # row * width + col) to order them by.
+    r0, c0, r1, c1 = bounds
     box = np.s_[r0:r1, c0:c1]
     # In a complete group every candidate component holds a seed, so the
     # hysteresis result there is simply the live candidates.
-    kept = delineate(score[box], live[box] & lut[glabels[box]], floor=plan.threshold.low)
+    kept = delineate(score[box], live[box] & mine[glabels[box]], floor=plan.threshold.low)
     cleaned = clean_mask(kept, pixel_area_m2=plan.pixel_area_m2, min_area_m2=plan.min_area_m2,
                          open_radius=plan.open_radius, close_radius=plan.close_radius,
                          invalid=invalid[box])
     labels, n = label_components(cleaned)
     whole = np.ones(n, bool)
-    if cut.any():
+    if not emit[mine[1:]].all():
         # Each object lies in one group (groups are further apart than the
         # clean-up reaches): those of cut groups become pieces.
         group = labelled_maximum(glabels[box], labels, np.arange(1, n + 1)).astype(np.int64) - 1
         whole = emit[group]
     objects, direction = _objects(
         before[(slice(None),) + box], after[(slice(None),) + box], invalid[box], score[box],
-        labels, n, plan, row_off + int(r0), col_off + int(c0), whole=whole)
-    pieces: list[Piece] = []
-    if not whole.all():
-        cr0, cc0, cr1, cc1 = core
-        lr0, lc0 = max(cr0 - int(r0), 0), max(cc0 - int(c0), 0)
-        lr1, lc1 = min(cr1 - int(r0), labels.shape[0]), min(cc1 - int(c0), labels.shape[1])
-        inner = np.where(whole[np.maximum(labels - 1, 0)], 0, labels)[lr0:lr1, lc0:lc1]
-        own = has_own_seed[clabels[box]][lr0:lr1, lc0:lc1]
-        pieces = _pieces(inner, score[box][lr0:lr1, lc0:lc1], direction, own,
-                         row_off + int(r0) + lr0, col_off + int(c0) + lc0)
-    return WindowResult(score, objects, incomplete, pieces)
+        labels, n, plan, row_off + r0, col_off + c0, whole=whole)
+    if whole.all():
+        return objects, []
+    cr0, cc0, cr1, cc1 = core
+    lr0, lc0 = max(cr0 - r0, 0), max(cc0 - c0, 0)
+    lr1, lc1 = min(cr1 - r0, labels.shape[0]), min(cc1 - c0, labels.shape[1])
+    inner = np.where(whole[np.maximum(labels - 1, 0)], 0, labels)[lr0:lr1, lc0:lc1]
+    own = has_own_seed[clabels[box]][lr0:lr1, lc0:lc1]
+    pieces = _pieces(inner, score[box][lr0:lr1, lc0:lc1], direction, own,
+                     row_off + r0 + lr0, col_off + c0 + lc0)
+    # Ordered by their objects' first pixels, global (row, col) as one
+    # number.
+    first = first_pixel(labels, np.arange(1, n + 1))
+    rows, cols = np.divmod(first, labels.shape[1])
+    return objects, [((row_off + r0 + int(rows[i])) << 32 | (col_off + c0 + int(cols[i])), piece)
+                     for i, piece in pieces]
 
 
 def _pieces(labels: NDArray[np.int32], score: NDArray[np.float32], direction: Direction,
-            seeded: NDArray[np.bool_], row_off: int, col_off: int) -> list[Piece]:
+            seeded: NDArray[np.bool_], row_off: int, col_off: int) -> list[tuple[int, Piece]]:
     # Each labelled object's part in `labels` (a window's core), with its
-    # score statistics there and the direction found for the whole object.
-    out: list[Piece] = []
+    # score statistics there and the direction found for the whole object;
+    # with its label's index.
+    out: list[tuple[int, Piece]] = []
     for i, sl in enumerate(ndimage.find_objects(labels)):
         if sl is None:
             continue
@@ -488,13 +553,12 @@ def _pieces(labels: NDArray[np.int32], score: NDArray[np.float32], direction: Di
         vals = score[sl][mask]
         first = int(np.flatnonzero(mask.ravel())[0])
         pr, pc = sl[0].start + row_off, sl[1].start + col_off
-        out.append(Piece(row_off=pr, col_off=pc, shape=mask.shape, packed=np.packbits(mask),
-                         anchor=(pr + first // mask.shape[1], pc + first % mask.shape[1]),
-                         change=int(direction.classes[i]),
-                         confidence=float(direction.confidence[i]), pixels=int(vals.size),
-                         score_sum=float(vals.sum(dtype=np.float64)),
-                         score_max=float(vals.max()),
-                         seed_packed=np.packbits(seeded[sl] & mask)))
+        out.append((i, Piece(
+            row_off=pr, col_off=pc, shape=mask.shape, packed=np.packbits(mask),
+            anchor=(pr + first // mask.shape[1], pc + first % mask.shape[1]),
+            change=int(direction.classes[i]), confidence=float(direction.confidence[i]),
+            pixels=int(vals.size), score_sum=float(vals.sum(dtype=np.float64)),
+            score_max=float(vals.max()), seed_packed=np.packbits(seeded[sl] & mask))))
     return out
 
 

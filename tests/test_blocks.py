@@ -552,3 +552,73 @@ def test_the_second_pass_starts_with_a_window_of_tile_cache(scene, reference, mo
     assert len(seen) == 2                      # the big structure needed the second pass
     assert all(n == 0 and kept <= window for n, kept, window in seen)
     assert _features(r) == _features(reference)
+
+
+def _one_box_and_split(monkeypatch, run):
+    # `run()` with every window's groups in one box, then split into as
+    # many boxes as the partition allows; also how many boxes each used.
+    import changedet.blocks as blocks
+
+    calls = []
+    real = blocks._process_box
+    monkeypatch.setattr(blocks, "_process_box", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = []
+    for split in (10 ** 12, 0):
+        monkeypatch.setattr(blocks, "_SPLIT_PIXELS", split)
+        calls.clear()
+        out.append((run(), len(calls)))
+    return out
+
+
+@pytest.mark.parametrize("case", ["in-memory", "blocks", "tiles"])
+def test_groups_in_separate_boxes_give_the_one_box_result(scene, monkeypatch, case):
+    # A window's groups are processed in boxes of their own (a block with
+    # scattered changes then costs their boxes, not the whole window): the
+    # very same objects, pieces and classes as one box holding them all.
+    if case == "tiles":
+        _small_windows(monkeypatch, 270)     # pieces of the large structure, joined
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", changedet.LargeChangeWarning)
+            return changedet.detect(*scene, block_size={"in-memory": 4096, "blocks": 257,
+                                                        "tiles": 64}[case], threads=1)
+
+    import changedet.blocks as blocks
+
+    pieces = []
+    real = blocks._pieces
+    monkeypatch.setattr(blocks, "_pieces", lambda *a, **k: pieces.extend(real(*a, **k)) or
+                        real(*a, **k))
+    (one, one_calls), (split, split_calls) = _one_box_and_split(monkeypatch, run)
+    assert split_calls > one_calls
+    assert bool(pieces) == (case == "tiles")
+    np.testing.assert_array_equal(split.classes, one.classes)
+    assert _features(split) == _features(one)
+    assert [g.wkb for g in split.geometries] == [g.wkb for g in one.geometries]   # same order
+
+
+def test_work_boxes_hold_each_group_once_and_split_scattered_ones():
+    from changedet.blocks import _work_boxes
+
+    rng = np.random.default_rng(0)
+    # 40 groups of 5-20 px scattered over 1000 x 1000 px, and a cluster of
+    # 10 touching ones.
+    corner = rng.integers(0, 980, (40, 2))
+    size = rng.integers(5, 20, (40, 2))
+    scattered = np.concatenate([corner, corner + size], axis=1)
+    cluster = np.array([[500 + 10 * i, 500, 510 + 10 * i, 530] for i in range(10)])
+    bbox = np.concatenate([scattered, cluster])
+    which = np.arange(len(bbox))
+    boxes = _work_boxes(bbox, which, 5, (1000, 1000))
+    held = np.concatenate([idx for idx, _ in boxes])
+    assert sorted(held.tolist()) == which.tolist()
+    for idx, (r0, c0, r1, c1) in boxes:
+        assert (bbox[idx, 0] - 5 >= r0).all() or (r0 == 0)
+        assert (np.maximum(bbox[idx, :2] - 5, 0) >= (r0, c0)).all()
+        assert (np.minimum(bbox[idx, 2:] + 5, 1000) <= (r1, c1)).all()
+    assert len(boxes) > 10
+    assert sum((r1 - r0) * (c1 - c0) for _, (r0, c0, r1, c1) in boxes) < 0.2 * 1000 * 1000
+    # One group, or a dense few alone: one box.
+    assert len(_work_boxes(bbox[:1], np.arange(1), 5, (1000, 1000))) == 1
+    assert len(_work_boxes(cluster, np.arange(10), 5, (1000, 1000))) == 1
