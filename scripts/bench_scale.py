@@ -12,7 +12,10 @@ and checks that the block-wise result equals the in-memory one on a pair
 that fits. Prints a table.
 
     $ python scripts/bench_scale.py [--sizes 8192 20000] [--workdir /tmp/cd-scale]
-      [--threads 2] [--repeat 3] [--flood 8192] [--keep]
+      [--threads 2] [--repeat 3] [--flood 8192] [--many 300 1000] [--keep]
+
+``--many K`` also runs the first size's pair with K structures of 12-120 px
+scattered over it (a city's worth of change).
 
 ``--flood N`` also runs an N x N pair where one change (a "flood") covers
 40 % of the raster, larger than any window, and checks that its polygon
@@ -122,6 +125,35 @@ def make_flood_pair(n: int, folder: Path) -> tuple[Path, Path, float]:
             b_ds.write(np.clip(b, 0, 65535).astype(np.uint16), window=win)
             a_ds.write(np.clip(a, 0, 65535).astype(np.uint16), window=win)
     return before, after, area * 0.25
+
+
+def make_many_pair(n: int, count: int, folder: Path) -> tuple[Path, Path]:
+    """The n x n pair with `count` structures of 12-120 px on a side scattered over it.
+
+    Rectangles at random places (some overlap, some cross the blocks'
+    seams), half bright and half dark, written into make_pair's after
+    image: a city's worth of change rather than one structure every few
+    tiles.
+    """
+    import rasterio
+
+    before, plain = make_pair(n, folder)
+    after = folder / f"after_{n}_many{count}.tif"
+    if after.exists():
+        return before, after
+    rng = np.random.default_rng(1)
+    corner = rng.integers(0, n, (count, 2))
+    far = corner + rng.integers(12, 120, (count, 2))
+    with rasterio.open(plain) as src, rasterio.open(after, "w", **src.profile) as dst:
+        for _, win in src.block_windows(1):
+            a = src.read(window=win)
+            r0, c0 = int(win.row_off), int(win.col_off)
+            lo = np.maximum(corner - (r0, c0), 0)
+            hi = np.minimum(far - (r0, c0), a.shape[1:])
+            for i in np.flatnonzero((lo < hi).all(axis=1)):
+                a[:, lo[i, 0]:hi[i, 0], lo[i, 1]:hi[i, 1]] = 45000 if i % 2 else 5000
+            dst.write(a, window=win)
+    return before, after
 
 
 FLOOD = """
@@ -239,6 +271,10 @@ def main() -> None:
     ap.add_argument("--flood", type=int, nargs="*", default=[],
                     help="also run a pair of this size where one change covers most of the "
                          "raster (larger than any window: processed in tiles and joined)")
+    ap.add_argument("--many", type=int, nargs="*", default=[],
+                    metavar="COUNT", help="also run the first size's pair with COUNT "
+                    "structures of 12-120 px scattered over it (many changes, many cut by "
+                    "the blocks' seams)")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -267,6 +303,17 @@ def main() -> None:
                              {"error": f"not run: needs about {80 * n * n / 2**30:.0f} GiB"},
                              floor))
             for r in rows[-3:]:
+                print(_row(*r), flush=True)
+        for count in args.many:
+            n = args.sizes[0]
+            b, a = make_many_pair(n, count, work)
+            out = work / f"out_{n}_many{count}"
+            out.mkdir(exist_ok=True)
+            floor = run(READ_FLOOR, str(b), str(a))
+            many = run(CHANGEDET, str(b), str(a), str(out), str(args.threads))
+            rows.append((n, f"read floor ({count} structures)", floor, floor))
+            rows.append((n, f"changedet diff ({count} structures)", many, floor))
+            for r in rows[-2:]:
                 print(_row(*r), flush=True)
         for n in args.flood:
             b, a, area = make_flood_pair(n, work)
