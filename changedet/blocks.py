@@ -36,6 +36,8 @@ import shapely
 from affine import Affine
 from numpy.typing import NDArray
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from shapely.geometry.base import BaseGeometry
 
 from changedet.cleanup import CONNECTIVITY, clean_mask, delineate, dilate_square, label_components
@@ -452,8 +454,7 @@ def process_window(before: NDArray[np.float32], after: NDArray[np.float32],
         mine = np.zeros(ng + 1, bool)
         mine[idx + 1] = True
         found, cut_here = _process_box(before, after, invalid, score, live, glabels, mine, emit,
-                                       has_own_seed if core is not None else None, clabels,
-                                       plan, box, row_off, col_off, core)
+                                       has_own_seed, clabels, plan, box, row_off, col_off, core)
         objects += found
         pieces += cut_here
     # In raster order of their objects' first pixels, as one box gives them.
@@ -473,25 +474,50 @@ def _work_boxes(bbox: NDArray[np.int64], which: NDArray[np.intp], pad: int,
                 ) -> list[tuple[NDArray[np.intp], tuple[int, int, int, int]]]:
     # Groups `which` (indices into bbox) in boxes to process separately:
     # (the groups, their box padded by `pad` within `shape`). Boxes may
-    # overlap; each is processed with its own groups only.
-    padded = np.concatenate([np.maximum(bbox[which, :2] - pad, 0),
-                             np.minimum(bbox[which, 2:] + pad, shape)], axis=1)
+    # overlap; each is processed with its own groups only. Groups whose
+    # boxes meet stay in one box: a group can lie in another's hole (a shed
+    # in a courtyard), and whether the hole is filled depends on both.
+    cluster = _meeting(bbox[which])
+    n = int(cluster.max()) + 1 if cluster.size else 0
+    lo = np.full((n, 2), np.iinfo(np.int64).max)
+    hi = np.full((n, 2), np.iinfo(np.int64).min)
+    np.minimum.at(lo, cluster, np.maximum(bbox[which, :2] - pad, 0))
+    np.maximum.at(hi, cluster, np.minimum(bbox[which, 2:] + pad, shape))
+    padded = np.concatenate([lo, hi], axis=1)
     sizes = (padded[:, 2] - padded[:, 0]) * (padded[:, 3] - padded[:, 1])
     out = []
-    todo = [np.arange(which.size)]
+    todo = [np.arange(n)]
     while todo:
         i = todo.pop()
         b = padded[i]
         r0, c0 = b[:, :2].min(axis=0)
         r1, c1 = b[:, 2:].max(axis=0)
         if i.size == 1 or (r1 - r0) * (c1 - c0) <= max(_SPLIT_PIXELS, 2 * int(sizes[i].sum())):
-            out.append((which[i], (int(r0), int(c0), int(r1), int(c1))))
+            out.append((which[np.isin(cluster, i)], (int(r0), int(c0), int(r1), int(c1))))
             continue
         # Halves by the boxes' centres along the longer side.
         axis = 0 if r1 - r0 >= c1 - c0 else 1
         order = np.argsort(b[:, axis] + b[:, axis + 2], kind="stable")
         todo += [i[order[i.size // 2:]], i[order[:i.size // 2]]]
     return out
+
+
+def _meeting(boxes: NDArray[np.int64], chunk: int = 1024) -> NDArray[np.intp]:
+    # Label (0..) the sets of boxes (row0, col0, row1, col1) that meet,
+    # directly or through others.
+    n = len(boxes)
+    if n < 2:
+        return np.zeros(n, np.intp)
+    pairs = []
+    for s in range(0, n, chunk):
+        b = boxes[s:s + chunk, None]
+        meet = ((b[..., 0] < boxes[:, 2]) & (boxes[:, 0] < b[..., 2])
+                & (b[..., 1] < boxes[:, 3]) & (boxes[:, 1] < b[..., 3]))
+        i, j = np.nonzero(meet)
+        pairs.append((i + s, j))
+    i, j = (np.concatenate(v) for v in zip(*pairs, strict=True))
+    graph = coo_matrix((np.ones(i.size, bool), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.intp)
 
 
 def _process_box(before: NDArray[np.float32], after: NDArray[np.float32],

@@ -556,46 +556,80 @@ def test_the_second_pass_starts_with_a_window_of_tile_cache(scene, reference, mo
 
 def _one_box_and_split(monkeypatch, run):
     # `run()` with every window's groups in one box, then split into as
-    # many boxes as the partition allows; also how many boxes each used.
+    # many boxes as the partition allows; also how many boxes each used and
+    # the pieces each window returned, in order.
     import changedet.blocks as blocks
+    import changedet.runner as runner
 
-    calls = []
-    real = blocks._process_box
-    monkeypatch.setattr(blocks, "_process_box", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, pieces = [], []
+    real_box, real_window = blocks._process_box, runner.process_window
+
+    def window(*a, **k):
+        res = real_window(*a, **k)
+        pieces.append([(p.anchor, p.pixels, p.score_sum, p.change, p.packed.tobytes())
+                       for p in res.pieces])
+        return res
+
+    monkeypatch.setattr(blocks, "_process_box", lambda *a, **k: calls.append(1) or
+                        real_box(*a, **k))
+    monkeypatch.setattr(runner, "process_window", window)
     out = []
     for split in (10 ** 12, 0):
         monkeypatch.setattr(blocks, "_SPLIT_PIXELS", split)
         calls.clear()
-        out.append((run(), len(calls)))
+        pieces.clear()
+        out.append((run(), len(calls), list(pieces)))
     return out
 
 
-@pytest.mark.parametrize("case", ["in-memory", "blocks", "tiles"])
-def test_groups_in_separate_boxes_give_the_one_box_result(scene, monkeypatch, case):
+def _courtyard(tmp_path):
+    # A ring-shaped structure with a small one in its courtyard, and two
+    # far apart: split by halves, the ring and the shed would fall in
+    # different boxes, and the courtyard, a hole below the minimum area
+    # only with the shed's pixels in it, was no longer filled.
+    rng = np.random.default_rng(3)
+    s = 2
+    ground = textured_ground((400, 1200), "pavement", rng=rng, texture=0.02, grain=4.0)
+    new = [SceneObject(rect(230, 30, 140, 140).difference(rect(260, 60, 80, 80)), "white"),
+           SceneObject(rect(296, 94, 12, 12), "red"),
+           SceneObject(rect(20, 90, 40, 40), "blue"),
+           SceneObject(rect(540, 90, 40, 40), "metal")]
+    before = render(ground, [], sun=Sun(), sensor=Sensor(noise=0.006), pixel_size=0.5,
+                    supersample=s, rng=rng)
+    after = render(ground, new, sun=Sun(), sensor=Sensor(noise=0.008), pixel_size=0.5,
+                   supersample=s, rng=rng)
+    return (write_tif(tmp_path / "b.tif", quantise(before, "uint16", full_scale=1.0)),
+            write_tif(tmp_path / "a.tif", quantise(after, "uint16", full_scale=1.0)))
+
+
+@pytest.mark.parametrize("case", ["in-memory", "blocks", "tiles", "courtyard"])
+def test_groups_in_separate_boxes_give_the_one_box_result(scene, monkeypatch, tmp_path, case):
     # A window's groups are processed in boxes of their own (a block with
     # scattered changes then costs their boxes, not the whole window): the
     # very same objects, pieces and classes as one box holding them all.
+    pair, options = scene, {}
     if case == "tiles":
         _small_windows(monkeypatch, 270)     # pieces of the large structure, joined
+    if case == "courtyard":
+        pair, options = _courtyard(tmp_path), {"min_area": 1580}
 
     def run():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", changedet.LargeChangeWarning)
-            return changedet.detect(*scene, block_size={"in-memory": 4096, "blocks": 257,
-                                                        "tiles": 64}[case], threads=1)
+            return changedet.detect(*pair, block_size={"blocks": 257, "tiles": 64}.get(
+                case, 4096), threads=1, **options)
 
-    import changedet.blocks as blocks
-
-    pieces = []
-    real = blocks._pieces
-    monkeypatch.setattr(blocks, "_pieces", lambda *a, **k: pieces.extend(real(*a, **k)) or
-                        real(*a, **k))
-    (one, one_calls), (split, split_calls) = _one_box_and_split(monkeypatch, run)
+    (one, one_calls, one_pieces), (split, split_calls, split_pieces) = \
+        _one_box_and_split(monkeypatch, run)
     assert split_calls > one_calls
-    assert bool(pieces) == (case == "tiles")
+    assert any(one_pieces) == (case == "tiles")
+    assert split_pieces == one_pieces
     np.testing.assert_array_equal(split.classes, one.classes)
     assert _features(split) == _features(one)
     assert [g.wkb for g in split.geometries] == [g.wkb for g in one.geometries]   # same order
+    if case == "courtyard":
+        # The ring with its courtyard filled (140 x 140 px), the shed in it.
+        assert max(p["pixels"] for p in split.properties) == pytest.approx(140 * 140, rel=0.02)
 
 
 def test_work_boxes_hold_each_group_once_and_split_scattered_ones():
@@ -614,11 +648,15 @@ def test_work_boxes_hold_each_group_once_and_split_scattered_ones():
     held = np.concatenate([idx for idx, _ in boxes])
     assert sorted(held.tolist()) == which.tolist()
     for idx, (r0, c0, r1, c1) in boxes:
-        assert (bbox[idx, 0] - 5 >= r0).all() or (r0 == 0)
         assert (np.maximum(bbox[idx, :2] - 5, 0) >= (r0, c0)).all()
         assert (np.minimum(bbox[idx, 2:] + 5, 1000) <= (r1, c1)).all()
     assert len(boxes) > 10
     assert sum((r1 - r0) * (c1 - c0) for _, (r0, c0, r1, c1) in boxes) < 0.2 * 1000 * 1000
+    # A group in another's box (a shed in a courtyard) stays with it.
+    ring = np.array([[100, 100, 240, 240], [146, 146, 158, 158], [900, 20, 940, 60],
+                     [20, 900, 60, 940]])
+    boxes = _work_boxes(ring, np.arange(4), 5, (1000, 1000))
+    assert len(boxes) == 3 and any(set(idx.tolist()) == {0, 1} for idx, _ in boxes)
     # One group, or a dense few alone: one box.
     assert len(_work_boxes(bbox[:1], np.arange(1), 5, (1000, 1000))) == 1
     assert len(_work_boxes(cluster, np.arange(10), 5, (1000, 1000))) == 1
