@@ -530,7 +530,7 @@ def _process_box(before: NDArray[np.float32], after: NDArray[np.float32],
     # The objects of the groups `mine` marks (a lookup by group label) in
     # window box `bounds`: those of groups to emit whole, and the pieces
     # in `core` of the others, each with its object's first pixel (global
-    # row * width + col) to order them by.
+    # row << 32 | col) to order them by.
     r0, c0, r1, c1 = bounds
     box = np.s_[r0:r1, c0:c1]
     # In a complete group every candidate component holds a seed, so the
