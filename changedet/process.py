@@ -14,7 +14,17 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["SharedSetting"]
+__all__ = ["SharedSetting", "FILTER_SWAPS"]
+
+#: Held around the library calls a run makes on several threads that wrap
+#: themselves in ``warnings.catch_warnings`` (rasterio's ``shapes`` and
+#: ``rasterize``): it saves the process's whole filter list and puts it
+#: back on leaving, so two threads inside at once can put back a list that
+#: holds the other's ``simplefilter("ignore")``, and every warning in the
+#: user's process is silenced from then on (seen: 1 run in 20 of two
+#: overlapping runs on two threads each). The polygoniser holds the GIL
+#: anyway: two threads gain nothing by running it at once.
+FILTER_SWAPS = threading.Lock()
 
 
 class SharedSetting:

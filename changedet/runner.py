@@ -50,7 +50,7 @@ from changedet.blocks import (
 )
 from changedet.coreg import window_transform
 from changedet.errors import LargeChangeWarning
-from changedet.process import SharedSetting
+from changedet.process import FILTER_SWAPS, SharedSetting
 from changedet.radiometry import apply_normalisation
 
 __all__ = [
@@ -336,7 +336,9 @@ def read_block(sources: Sources, plan: Plan, window: Window, readers: Readers | 
                                resampling=Resampling[plan.resampling], scratch=scratch)
     invalid = inv_b | inv_a
     if plan.roi is not None:
-        invalid |= geometry_mask([plan.roi], out_shape=grid.shape, transform=grid.transform)
+        with FILTER_SWAPS:
+            outside = geometry_mask([plan.roi], out_shape=grid.shape, transform=grid.transform)
+        invalid |= outside
     # `a` is ours: normalise it in place rather than holding a second copy.
     apply_normalisation(a, plan.fit, out=a)
     return b, a, invalid

@@ -24,6 +24,7 @@ from shapely.geometry.base import BaseGeometry
 
 from changedet.grid import Grid, linear_unit_factor
 from changedet.labelstats import labelled_maximum
+from changedet.process import FILTER_SWAPS
 
 __all__ = [
     "polygons_from_labels",
@@ -73,8 +74,9 @@ def polygons_from_labels(labels: NDArray[np.integer], n: int, transform: Affine,
         return []
     parts: dict[int, list[BaseGeometry]] = defaultdict(list)
     lab = np.ascontiguousarray(labels, dtype=np.int32)
-    for geom, value in shapes(lab, mask=lab > 0, connectivity=8, transform=transform):
-        parts[int(value)].append(shape(geom))
+    with FILTER_SWAPS:
+        for geom, value in shapes(lab, mask=lab > 0, connectivity=8, transform=transform):
+            parts[int(value)].append(shape(geom))
     out = []
     for i in range(1, n + 1):
         p = parts.get(i, [])

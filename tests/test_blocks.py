@@ -660,3 +660,41 @@ def test_work_boxes_hold_each_group_once_and_split_scattered_ones():
     # One group, or a dense few alone: one box.
     assert len(_work_boxes(bbox[:1], np.arange(1), 5, (1000, 1000))) == 1
     assert len(_work_boxes(cluster, np.arange(10), 5, (1000, 1000))) == 1
+
+
+def test_block_threads_never_swap_the_warning_filters_at_once(scene, reference, monkeypatch):
+    # rasterio's shapes and rasterize wrap themselves in
+    # warnings.catch_warnings, which saves the process's filter list and
+    # puts it back on leaving: two threads inside at once could leave
+    # rasterio's simplefilter("ignore") behind, silencing every warning in
+    # the user's process. Entering is slowed here so that any overlap shows.
+    import threading
+    import time
+
+    from rasterio.warp import transform_geom
+    from shapely.geometry import box, mapping
+
+    inside, most, lock = [0], [0], threading.Lock()
+    real = warnings.catch_warnings
+
+    class Counted(real):
+        def __enter__(self):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.005)
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            with lock:
+                inside[0] -= 1
+            return super().__exit__(*exc)
+
+    west, south, east, north = reference.grid.bounds
+    roi = transform_geom(reference.crs, "EPSG:4326",
+                         mapping(box(west + 4, south + 4, east - 4, north - 4)))
+    monkeypatch.setattr(warnings, "catch_warnings", Counted)
+    r = changedet.detect(*scene, block_size=64, threads=2, roi=roi)
+    monkeypatch.undo()
+    assert len(r) >= 5          # polygons made on both threads
+    assert most[0] == 1
