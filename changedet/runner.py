@@ -644,7 +644,8 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             sink.objects(unseen(objects))
     if too_big:
         known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
-        _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit, reported)
+        _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit, reported,
+                          threads)
 
 
 class _PixelBudget:
@@ -698,7 +699,7 @@ def _grow(region: tuple[int, int], groups: tuple[int, int], window: tuple[int, i
 
 def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources, plan: Plan,
                       sink: Sink, halo: int, readers: Readers, emitted: NDArray[np.int64],
-                      limit: int, reported: list[Footprint]) -> None:
+                      limit: int, reported: list[Footprint], threads: int = 1) -> None:
     """Regions too large for one window: processed in tiles, the pieces of what they cut joined.
 
     Tiles are read with a margin of an eighth of `limit` (at least the
@@ -709,6 +710,10 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
     pieces (:class:`changedet.blocks.Piece`), and every tile that such a
     group reaches is processed in turn, until none leads further. The
     pieces are then joined (:func:`changedet.blocks.join_pieces`).
+
+    The tiles queued are processed on `threads` threads a wave at a time,
+    their results taken in queue order: the tiles visited, their order and
+    the output are those of one thread.
     """
     h, w = plan.grid.shape
     margin = max(limit // 8, halo)
@@ -724,42 +729,53 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
                     seen.add((ti, tj))
                     queue.append((ti, tj))
 
-    for region in regions:
-        reach(*region)
-    whole: dict[int, ChangeObject] = {}
-    pieces: list[Piece] = []
-    while queue:
-        ti, tj = queue.popleft()
+    def process(tile: tuple[int, int],
+                ) -> tuple[list[ChangeObject], list[Piece], NDArray[np.int64]]:
+        # A tile's whole objects, its pieces, and the boxes of the groups
+        # it cuts that reach into its core.
+        ti, tj = tile
         cr0, cc0 = ti * core, tj * core
         cr1, cc1 = min(cr0 + core, h), min(cc0 + core, w)
         wr0, wc0 = max(0, cr0 - margin), max(0, cc0 - margin)
         win = Window(wc0, wr0, min(w, cc1 + margin) - wc0, min(h, cr1 + margin) - wr0)
 
         def meets_tile(anchors: NDArray[np.int64], bbox: NDArray[np.int64],
-                       _core: tuple[int, int, int, int] = (cr0, cc0, cr1, cc1),
                        ) -> NDArray[np.bool_]:
             # Every group held whole that reaches into the core: a tile that
             # sees it cut gives pieces of it, which this object replaces.
-            return boxes_meet(bbox, _core)
+            return boxes_meet(bbox, (cr0, cc0, cr1, cc1))
 
         b, a, invalid = read_block(sources, plan, win, readers)
         res = process_window(b, a, invalid, plan, row_off=wr0, col_off=wc0,
                              edges=_edges(win, (h, w)), select=meets_tile,
                              core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0))
-        objects, cut = res.objects, res.pieces
-        # Follow every group cut here that reaches into the core, whether or
-        # not it left pixels here (a chain of specks below the minimum
-        # area can join two changes).
         inc = res.incomplete
-        for g in inc[boxes_meet(inc[:, 2:], (cr0, cc0, cr1, cc1))]:
-            reach(int(g[2]) - 1, int(g[3]) - 1, int(g[4]) + 1, int(g[5]) + 1)
+        follow = inc[boxes_meet(inc[:, 2:], (cr0, cc0, cr1, cc1))][:, 2:6].copy()
+        objects, cut = res.objects, res.pieces
         del b, a, invalid, res
         # A window here is several hundred MB, freed in pieces glibc keeps.
         release_free_memory()
-        for obj in objects:
-            # Several tiles may hold an object whole: the same object.
-            whole.setdefault(_anchor_key(obj, w), obj)
-        pieces.extend(cut)
+        return objects, cut, follow
+
+    for region in regions:
+        reach(*region)
+    whole: dict[int, ChangeObject] = {}
+    pieces: list[Piece] = []
+    with ThreadPoolExecutor(max_workers=max(threads, 1),
+                            thread_name_prefix="changedet-tiles") as pool:
+        while queue:
+            wave = list(queue)
+            queue.clear()
+            for objects, cut, follow in pool.map(process, wave):
+                # Follow every group cut there that reaches into the core,
+                # whether or not it left pixels there (a chain of specks
+                # below the minimum area can join two changes).
+                for g in follow:
+                    reach(int(g[0]) - 1, int(g[1]) - 1, int(g[2]) + 1, int(g[3]) + 1)
+                for obj in objects:
+                    # Several tiles may hold an object whole: the same object.
+                    whole.setdefault(_anchor_key(obj, w), obj)
+                pieces.extend(cut)
     joined = join_pieces(pieces, plan, whole=list(whole.values()), reported=reported)
     new = [o for key, o in whole.items() if not _holds_key(emitted, key)]
     sink.objects(sorted(new + joined, key=lambda o: o.anchor))

@@ -312,6 +312,63 @@ def test_tiles_follow_a_group_through_tiles_where_it_leaves_no_object(tmp_path, 
     assert lost == 0 and extra < 0.005 * reference.classes.astype(bool).sum()
 
 
+def test_tiles_on_two_threads_give_the_one_thread_result(tmp_path, monkeypatch):
+    # The tiles are processed a wave at a time on the threads, their results
+    # taken in queue order: the same tiles, objects, pieces and order as on
+    # one thread. Reading is slowed so that two tiles are in flight at once.
+    import threading
+    import time
+
+    import changedet.runner as runner
+
+    objects = ([(20, 100, 450, 30, "white")]
+               + [(x, 118, 6, 6, "red") for x in range(478, 1290, 14)]
+               + [(1300, 126, 40, 20, "red"), (700, 30, 30, 20, "white")])
+    b, a = _pair(tmp_path, (260, 1400), objects)
+    _small_windows(monkeypatch, 450)
+    real, tiles, in_tiles = runner._resolve_in_tiles, [0], threading.Event()
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def counted(*args, **kwargs):
+        tiles[0] += 1
+        in_tiles.set()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            in_tiles.clear()
+
+    def slow_read(*args, **kwargs):
+        # Tiles in flight at once (the blocks before are not counted).
+        if not in_tiles.is_set():
+            return read(*args, **kwargs)
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)
+        try:
+            return read(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    read = runner.read_block
+    monkeypatch.setattr(runner, "_resolve_in_tiles", counted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", changedet.LargeChangeWarning)
+        one = changedet.detect(b, a, block_size=64, threads=1)
+        monkeypatch.setattr(runner, "read_block", slow_read)
+        changedet.diff(b, a, tmp_path / "one.geojson", block_size=64, threads=1)
+        assert most[0] == 1
+        two = changedet.detect(b, a, block_size=64, threads=2)
+        changedet.diff(b, a, tmp_path / "two.geojson", block_size=64, threads=2)
+    assert tiles[0] == 4 and most[0] == 2
+    assert len(one) >= 2
+    np.testing.assert_array_equal(one.classes, two.classes)
+    assert [g.wkb for g in one.geometries] == [g.wkb for g in two.geometries]
+    assert one.properties == two.properties
+    assert (tmp_path / "one.geojson").read_bytes() == (tmp_path / "two.geojson").read_bytes()
+
+
 @pytest.mark.parametrize("close_radius, faint, small, bar_y", [
     # Faint change (above the low threshold, no seed) along the bar: it
     # touches tiles' edges, where it counts as change; it used to be
