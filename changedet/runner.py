@@ -595,7 +595,8 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
     regions = _merge_boxes(boxes, halo)  # type: ignore[arg-type]
-    budget = _PixelBudget(limit * limit)
+    # A window of `limit` per thread at most, as the tiles below hold.
+    budget = _PixelBudget(max(threads, 1) * limit * limit)
 
     def settle(region: tuple[int, int, int, int]) -> tuple[list[ChangeObject], bool]:
         # The region's objects, once a window holds every group it cuts;
@@ -653,7 +654,8 @@ class _PixelBudget:
 
     A window waits while others hold more than the budget with it; one
     window alone always runs. So the second pass's threads never hold more
-    than about one largest window's memory, however large its windows.
+    than the budget's worth of windows (one largest window per thread),
+    however large and many its windows.
     """
 
     def __init__(self, pixels: int) -> None:
