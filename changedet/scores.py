@@ -936,6 +936,45 @@ def _tolerant_distance(wa: NDArray[np.float32], wb: NDArray[np.float32],
 #: 1.4 MB per date with a 2-pixel tolerance).
 _TOLERANT_CHUNK = 4096
 
+#: Share of a strip's pixels that are candidates above which every offset is
+#: compared over the whole strip instead (:func:`_tolerant_distance_dense`):
+#: on a 104 x 1120 strip of four bands that takes about 12.5 ms whatever
+#: the candidates, the search by candidate 3.6 ms at 10 %, 12.2 ms at 40 %
+#: and 29.6 ms at 100 % (a flood's interior).
+_DENSE_SHARE = 0.4
+
+
+def _tolerant_distance_dense(wa: NDArray[np.float32], wb: NDArray[np.float32], radius: int,
+                             ) -> NDArray[np.float32]:
+    # _tolerant_distance at every pixel, offset by offset over the whole
+    # array (the dates padded by repeating their edges, as the search by
+    # candidate clips its indices). The same operations in the same order:
+    # the same values, bit for bit.
+    bands, h, w = wa.shape
+    r = radius
+    pad = ((0, 0), (r, r), (r, r))
+    dy, dx = (v.ravel() for v in np.mgrid[-r:r + 1, -r:r + 1])
+    disc = dx * dx + dy * dy <= r * r + r
+    acc = np.empty((h, w), np.float32)
+    tmp = np.empty((h, w), np.float32)
+    best: NDArray[np.float32] | None = None
+    for own, other in ((wa, np.pad(wb, pad, mode="edge")), (wb, np.pad(wa, pad, mode="edge"))):
+        low: NDArray[np.float32] | None = None
+        for oy, ox in zip(dy[disc], dx[disc], strict=True):
+            near = other[:, r + oy:r + oy + h, r + ox:r + ox + w]
+            np.subtract(near[0], own[0], out=acc)
+            np.square(acc, out=acc)
+            for b in range(1, bands):
+                np.subtract(near[b], own[b], out=tmp)
+                np.square(tmp, out=tmp)
+                acc += tmp
+            if low is None:
+                low = acc.copy()
+            else:
+                np.minimum(low, acc, out=low)
+        best = low if best is None else np.maximum(best, low, out=best)
+    return np.sqrt(best, out=best)
+
 
 @dataclass(frozen=True)
 class _Candidates:
@@ -969,7 +1008,9 @@ def _whitened_score(wb: NDArray[np.float32], wa: NDArray[np.float32], dof: int,
     cut = max(_candidate_cut(candidate_p, dof), exact_above)
     candidates = score > cut
     at = np.nonzero(candidates)
-    if tolerance > 0 and at[0].size:
+    if tolerance > 0 and at[0].size > _DENSE_SHARE * score.size:
+        score[at] = _tolerant_distance_dense(wa, wb, tolerance)[at]
+    elif tolerance > 0 and at[0].size:
         score[at] = _tolerant_distance(wa, wb, *at, tolerance)
     return score, _Candidates(candidates, at)
 

@@ -397,3 +397,36 @@ def test_tolerant_distance_is_the_nearest_match_both_ways(radius):
                     ab = min(ab, float(((wa[:, r, c] - wb[:, rr, cc]) ** 2).sum()))
                     ba = min(ba, float(((wb[:, r, c] - wa[:, rr, cc]) ** 2).sum()))
         assert got[k] == pytest.approx(np.sqrt(max(ab, ba)), rel=1e-5)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_dense_tolerant_search_is_the_candidate_search_bit_for_bit(radius):
+    # A flood makes most of a strip candidates: every offset is then
+    # compared over the whole strip, with the same values to the bit
+    # (edges included, where the search by candidate clips its indices).
+    from changedet.scores import _tolerant_distance, _tolerant_distance_dense
+
+    rng = np.random.default_rng(radius)
+    wa, wb = rng.normal(0, 1, (2, 4, 23, 31)).astype(np.float32)
+    rows, cols = (v.ravel() for v in np.mgrid[0:23, 0:31])
+    dense = _tolerant_distance_dense(wa, wb, radius)
+    np.testing.assert_array_equal(dense[rows, cols], _tolerant_distance(wa, wb, rows, cols, radius))
+
+
+def test_a_strip_mostly_candidates_is_searched_densely(monkeypatch):
+    import changedet.scores as scores
+
+    rng = np.random.default_rng(0)
+    b = rng.normal(0, 1, (3, 40, 50)).astype(np.float32)
+    a = b + rng.normal(0, 1, (3, 40, 50)).astype(np.float32)
+    a[:, :30] += 5                                    # 60 % of the pixels changed
+    nm = NoiseModel((0.0,) * 3, ((0.01, 0, 0), (0, 0.01, 0), (0, 0, 0.01)))
+    calls = []
+    real = scores._tolerant_distance_dense
+    monkeypatch.setattr(scores, "_tolerant_distance_dense",
+                        lambda *args: calls.append(1) or real(*args))
+    dense = score_cva(b, a, nm, tolerance=2)
+    monkeypatch.setattr(scores, "_DENSE_SHARE", 1.0)  # never dense
+    sparse = score_cva(b, a, nm, tolerance=2)
+    assert calls == [1]
+    np.testing.assert_array_equal(dense, sparse)
