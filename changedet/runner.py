@@ -23,7 +23,7 @@ import warnings
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,8 +91,14 @@ BLOCK_GDAL_CACHE_MB = 16
 #: a block with its halo, if larger); beyond it the change is processed in
 #: tiles of this side (margins of an eighth), and its pieces joined (a
 #: warning says so). A window of 2048 px that a change fills peaks at about
-#: 400 MB (95 bytes a pixel with four bands), so a run stays within 1 GiB.
+#: 400 MB (95 bytes a pixel with four bands).
 MAX_GROWN_WINDOW = 2048
+
+#: Windows of that largest size the second pass holds at once, whatever the
+#: threads (its grown windows and its tiles together): two keep both cores
+#: of a small machine busy on a flood (82 -> 47 s) for about 1.1 GiB, and
+#: more cores do not multiply the memory.
+LARGE_WINDOWS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -595,8 +601,7 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
 
     boxes = [tuple(int(v) for v in d[2:]) for d in deferred]
     regions = _merge_boxes(boxes, halo)  # type: ignore[arg-type]
-    # A window of `limit` per thread at most, as the tiles below hold.
-    budget = _PixelBudget(max(threads, 1) * limit * limit)
+    budget = _PixelBudget(LARGE_WINDOWS_IN_FLIGHT * limit * limit)
 
     def settle(region: tuple[int, int, int, int]) -> tuple[list[ChangeObject], bool]:
         # The region's objects, once a window holds every group it cuts;
@@ -643,10 +648,11 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             if big:
                 too_big.append(region)
             sink.objects(unseen(objects))
-    if too_big:
-        known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
-        _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit, reported,
-                          threads)
+        if too_big:
+            # On the same threads (and their handles on the images).
+            known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
+            _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit,
+                              reported, pool, budget)
 
 
 class _PixelBudget:
@@ -654,8 +660,8 @@ class _PixelBudget:
 
     A window waits while others hold more than the budget with it; one
     window alone always runs. So the second pass's threads never hold more
-    than the budget's worth of windows (one largest window per thread),
-    however large and many its windows.
+    than the budget's worth of windows, however large and many they are,
+    and however many threads there are.
     """
 
     def __init__(self, pixels: int) -> None:
@@ -701,7 +707,8 @@ def _grow(region: tuple[int, int], groups: tuple[int, int], window: tuple[int, i
 
 def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources, plan: Plan,
                       sink: Sink, halo: int, readers: Readers, emitted: NDArray[np.int64],
-                      limit: int, reported: list[Footprint], threads: int = 1) -> None:
+                      limit: int, reported: list[Footprint], pool: Executor,
+                      budget: _PixelBudget) -> None:
     """Regions too large for one window: processed in tiles, the pieces of what they cut joined.
 
     Tiles are read with a margin of an eighth of `limit` (at least the
@@ -713,9 +720,9 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
     group reaches is processed in turn, until none leads further. The
     pieces are then joined (:func:`changedet.blocks.join_pieces`).
 
-    The tiles queued are processed on `threads` threads a wave at a time,
-    their results taken in queue order: the tiles visited, their order and
-    the output are those of one thread.
+    The tiles queued are processed on `pool`'s threads a wave at a time,
+    within `budget`, their results taken in queue order: the tiles visited,
+    their order and the output are those of one thread.
     """
     h, w = plan.grid.shape
     margin = max(limit // 8, halo)
@@ -747,37 +754,36 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
             # sees it cut gives pieces of it, which this object replaces.
             return boxes_meet(bbox, (cr0, cc0, cr1, cc1))
 
-        b, a, invalid = read_block(sources, plan, win, readers)
-        res = process_window(b, a, invalid, plan, row_off=wr0, col_off=wc0,
-                             edges=_edges(win, (h, w)), select=meets_tile,
-                             core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0))
-        inc = res.incomplete
-        follow = inc[boxes_meet(inc[:, 2:], (cr0, cc0, cr1, cc1))][:, 2:6].copy()
-        objects, cut = res.objects, res.pieces
-        del b, a, invalid, res
-        # A window here is several hundred MB, freed in pieces glibc keeps.
-        release_free_memory()
+        with budget.hold(int(win.width) * int(win.height)):
+            b, a, invalid = read_block(sources, plan, win, readers)
+            res = process_window(b, a, invalid, plan, row_off=wr0, col_off=wc0,
+                                 edges=_edges(win, (h, w)), select=meets_tile,
+                                 core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0))
+            inc = res.incomplete
+            follow = inc[boxes_meet(inc[:, 2:], (cr0, cc0, cr1, cc1))][:, 2:6].copy()
+            objects, cut = res.objects, res.pieces
+            del b, a, invalid, res
+            # A window here is several hundred MB, freed in pieces glibc keeps.
+            release_free_memory()
         return objects, cut, follow
 
     for region in regions:
         reach(*region)
     whole: dict[int, ChangeObject] = {}
     pieces: list[Piece] = []
-    with ThreadPoolExecutor(max_workers=max(threads, 1),
-                            thread_name_prefix="changedet-tiles") as pool:
-        while queue:
-            wave = list(queue)
-            queue.clear()
-            for objects, cut, follow in pool.map(process, wave):
-                # Follow every group cut there that reaches into the core,
-                # whether or not it left pixels there (a chain of specks
-                # below the minimum area can join two changes).
-                for g in follow:
-                    reach(int(g[0]) - 1, int(g[1]) - 1, int(g[2]) + 1, int(g[3]) + 1)
-                for obj in objects:
-                    # Several tiles may hold an object whole: the same object.
-                    whole.setdefault(_anchor_key(obj, w), obj)
-                pieces.extend(cut)
+    while queue:
+        wave = list(queue)
+        queue.clear()
+        for objects, cut, follow in pool.map(process, wave):
+            # Follow every group cut there that reaches into the core,
+            # whether or not it left pixels there (a chain of specks below
+            # the minimum area can join two changes).
+            for g in follow:
+                reach(int(g[0]) - 1, int(g[1]) - 1, int(g[2]) + 1, int(g[3]) + 1)
+            for obj in objects:
+                # Several tiles may hold an object whole: the same object.
+                whole.setdefault(_anchor_key(obj, w), obj)
+            pieces.extend(cut)
     joined = join_pieces(pieces, plan, whole=list(whole.values()), reported=reported)
     new = [o for key, o in whole.items() if not _holds_key(emitted, key)]
     sink.objects(sorted(new + joined, key=lambda o: o.anchor))

@@ -312,61 +312,85 @@ def test_tiles_follow_a_group_through_tiles_where_it_leaves_no_object(tmp_path, 
     assert lost == 0 and extra < 0.005 * reference.classes.astype(bool).sum()
 
 
-def test_tiles_on_two_threads_give_the_one_thread_result(tmp_path, monkeypatch):
+def test_tiles_on_threads_give_the_one_thread_result(tmp_path, monkeypatch):
     # The tiles are processed a wave at a time on the threads, their results
     # taken in queue order: the same tiles, objects, pieces and order as on
-    # one thread. Reading is slowed so that two tiles are in flight at once.
+    # one thread. The regions handed to the tiles are cut down to a pixel so
+    # that the tiles are found a wave after another, and reading is slowed
+    # so that tiles are in flight together, within the pixels of
+    # LARGE_WINDOWS_IN_FLIGHT largest windows however many threads (four
+    # threads and a budget of one window: without it they held 376 080 px).
     import threading
     import time
 
     import changedet.runner as runner
 
-    objects = ([(20, 100, 450, 30, "white")]
-               + [(x, 118, 6, 6, "red") for x in range(478, 1290, 14)]
-               + [(1300, 126, 40, 20, "red"), (700, 30, 30, 20, "white")])
-    b, a = _pair(tmp_path, (260, 1400), objects)
+    # A cross of two bars larger than any window, a small change beside it.
+    objects = [(40, 330, 900, 30, "white"), (480, 30, 30, 640, "white"),
+               (700, 120, 40, 20, "red")]
+    b, a = _pair(tmp_path, (700, 1000), objects)
     _small_windows(monkeypatch, 450)
-    real, tiles, in_tiles = runner._resolve_in_tiles, [0], threading.Event()
-    inside, most, lock = [0], [0], threading.Lock()
+    real, in_tiles = runner._resolve_in_tiles, threading.Event()
+    waves, lock = [], threading.Lock()
+    inside, most, pixels, most_pixels = [0], [0], [0], [0]
 
-    def counted(*args, **kwargs):
-        tiles[0] += 1
+    def from_a_pixel(regions, *args, **kwargs):
         in_tiles.set()
         try:
-            return real(*args, **kwargs)
+            return real([(r0, c0, r0 + 1, c0 + 1) for r0, c0, _, _ in regions], *args, **kwargs)
         finally:
             in_tiles.clear()
 
-    def slow_read(*args, **kwargs):
+    class Pool(runner.ThreadPoolExecutor):
+        def map(self, fn, items):
+            items = list(items)
+            if in_tiles.is_set():
+                waves.append(len(items))
+            return super().map(fn, items)
+
+    def slow_read(sources, plan, win, *args, **kwargs):
         # Tiles in flight at once (the blocks before are not counted).
         if not in_tiles.is_set():
-            return read(*args, **kwargs)
+            return read(sources, plan, win, *args, **kwargs)
         with lock:
             inside[0] += 1
-            most[0] = max(most[0], inside[0])
+            pixels[0] += int(win.width) * int(win.height)
+            most[0], most_pixels[0] = max(most[0], inside[0]), max(most_pixels[0], pixels[0])
         time.sleep(0.02)
         try:
-            return read(*args, **kwargs)
+            return read(sources, plan, win, *args, **kwargs)
         finally:
             with lock:
                 inside[0] -= 1
+                pixels[0] -= int(win.width) * int(win.height)
 
     read = runner.read_block
-    monkeypatch.setattr(runner, "_resolve_in_tiles", counted)
+    monkeypatch.setattr(runner, "_resolve_in_tiles", from_a_pixel)
+    monkeypatch.setattr(runner, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(runner, "read_block", slow_read)
+    runs = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", changedet.LargeChangeWarning)
-        one = changedet.detect(b, a, block_size=64, threads=1)
-        monkeypatch.setattr(runner, "read_block", slow_read)
-        changedet.diff(b, a, tmp_path / "one.geojson", block_size=64, threads=1)
-        assert most[0] == 1
-        two = changedet.detect(b, a, block_size=64, threads=2)
-        changedet.diff(b, a, tmp_path / "two.geojson", block_size=64, threads=2)
-    assert tiles[0] == 4 and most[0] == 2
-    assert len(one) >= 2
-    np.testing.assert_array_equal(one.classes, two.classes)
-    assert [g.wkb for g in one.geometries] == [g.wkb for g in two.geometries]
-    assert one.properties == two.properties
-    assert (tmp_path / "one.geojson").read_bytes() == (tmp_path / "two.geojson").read_bytes()
+        for threads, windows in ((1, 2), (2, 2), (4, 1)):
+            monkeypatch.setattr(runner, "LARGE_WINDOWS_IN_FLIGHT", windows)
+            waves.clear()
+            most[0] = most_pixels[0] = 0
+            out = tmp_path / f"{threads}.geojson"
+            r = changedet.detect(b, a, block_size=64, threads=threads)
+            changedet.diff(b, a, out, block_size=64, threads=threads)
+            runs[threads] = (r, out.read_bytes(), list(waves), most[0], most_pixels[0])
+    (one, one_bytes, one_waves, one_most, _) = runs[1]
+    assert len(one) >= 2 and one_most == 1
+    assert len(one_waves) > 2 and max(one_waves) > 1     # found wave after wave
+    assert runs[2][3] >= 2                                # tiles in flight together
+    assert runs[2][4] <= 2 * 450 * 450 and runs[4][4] <= 450 * 450
+    for threads in (2, 4):
+        r, geojson, got_waves, _, _ = runs[threads]
+        assert got_waves == one_waves
+        np.testing.assert_array_equal(r.classes, one.classes)
+        assert [g.wkb for g in r.geometries] == [g.wkb for g in one.geometries]
+        assert r.properties == one.properties
+        assert geojson == one_bytes
 
 
 @pytest.mark.parametrize("close_radius, faint, small, bar_y", [
