@@ -955,8 +955,8 @@ def _tolerant_distance_dense(wa: NDArray[np.float32], wb: NDArray[np.float32], r
     pad = ((0, 0), (r, r), (r, r))
     dy, dx = (v.ravel() for v in np.mgrid[-r:r + 1, -r:r + 1])
     disc = dx * dx + dy * dy <= r * r + r
-    acc = np.empty((h, w), np.float32)
-    tmp = np.empty((h, w), np.float32)
+    acc = np.empty((h, w), np.result_type(wa, wb))
+    tmp = np.empty_like(acc)
     best: NDArray[np.float32] | None = None
     for own, other in ((wa, np.pad(wb, pad, mode="edge")), (wb, np.pad(wa, pad, mode="edge"))):
         low: NDArray[np.float32] | None = None
