@@ -30,6 +30,7 @@ from changedet.coreg import MIN_PSR, Alignment, CoregMode, Shift, estimate_align
 from changedet.errors import CoregistrationError
 from changedet.geojson import feature, feature_collection, to_wgs84
 from changedet.grid import Grid, overlap_window, resampling_for, translation_between
+from changedet.process import FILTER_SWAPS
 
 __all__ = [
     "estimate_on_window", "CoregistrationResult", "coregister", "ALIGN_MODES"]
@@ -257,7 +258,9 @@ class CoregistrationResult:
                 "residual_px": round(float(tp.residual[i]), 4),
             }
             feats.append(feature(i + 1, g, props))
-        bbox = shapely.total_bounds(geoms).tolist() if geoms else None
+        # total_bounds swaps the warning filters (see FILTER_SWAPS).
+        with FILTER_SWAPS:
+            bbox = shapely.total_bounds(geoms).tolist() if geoms else None
         return feature_collection(feats, bbox=bbox, metadata=self.to_dict())
 
     def write_tie_points(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:

@@ -536,9 +536,9 @@ class _Image:
 
 
 #: One helper thread reads the before image while the caller reads the after
-#: image: file reads and decompression release the GIL. Only the caller's
-#: thread may warp (io.read_warped changes warning filters, a process-wide
-#: state), so the helper only ever serves the before image.
+#: image: file reads and decompression release the GIL. The helper only ever
+#: serves the before image, so no dataset handle is used by two threads at
+#: once (GDAL's handles are not thread-safe).
 _HELPER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-coreg")
 
 

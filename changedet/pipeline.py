@@ -55,6 +55,7 @@ from changedet.errors import (
 from changedet.features import band_stats, gradient_magnitude
 from changedet.geojson import feature, feature_collection, to_wgs84
 from changedet.grid import WGS84, Grid, overlap_window, resampling_for, roi_window
+from changedet.process import FILTER_SWAPS
 from changedet.radiometry import (
     NORMALISE_METHODS,
     NormaliseMethod,
@@ -140,7 +141,9 @@ class _Features:
         if feats:
             import shapely
 
-            bbox = shapely.total_bounds([shape(f["geometry"]) for f in feats]).tolist()
+            # total_bounds swaps the warning filters (see FILTER_SWAPS).
+            with FILTER_SWAPS:
+                bbox = shapely.total_bounds([shape(f["geometry"]) for f in feats]).tolist()
         return feature_collection(feats, bbox=bbox, metadata=self.metadata)
 
     def to_geojson(self, path: str | os.PathLike | None = None, *,

@@ -36,8 +36,9 @@ __all__ = [
 
 
 def _polygonal(geom: BaseGeometry) -> BaseGeometry:
-    # Not geom.is_valid: shapely wraps it in warnings.catch_warnings, which
-    # block threads racing each other can leave the caller's filters changed.
+    # Not shapely.is_valid: it wraps itself in warnings.catch_warnings, which
+    # block threads racing each other can leave the caller's filters changed
+    # (see changedet.process.FILTER_SWAPS).
     if shapely.is_valid_reason(geom) != "Valid Geometry":
         geom = shapely.make_valid(geom)
     if geom.geom_type in ("Polygon", "MultiPolygon"):
