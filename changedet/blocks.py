@@ -546,7 +546,7 @@ def _process_box(before: NDArray[np.float32], after: NDArray[np.float32],
         # clean-up reaches): those of cut groups become pieces.
         group = labelled_maximum(glabels[box], labels, np.arange(1, n + 1)).astype(np.int64) - 1
         whole = emit[group]
-    objects, direction = _objects(
+    objects, direction, first = _objects(
         before[(slice(None),) + box], after[(slice(None),) + box], invalid[box], score[box],
         labels, n, plan, row_off + r0, col_off + c0, whole=whole)
     if whole.all():
@@ -560,7 +560,6 @@ def _process_box(before: NDArray[np.float32], after: NDArray[np.float32],
                      row_off + r0 + lr0, col_off + c0 + lc0)
     # Ordered by their objects' first pixels, global (row, col) as one
     # number.
-    first = first_pixel(labels, np.arange(1, n + 1))
     rows, cols = np.divmod(first, labels.shape[1])
     return objects, [((row_off + r0 + int(rows[i])) << 32 | (col_off + c0 + int(cols[i])), piece)
                      for i, piece in pieces]
@@ -592,15 +591,16 @@ def _objects(before: NDArray[np.float32], after: NDArray[np.float32],
              invalid: NDArray[np.bool_], score: NDArray[np.float32],
              labels: NDArray[np.int32], n: int, plan: Plan, row_off: int, col_off: int,
              whole: NDArray[np.bool_] | None = None,
-             ) -> tuple[list[ChangeObject], Direction]:
+             ) -> tuple[list[ChangeObject], Direction, NDArray[np.int64]]:
     # The objects labelled 1..n (those `whole` marks, default all), sorted
-    # by anchor, and the direction of every label.
+    # by anchor; the direction and the first pixel (flat index in `labels`)
+    # of every label.
     direction = classify_direction(before, after, labels, n, invalid=invalid,
                                    stats_before=plan.stats_before,
                                    stats_after=plan.stats_after,
                                    gradient_floor=plan.gradient_floor)
     if n == 0:
-        return [], direction
+        return [], direction, np.zeros(0, np.int64)
     if whole is None:
         whole = np.ones(n, bool)
     # Only the objects reported whole are outlined.
@@ -632,7 +632,7 @@ def _objects(before: NDArray[np.float32], after: NDArray[np.float32],
             row_off=sl[0].start + row_off, col_off=sl[1].start + col_off,
             mask=labels[sl] == i + 1, change=cls, properties=props, geometry=geoms[i]))
     out.sort(key=lambda o: o.anchor)
-    return out, direction
+    return out, direction, first
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int], pad: int = 0,
