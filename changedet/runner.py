@@ -43,7 +43,6 @@ from changedet.blocks import (
     Footprint,
     Piece,
     Plan,
-    WindowResult,
     boxes_meet,
     join_pieces,
     process_window,
@@ -613,17 +612,10 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
                          min(h, r1 + halo) - max(0, r0 - halo))
             if max(win.width, win.height) > limit:
                 return [], True
-            with budget.hold(int(win.width) * int(win.height)):
-                b, a, invalid = read_block(sources, plan, win, readers)
-                res: WindowResult = process_window(
-                    b, a, invalid, plan, row_off=int(win.row_off), col_off=int(win.col_off),
-                    edges=_edges(win, (h, w)))
-                del b, a, invalid
-                release_free_memory()
-            inc = res.incomplete
+            objects, inc, _ = _window_in_budget(sources, plan, readers, budget, win)
             touching = inc[boxes_meet(inc[:, 2:], (r0, c0, r1, c1))]
             if not len(touching):
-                return res.objects, False
+                return objects, False
             # A group cut by the window goes on beyond it: grow towards it
             # by the region's size at least, not by a halo at a time (a large
             # change would take dozens of ever larger windows); within
@@ -653,6 +645,27 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
             _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit,
                               reported, pool, budget)
+
+
+def _window_in_budget(sources: Sources, plan: Plan, readers: Readers, budget: _PixelBudget,
+                      window: Window, **options: Any,
+                      ) -> tuple[list[ChangeObject], NDArray[np.int64], list[Piece]]:
+    """Process a second-pass window, holding its pixels of `budget` while its arrays live.
+
+    Returns its objects, incomplete groups and pieces
+    (:class:`changedet.blocks.WindowResult`; the second pass needs no
+    score). `options` go to :func:`changedet.blocks.process_window`.
+    """
+    with budget.hold(int(window.width) * int(window.height)):
+        b, a, invalid = read_block(sources, plan, window, readers)
+        res = process_window(b, a, invalid, plan, row_off=int(window.row_off),
+                             col_off=int(window.col_off), edges=_edges(window, plan.grid.shape),
+                             **options)
+        found = res.objects, res.incomplete, res.pieces
+        del b, a, invalid, res
+        # A window here is several hundred MB, freed in pieces glibc keeps.
+        release_free_memory()
+    return found
 
 
 class _PixelBudget:
@@ -754,18 +767,10 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
             # sees it cut gives pieces of it, which this object replaces.
             return boxes_meet(bbox, (cr0, cc0, cr1, cc1))
 
-        with budget.hold(int(win.width) * int(win.height)):
-            b, a, invalid = read_block(sources, plan, win, readers)
-            res = process_window(b, a, invalid, plan, row_off=wr0, col_off=wc0,
-                                 edges=_edges(win, (h, w)), select=meets_tile,
-                                 core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0))
-            inc = res.incomplete
-            follow = inc[boxes_meet(inc[:, 2:], (cr0, cc0, cr1, cc1))][:, 2:6].copy()
-            objects, cut = res.objects, res.pieces
-            del b, a, invalid, res
-            # A window here is several hundred MB, freed in pieces glibc keeps.
-            release_free_memory()
-        return objects, cut, follow
+        objects, inc, cut = _window_in_budget(
+            sources, plan, readers, budget, win, select=meets_tile,
+            core=(cr0 - wr0, cc0 - wc0, cr1 - wr0, cc1 - wc0))
+        return objects, cut, inc[boxes_meet(inc[:, 2:], (cr0, cc0, cr1, cc1))][:, 2:6]
 
     for region in regions:
         reach(*region)
