@@ -603,8 +603,8 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     budget = _PixelBudget(LARGE_WINDOWS_IN_FLIGHT * limit * limit)
 
     def settle(region: tuple[int, int, int, int]) -> tuple[list[ChangeObject], bool]:
-        # The region's objects, once a window holds every group it cuts;
-        # or the region itself, too large for one window.
+        # The region's objects, once a window holds every group that meets
+        # the region; or the region itself, too large for one window.
         r0, c0, r1, c1 = region
         while True:
             win = Window(max(0, c0 - halo), max(0, r0 - halo),
@@ -613,7 +613,11 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
             if max(win.width, win.height) > limit:
                 return [], True
             objects, inc, _ = _window_in_budget(sources, plan, readers, budget, win)
-            touching = inc[boxes_meet(inc[:, 2:], (r0, c0, r1, c1))]
+            # Only groups that meet the region itself must be whole: one cut
+            # by this window that meets only the span grown around it is
+            # another region's (or none's). Counted, in a field of changes
+            # each window's edge cut new ones and the span grew to the limit.
+            touching = inc[boxes_meet(inc[:, 2:], region)]
             if not len(touching):
                 return objects, False
             # A group cut by the window goes on beyond it: grow towards it

@@ -293,6 +293,44 @@ def test_a_change_its_anchor_block_cuts_is_found_by_default(tmp_path):
     assert _features(r) == _features(reference)
 
 
+def test_a_region_among_many_changes_is_settled_in_one_window(tmp_path, monkeypatch):
+    # An L-shaped change that a block seam cuts, a change beside it that
+    # reaches beyond the first window around it, and 80 px squares all
+    # around, 50 px apart. Its group fits a window of 450 px. The second
+    # pass used to count as the region's own every cut group that met the
+    # span it had grown to: the squares cut by each new window's edge made
+    # it grow again, to the limit, and the region went through tiles (on
+    # an 8192 px pair with 3000 structures: 160 s, 7 changes joined from
+    # pieces; now 42 s, each change exactly as one window gives it).
+    import changedet.runner as runner
+
+    changes = [(450, 300, 120, 30, "white"), (450, 330, 30, 90, "white"),   # the L
+               (540, 360, 90, 50, "white")]        # its corner inside the L's box
+
+    def clear(x, y):
+        return x + 140 <= 440 or x >= 640 or y + 140 <= 290 or y >= 430
+
+    squares = [(x, y, 80, 80, "red") for x in range(10, 810, 130) for y in range(10, 810, 130)
+               if clear(x, y)]
+    b, a = _pair(tmp_path, (900, 900), changes + squares)
+    reference = changedet.detect(b, a, block_size=4096, threads=1)
+    _small_windows(monkeypatch, 450)
+    windows, tiles = [], []
+    real_window, real_tiles = runner._window_in_budget, runner._resolve_in_tiles
+    monkeypatch.setattr(runner, "_window_in_budget",
+                        lambda *a, **k: windows.append(a[4]) or real_window(*a, **k))
+    monkeypatch.setattr(runner, "_resolve_in_tiles",
+                        lambda *a, **k: tiles.append(a[0]) or real_tiles(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", changedet.LargeChangeWarning)
+        r = changedet.detect(b, a, block_size=256, threads=1)
+    assert len(reference) == len(squares) + 2
+    assert not tiles
+    assert len(windows) == 2                # the first window, and one grown to hold the change
+    np.testing.assert_array_equal(r.classes, reference.classes)
+    assert _features(r) == _features(reference)
+
+
 def test_tiles_follow_a_group_through_tiles_where_it_leaves_no_object(tmp_path, monkeypatch):
     # A long change joined by a chain of specks (each below the minimum
     # mapping unit) to a small change far away: the tiles between hold only
