@@ -501,7 +501,11 @@ def run_blocks(sources: Sources, plan: Plan, sink: Sink, *,
     client : dask.distributed.Client, optional
         Run the blocks as tasks on this cluster instead.
     progress : callable, optional
-        ``progress("blocks", done, total)``.
+        ``progress("blocks", done, total)``; then, if changes cut by the
+        blocks' seams are processed again, ``progress(SEAMS_STAGE, done,
+        total)`` and, for changes too large for a window,
+        ``progress(TILES_STAGE, done, total)`` (its total grows as the
+        tiles are found).
     """
     if block_size < 64:
         raise ValueError("block_size must be at least 64 pixels")
@@ -563,7 +567,8 @@ def _run_blocks(sources: Sources, plan: Plan, sink: Sink, *, block_size: int, ha
             limit = max(MAX_GROWN_WINDOW, block_size + 2 * halo)
             readers.recache(min(limit * limit, cache_pixels(plan, block_size, halo)))
             _resolve_deferred(np.concatenate(deferred), sources, plan, sink, halo, readers,
-                              np.sort(np.asarray(emitted)), limit, threads, reported)
+                              np.sort(np.asarray(emitted)), limit, threads, reported,
+                              progress)
 
 
 def _anchor_key(obj: ChangeObject, width: int) -> int:
@@ -573,7 +578,8 @@ def _anchor_key(obj: ChangeObject, width: int) -> int:
 
 def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan, sink: Sink,
                       halo: int, readers: Readers, first_pass: NDArray[np.int64],
-                      limit: int, threads: int, reported: list[Footprint]) -> None:
+                      limit: int, threads: int, reported: list[Footprint],
+                      progress: Callable[[str, int, int], None] | None = None) -> None:
     """Second pass: groups too large for their block, in grown windows.
 
     A region is processed whole, and its objects emitted unless the first
@@ -638,17 +644,20 @@ def _resolve_deferred(deferred: NDArray[np.int64], sources: Sources, plan: Plan,
     # Regions on the threads, their objects emitted in region order (so the
     # output does not depend on which finishes first).
     too_big: list[tuple[int, int, int, int]] = []
+    _report(progress, SEAMS_STAGE, 0, len(regions))
     with ThreadPoolExecutor(max_workers=max(threads, 1),
                             thread_name_prefix="changedet-second") as pool:
-        for region, (objects, big) in zip(regions, pool.map(settle, regions), strict=True):
+        for i, (region, (objects, big)) in enumerate(
+                zip(regions, pool.map(settle, regions), strict=True), start=1):
             if big:
                 too_big.append(region)
             sink.objects(unseen(objects))
+            _report(progress, SEAMS_STAGE, i, len(regions))
         if too_big:
             # On the same threads (and their handles on the images).
             known = np.union1d(first_pass, np.fromiter(emitted, np.int64, len(emitted)))
             _resolve_in_tiles(too_big, sources, plan, sink, halo, readers, known, limit,
-                              reported, pool, budget)
+                              reported, pool, budget, progress)
 
 
 def _window_in_budget(sources: Sources, plan: Plan, readers: Readers, budget: _PixelBudget,
@@ -725,7 +734,8 @@ def _grow(region: tuple[int, int], groups: tuple[int, int], window: tuple[int, i
 def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources, plan: Plan,
                       sink: Sink, halo: int, readers: Readers, emitted: NDArray[np.int64],
                       limit: int, reported: list[Footprint], pool: Executor,
-                      budget: _PixelBudget) -> None:
+                      budget: _PixelBudget,
+                      progress: Callable[[str, int, int], None] | None = None) -> None:
     """Regions too large for one window: processed in tiles, the pieces of what they cut joined.
 
     Tiles are read with a margin of an eighth of `limit` (at least the
@@ -780,6 +790,8 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
         reach(*region)
     whole: dict[int, ChangeObject] = {}
     pieces: list[Piece] = []
+    done = 0
+    _report(progress, TILES_STAGE, 0, len(seen))
     while queue:
         wave = list(queue)
         queue.clear()
@@ -793,6 +805,8 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
                 # Several tiles may hold an object whole: the same object.
                 whole.setdefault(_anchor_key(obj, w), obj)
             pieces.extend(cut)
+            done += 1
+            _report(progress, TILES_STAGE, done, len(seen))   # tiles known so far
     joined = join_pieces(pieces, plan, whole=list(whole.values()), reported=reported)
     new = [o for key, o in whole.items() if not _holds_key(emitted, key)]
     sink.objects(sorted(new + joined, key=lambda o: o.anchor))
@@ -804,6 +818,20 @@ def _resolve_in_tiles(regions: list[tuple[int, int, int, int]], sources: Sources
             "each tile saw them (not exactly what one window would give); for exact results "
             "use blocks larger than the area (--block-size)",
             LargeChangeWarning, stacklevel=2)
+
+
+#: Progress stages of the second pass: changes cut by the blocks' seams,
+#: each region of them processed again in a window; changes too large for
+#: one, followed through tiles (their total grows as they are found).
+SEAMS_STAGE = "changes across seams"
+TILES_STAGE = "large changes, tiles"
+
+
+def _report(progress: Callable[[str, int, int], None] | None, stage: str, done: int,
+            total: int) -> None:
+    # A stage of one step is announced once, at its start.
+    if progress is not None and (done == 0 or total > 1):
+        progress(stage, done, total)
 
 
 def _holds_key(keys: NDArray[np.int64], key: int) -> bool:

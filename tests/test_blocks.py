@@ -321,12 +321,16 @@ def test_a_region_among_many_changes_is_settled_in_one_window(tmp_path, monkeypa
                         lambda *a, **k: windows.append(a[4]) or real_window(*a, **k))
     monkeypatch.setattr(runner, "_resolve_in_tiles",
                         lambda *a, **k: tiles.append(a[0]) or real_tiles(*a, **k))
+    steps = []
     with warnings.catch_warnings():
         warnings.simplefilter("error", changedet.LargeChangeWarning)
-        r = changedet.detect(b, a, block_size=256, threads=1)
+        r = changedet.detect(b, a, block_size=256, threads=1,
+                             progress=lambda *step: steps.append(step))
     assert len(reference) == len(squares) + 2
     assert not tiles
     assert len(windows) == 2                # the first window, and one grown to hold the change
+    # The second pass shows that it runs (one region: announced once).
+    assert [s for s in steps if s[0] == runner.SEAMS_STAGE] == [(runner.SEAMS_STAGE, 0, 1)]
     np.testing.assert_array_equal(r.classes, reference.classes)
     assert _features(r) == _features(reference)
 
@@ -473,9 +477,17 @@ def test_a_change_longer_than_the_grown_window_is_reported_whole(tmp_path, monke
     b, a = _bar_pair(tmp_path)
     reference = changedet.detect(b, a, block_size=2048, threads=1)
     _small_windows(monkeypatch, 450)
+    steps = []
     with pytest.warns(changedet.LargeChangeWarning, match="1 change.s. in it joined"):
-        r = changedet.detect(b, a, block_size=64, threads=1)
+        r = changedet.detect(b, a, block_size=64, threads=1,
+                             progress=lambda *step: steps.append(step))
     assert len(reference) == 1 and len(r) == 1
+    # The tiles show their progress: their count grows as the bar is followed.
+    from changedet.runner import TILES_STAGE
+
+    tiles = [(done, total) for stage, done, total in steps if stage == TILES_STAGE]
+    assert tiles[0][0] == 0 and tiles[-1][0] == tiles[-1][1] >= 3
+    assert [d for d, _ in tiles] == sorted(d for d, _ in tiles)
     (p,), (q,) = r.properties, reference.properties
     assert p["area_m2"] == pytest.approx(950 * 30 * 0.25, rel=0.1)
     assert p["area_m2"] == pytest.approx(q["area_m2"], rel=0.01)

@@ -187,9 +187,13 @@ def test_progress_reports_blocks_and_time_left():
         p("co-registering", 0, 1)
         for i in range(1, 5):
             p("blocks", i, 4)
+        for i in range(3):       # a counted stage announced at its start
+            p("changes across seams", i, 2)
         text = err.getvalue().decode() if err is not None else out.getvalue().decode()
     assert "co-registering..." in text
     assert "blocks 4/4 (100%)" in text and "left" in text and "elapsed" in text
+    assert "changes across seams 0/2 (0%), 0s elapsed, starting" in text
+    assert "changes across seams 2/2 (100%)" in text
     silent = Progress(enabled=False)
     silent("blocks", 1, 2)  # nothing to assert but that it is quiet and does not fail
     assert not silent.enabled and _io is not None

@@ -181,10 +181,13 @@ class Progress:
                 self.stream.flush()
             self._stage_start = now
             return
+        if done == 0:           # a counted stage announced at its start
+            self.close()
+            self._stage_start = now
         elapsed = now - self._stage_start
-        left = elapsed / done * (total - done) if done else 0.0
+        left = f"~{_duration(elapsed / done * (total - done))} left" if done else "starting"
         self.stream.write(f"\r{stage} {done}/{total} ({100 * done // total}%), "
-                          f"{_duration(elapsed)} elapsed, ~{_duration(left)} left ")
+                          f"{_duration(elapsed)} elapsed, {left} ")
         self.stream.flush()
         self._open = True
         if done >= total:
