@@ -902,6 +902,15 @@ def _whiten(data: NDArray[np.floating], w: NDArray[np.float32],
     return out
 
 
+def _search_offsets(radius: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    # (dy, dx) of the displacements a tolerant search tries, in one fixed
+    # order: both searches below take them from here, and give the same
+    # bits because they walk them alike.
+    dy, dx = (v.ravel() for v in np.mgrid[-radius:radius + 1, -radius:radius + 1])
+    disc = dx * dx + dy * dy <= radius * radius + radius
+    return dy[disc], dx[disc]
+
+
 def _tolerant_distance(wa: NDArray[np.float32], wb: NDArray[np.float32],
                        rows: NDArray[np.intp], cols: NDArray[np.intp], radius: int,
                        ) -> NDArray[np.float32]:
@@ -913,9 +922,7 @@ def _tolerant_distance(wa: NDArray[np.float32], wb: NDArray[np.float32],
     # gathers several times faster than 2-D fancy indexing.)
     bands, h, w = wa.shape
     flat_a, flat_b = wa.reshape(bands, -1), wb.reshape(bands, -1)
-    dy, dx = (v.ravel() for v in np.mgrid[-radius:radius + 1, -radius:radius + 1])
-    disc = dx * dx + dy * dy <= radius * radius + radius
-    dy, dx = dy[disc, None], dx[disc, None]
+    dy, dx = (v[:, None] for v in _search_offsets(radius))
     out = np.empty(rows.size, np.float32)
     for s in range(0, rows.size, _TOLERANT_CHUNK):
         r, c = rows[s:s + _TOLERANT_CHUNK], cols[s:s + _TOLERANT_CHUNK]
@@ -953,14 +960,13 @@ def _tolerant_distance_dense(wa: NDArray[np.float32], wb: NDArray[np.float32], r
     bands, h, w = wa.shape
     r = radius
     pad = ((0, 0), (r, r), (r, r))
-    dy, dx = (v.ravel() for v in np.mgrid[-r:r + 1, -r:r + 1])
-    disc = dx * dx + dy * dy <= r * r + r
     acc = np.empty((h, w), np.result_type(wa, wb))
     tmp = np.empty_like(acc)
+    offsets = list(zip(*_search_offsets(r), strict=True))
     best: NDArray[np.float32] | None = None
     for own, other in ((wa, np.pad(wb, pad, mode="edge")), (wb, np.pad(wa, pad, mode="edge"))):
         low: NDArray[np.float32] | None = None
-        for oy, ox in zip(dy[disc], dx[disc], strict=True):
+        for oy, ox in offsets:
             near = other[:, r + oy:r + oy + h, r + ox:r + ox + w]
             np.subtract(near[0], own[0], out=acc)
             np.square(acc, out=acc)
