@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import warnings
@@ -173,7 +174,7 @@ def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
         return
     path = os.fspath(src)
     name = os.path.basename(path) or path
-    if "://" not in path and not os.path.exists(path):
+    if is_local_path(path) and not os.path.exists(path):
         raise RasterReadError(f"{path}: no such file")
     with _open_path(path) as ds:
         _check_dataset(ds, name)
@@ -219,6 +220,28 @@ def quiet_not_georeferenced() -> contextlib.AbstractContextManager[None]:
     return _QUIET.held()
 
 
+#: GDAL names that are not files on disk: a driver's subdataset syntax
+#: (``NETCDF:"f.nc":var``, ``GPKG:f.gpkg:table``), not a Windows drive letter.
+_DRIVER_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")
+
+
+def is_local_path(path: str) -> bool:
+    """Tell a file on disk from the other names GDAL opens.
+
+    URLs, GDAL's virtual file systems (``/vsizip/``, ``/vsis3/``, ...) and
+    subdataset names are not checked for existence here: GDAL says whether
+    it can open them.
+
+    Examples
+    --------
+    >>> is_local_path("before.tif"), is_local_path("C:/data/before.tif")
+    (True, True)
+    >>> is_local_path("/vsizip/pair.zip/after.tif"), is_local_path('NETCDF:"s.nc":b4')
+    (False, False)
+    """
+    return not ("://" in path or path.startswith("/vsi") or _DRIVER_PREFIX.match(path))
+
+
 def _open_path(path: str) -> DatasetReader:
     # rasterio.open without its warning on pixel-space files (changedet says
     # so itself, once); GDAL's refusal as a RasterReadError.
@@ -248,6 +271,11 @@ def _first_line(exc: BaseException) -> str:
 
 def _check_dataset(ds: DatasetReader, name: str) -> None:
     if ds.count < 1:
+        subs = list(getattr(ds, "subdatasets", None) or [])
+        if subs:
+            shown = ", ".join(subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
+            raise InputError(f"{name}: holds {len(subs)} rasters (subdatasets), not one; "
+                             f"give one of them as the input, e.g. {shown}")
         raise InputError(f"{name}: has no raster bands")
     for dt in set(ds.dtypes):
         if np.dtype(dt).kind == "c":

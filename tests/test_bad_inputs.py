@@ -152,11 +152,21 @@ def same_path_twice(d):
     return [BEFORE, AFTER, "-o", str(d / "x.tif"), "--mask", str(d / "x.tif")], "same path"
 
 
+def several_rasters_in_one_file(d):
+    # A GeoPackage with two raster tables opens with no bands of its own:
+    # say which subdatasets to choose from.
+    rasterio.shutil.copy(AFTER, d / "two.gpkg", driver="GPKG", RASTER_TABLE="one")
+    rasterio.shutil.copy(AFTER, d / "two.gpkg", driver="GPKG", RASTER_TABLE="two",
+                         APPEND_SUBDATASET="YES")
+    return [BEFORE, str(d / "two.gpkg")], "holds 2 rasters (subdatasets), not one; give one"
+
+
 CASES = [missing_file, not_a_raster, truncated_raster, truncated_header, complex_dtype,
          band_counts_differ, no_overlap, overlap_too_small, one_date_all_nodata,
          georeferenced_with_plain, plain_images_of_other_sizes, pixel_sizes_50x_apart,
          roi_outside, roi_malformed, roi_not_a_polygon, bbox_on_plain_images,
-         output_folder_missing, output_exists, output_is_an_input, same_path_twice]
+         output_folder_missing, output_exists, output_is_an_input, same_path_twice,
+         several_rasters_in_one_file]
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -273,3 +283,24 @@ def test_no_overlap_says_where_each_image_lies(tmp_path):
     r = CliRunner().invoke(main, ["diff", *args])
     # Both footprints in lon/lat (UTM 52N near Pyongyang, 50 km apart).
     assert "covers lon 125.75" in r.stderr and "a.tif lon 126.46" in r.stderr, r.stderr
+
+
+def test_gdal_virtual_paths_and_subdatasets_are_inputs(tmp_path):
+    # Names GDAL opens that are not files on disk (a zip member, a GeoPackage
+    # table) reach GDAL rather than a "no such file".
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "pair.zip", "w") as z:
+        z.write(AFTER, "after.tif")
+    rasterio.shutil.copy(AFTER, tmp_path / "two.gpkg", driver="GPKG", RASTER_TABLE="one")
+    rasterio.shutil.copy(BEFORE, tmp_path / "two.gpkg", driver="GPKG", RASTER_TABLE="two",
+                         APPEND_SUBDATASET="YES")
+    counts = []
+    for after in (AFTER, f"/vsizip/{tmp_path / 'pair.zip'}/after.tif",
+                  f"GPKG:{tmp_path / 'two.gpkg'}:ONE"):
+        r = CliRunner().invoke(main, ["diff", BEFORE, after, "-q"])
+        assert r.exit_code == 0, r.output
+        counts.append(len(json.loads(r.stdout)["features"]))
+    assert counts[0] > 0 and counts == [counts[0]] * 3
+    r = CliRunner().invoke(main, ["diff", BEFORE, f"/vsizip/{tmp_path / 'none.zip'}/a.tif"])
+    assert r.exit_code == 1 and "cannot be read as a raster" in r.stderr
