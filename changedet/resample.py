@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["KEYS_A", "cubic_weights", "cubic_support", "cubic_shift"]
+__all__ = ["KEYS_A", "MAX_INVALID_WEIGHT", "cubic_weights", "cubic_support", "cubic_shift"]
 
 #: The Keys kernel's free parameter, as in GDAL's ``cubic``.
 KEYS_A = -0.5
@@ -29,6 +29,13 @@ KEYS_A = -0.5
 #: Source pixels a cubic sample needs before and after its own: it reads
 #: ``floor(s) - 1`` to ``floor(s) + 2``.
 _BEFORE, _AFTER = 1, 2
+
+#: Share of a sample's kernel weight (in absolute value) that may fall on
+#: invalid source pixels: beyond it the sample is invalid. A quarter keeps
+#: the pixels whose nearest source pixel is valid under a small shift (its
+#: weight is then near one), and drops those that half of the 2 x 2 pixels
+#: around a half-pixel sample would have made.
+MAX_INVALID_WEIGHT = 0.25
 
 #: Output rows resampled at a time: a strip of a 1216 px wide band and its
 #: two scratch strips take about 4 MB, mostly in cache; smaller strips mean
@@ -126,7 +133,11 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
     data : (bands, h, w) ndarray of float32
         Invalid pixels hold 0.
     invalid : (h, w) ndarray of bool
-        True where any source pixel with a non-zero weight is invalid.
+        True where invalid source pixels carry more than
+        :data:`MAX_INVALID_WEIGHT` of the kernel's weight (in absolute
+        value). Elsewhere the invalid pixels are left out and the others'
+        weights scaled to sum to one (normalised convolution), so scattered
+        nodata costs about its own pixels, not the 4 x 4 support of each.
 
     Examples
     --------
@@ -145,16 +156,23 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
     src = np.asarray(data, np.float32)
     if src.ndim == 2:
         src = src[None]
-    wy = cubic_weights(dy - math.floor(dy))
-    tx = _taps(2, cubic_weights(dx - math.floor(dx)), w, axis=1)
+    wx, wy = cubic_weights(dx - math.floor(dx)), cubic_weights(dy - math.floor(dy))
+    tx = _taps(2, wx, w, axis=1)
     ty = _taps(2, wy, h, axis=0)
-    # Invalid wherever a tap (of either pass) reads an invalid pixel.
-    across = np.zeros((h + 3, w), bool)
-    for _, sk in tx:
-        across |= invalid[sk]
-    inv = np.zeros((h, w), bool)
-    for _, sk in ty:
-        inv |= across[sk]
+    scale = None
+    if invalid.any():
+        # The weight, signed and absolute, that falls on invalid pixels.
+        bad = invalid.astype(np.float32)
+        lost, lost_abs = _separable(bad, tx, ty, (h, w)), _separable(
+            bad, _taps(2, np.abs(wx), w, axis=1), _taps(2, np.abs(wy), h, axis=0), (h, w))
+        inv = lost_abs > MAX_INVALID_WEIGHT
+        # Invalid pixels must weigh nothing: zero them (in a copy).
+        if src[:, invalid].any():
+            src = np.where(invalid, np.float32(0), src)
+        scale = np.float32(1) - lost
+        scale[inv] = 1
+    else:
+        inv = np.zeros((h, w), bool)
     # In strips of rows, band by band: the scratch arrays and the strip in
     # hand stay in the core's cache (whole-band passes were memory-bound).
     if out is None:
@@ -170,5 +188,20 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
         for band, dst in zip(src, out, strict=True):
             _convolve(band[r0:r0 + n + 3], tx, rows[:n + 3], tmp_rows[:n + 3])
             _convolve(rows[:n + 3], ty_strip, dst[r0:r0 + n], tmp[:n])
-    out[:, inv] = 0
+    if scale is not None:
+        # Normalised convolution: the valid taps' weights sum to one.
+        out /= scale
+        out[:, inv] = 0
     return (out if np.ndim(data) == 3 else out[0]), inv
+
+
+def _separable(band: NDArray[np.float32], tx: list[tuple[float, tuple[slice, ...]]],
+               ty: list[tuple[float, tuple[slice, ...]]], shape: tuple[int, int],
+               ) -> NDArray[np.float32]:
+    # One band through both passes, whole.
+    h, w = shape
+    rows = np.empty((h + 3, w), np.float32)
+    _convolve(band, tx, rows, np.empty_like(rows))
+    out = np.empty((h, w), np.float32)
+    _convolve(rows, ty, out, np.empty_like(out))
+    return out

@@ -784,15 +784,22 @@ def test_read_aligned_other_kernels_are_the_gdal_warp(tmp_path):
     assert np.abs(got - cubic).max() > 0.01
 
 
-def test_read_aligned_nodata_in_one_band_invalidates_its_support(tmp_path):
+def test_read_aligned_nodata_in_one_band_invalidates_the_samples_it_dominates(tmp_path):
+    from changedet.resample import MAX_INVALID_WEIGHT, cubic_weights
+
     path = _tiled(tmp_path, nodata=False, one_band=True)
     with io.TileReader(str(path)) as r:
         grid = r.grid.window_grid(Window(20, 180, 40, 40))
         got, invalid = io.read_aligned(r, grid, pixel_transform=Affine.translation(1.3, -0.6))
-    # Source (200, 40) is in the support of outputs whose floor(row + 179.4)
-    # is 198 to 201 (rows 19 to 22) and floor(col + 21.3) 38 to 41 (cols 17 to 20).
+    # Source (200, 40), nodata in one band, is in the support of outputs
+    # whose floor(row + 179.4) is 198 to 201 (rows 19 to 22) and
+    # floor(col + 21.3) 38 to 41 (cols 17 to 20); those where it carries
+    # more than MAX_INVALID_WEIGHT of the kernel are invalid in all bands.
+    wy = np.abs(cubic_weights(0.4))[[3, 2, 1, 0]]      # rows 19..22: taps 3..0
+    wx = np.abs(cubic_weights(0.3))[[3, 2, 1, 0]]      # cols 17..20
     expected = np.zeros(grid.shape, bool)
-    expected[19:23, 17:21] = True
+    expected[19:23, 17:21] = np.outer(wy, wx) > MAX_INVALID_WEIGHT
+    assert 1 <= expected.sum() < 16
     np.testing.assert_array_equal(invalid, expected)
     assert (got[:, invalid] == 0).all() and (got[:, ~invalid] > 0).all()
 

@@ -106,26 +106,74 @@ def _support_mask(n, shift, bad):
 
 
 @pytest.mark.parametrize("dx, dy, count", [
-    (2.3, 1.7, 16),   # fractional in both axes: a 4 x 4 support
-    (2.3, 2.0, 4),    # fractional in x only
-    (2.0, 1.6, 4),    # fractional in y only
+    (2.5, 1.5, 4),    # half a pixel both ways: the 2 x 2 pixels around it (0.32 each)
+    (2.3, 1.7, 1),    # the nearest sample only (0.87 x 0.87; the next, 0.87 x 0.24)
+    (2.5, 2.0, 2),    # half a pixel in x only: the two pixels sharing it (0.56 each)
+    (2.06, 2.0, 1),   # a small shift: only the sample nearest to it (0.95)
     (3.0, 2.0, 1),    # integer: a copy
 ])
-def test_invalid_pixel_makes_its_support_invalid(dx, dy, count):
+def test_invalid_pixel_invalidates_the_samples_it_weighs_most_in(dx, dy, count):
+    # An invalid pixel makes invalid only the samples where it carries more
+    # than MAX_INVALID_WEIGHT of the kernel (in absolute value); the others
+    # leave it out and renormalise, so scattered nodata does not spread to
+    # each pixel's 4 x 4 support.
+    from changedet.resample import MAX_INVALID_WEIGHT
+
     src = _smooth((40, 40))
     invalid = np.zeros((40, 40), bool)
     invalid[18, 15] = True
     out, inv = _shift(src, invalid, dx, dy, (30, 30))
-    expected = _support_mask(30, dy, 18)[:, None] & _support_mask(30, dx, 15)[None, :]
+    wy = np.zeros(30)
+    wx = np.zeros(30)
+    for w_axis, shift, bad in ((wy, dy, 18), (wx, dx, 15)):
+        s0 = np.arange(30) + shift
+        k = bad - (np.floor(s0).astype(int) - 1)        # tap index of the pixel
+        ok = (k >= 0) & (k <= 3)
+        w_axis[ok] = [abs(float(cubic_weights(f)[j]))
+                      for f, j in zip(s0[ok] - np.floor(s0[ok]), k[ok], strict=True)]
+    expected = np.outer(wy, wx) > MAX_INVALID_WEIGHT
     assert inv.sum() == count
     np.testing.assert_array_equal(inv, expected)
     assert (out[inv] == 0).all()
-    # The invalid pixel's value reaches no valid output.
+    # The invalid pixel's value reaches no output, valid or not.
     garbage = src.copy()
     garbage[18, 15] = 1e6
     out2, inv2 = _shift(garbage, invalid, dx, dy, (30, 30))
     np.testing.assert_array_equal(inv2, inv)
     np.testing.assert_array_equal(out2, out)
+    # Samples it does not reach are as without it, bit for bit.
+    clean, _ = _shift(src, np.zeros_like(invalid), dx, dy, (30, 30))
+    reached = np.outer(wy, wx) > 0
+    np.testing.assert_array_equal(out[~reached], clean[~reached])
+
+
+def test_samples_beside_an_invalid_pixel_renormalise_the_kernel():
+    # Cubic convolution reproduces a plane exactly; left out and the other
+    # weights renormalised, an invalid pixel moves the valid samples it
+    # weighs in by less than a third of a pixel's step of the plane (and
+    # the others not at all).
+    yy, xx = np.mgrid[0:40, 0:40].astype(np.float32)
+    plane = 3 * xx + 2 * yy + 10
+    invalid = np.zeros((40, 40), bool)
+    invalid[18, 15] = invalid[5, 30] = True
+    out, inv = _shift(plane, invalid, 2.3, 1.7, (30, 30))
+    s_rows, s_cols = np.mgrid[0:30, 0:30].astype(np.float32)
+    truth = 3 * (s_cols + 2.3) + 2 * (s_rows + 1.7) + 10
+    step = math.hypot(3, 2)
+    err = np.abs(out - truth)[~inv]
+    assert err.max() < step / 3
+    assert (err < 1e-3).mean() > 0.95
+    assert 0 < inv.sum() <= 4
+
+
+def test_scattered_nodata_costs_about_its_own_pixels():
+    # 5 % of pixels invalid at random under a small shift: about 5 % of the
+    # samples, not the 55 % that a whole 4 x 4 support made.
+    rng = np.random.default_rng(0)
+    src = _smooth((203, 203))
+    invalid = rng.random((203, 203)) < 0.05
+    _, inv = cubic_shift(src, invalid, 0.06, 0.01, (200, 200))
+    assert 0.04 < inv.mean() < 0.06
 
 
 def test_two_dimensional_input_gives_two_dimensional_output():
