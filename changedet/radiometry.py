@@ -24,6 +24,7 @@ References
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,6 +72,10 @@ MIN_BAND_CORRELATION = 0.5
 #: core's cache (64 lines made 10 MB temporaries: 0.28 s a band, against
 #: 0.13 s).
 _LINES_AT_ONCE = 8
+
+#: Ratio of the two dates' spreads beyond which robust_orthogonal_regression
+#: takes them to be in other units.
+_UNITS_APART = 3.0
 
 NORMALISE_METHODS: tuple[str, ...] = get_args(NormaliseMethod)
 
@@ -252,6 +257,7 @@ def orthogonal_regression(x: NDArray[np.floating], y: NDArray[np.floating],
 def robust_orthogonal_regression(x: NDArray[np.floating], y: NDArray[np.floating], *,
                                  trials: int = 600, max_points: int = 20_000,
                                  cutoff: float = 2.5, seed: int = 0,
+                                 units: float | None = None,
                                  ) -> tuple[float, float, NDArray[np.bool_]]:
     """Orthogonal regression on the inliers of a least-median-of-squares line.
 
@@ -272,11 +278,24 @@ def robust_orthogonal_regression(x: NDArray[np.floating], y: NDArray[np.floating
     cutoff : float, optional
         Inlier band, in robust standard deviations.
     seed : int, optional
+    units : float, optional
+        Factor that brings x to y's units (default: found from their
+        spreads, see below).
 
     Returns
     -------
     slope, intercept : float
     inliers : (n,) ndarray of bool
+
+    Notes
+    -----
+    Candidate lines must have a plausible gain (0.1 to 10), and the fit
+    weighs both variables' noise alike: both hold in comparable units. When
+    the two spread more than 3 times apart, x is taken to be in other units
+    (another bit depth, reflectance against 8-bit counts) and multiplied by
+    the power of two nearest their interquartile ranges' ratio for the fit;
+    the line is mapped back. A bit depth apart, the answer is then exactly
+    the one in shared units.
 
     References
     ----------
@@ -298,6 +317,22 @@ def robust_orthogonal_regression(x: NDArray[np.floating], y: NDArray[np.floating
     if n < 3:
         slope, icpt = orthogonal_regression(x, y) if n else (1.0, 0.0)
         return slope, icpt, np.ones(n, bool)
+    # Plausible gains, and equal noise in both variables, hold in comparable
+    # units only: x in other units than y (an 8-bit image against a 16-bit
+    # or reflectance product of the same scene) is brought to y's spread
+    # first, and the line mapped back.
+    if units is None:
+        units = _units_ratio(_spread_ratio(x, y))
+    if units == 1.0:
+        return _lmeds_line(x, y, trials, max_points, cutoff, seed)
+    slope, icpt, inliers = _lmeds_line(x * units, y, trials, max_points, cutoff, seed)
+    return slope * units, icpt, inliers
+
+
+def _lmeds_line(x: NDArray[np.float64], y: NDArray[np.float64], trials: int, max_points: int,
+                cutoff: float, seed: int) -> tuple[float, float, NDArray[np.bool_]]:
+    # robust_orthogonal_regression in units where the dates' spreads compare.
+    n = x.size
     rng = np.random.default_rng(seed)
     uni = rng.choice(n, max_points, replace=False) if n > max_points else np.arange(n)
     # Candidate lines join pairs drawn evenly from 16 brightness strata (of
@@ -478,8 +513,12 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
                       f"{min_correlation}: {[round(float(r), 3) for r in res.rho]}"})
     # Bands are fitted independently, on all cores (the same answer as one
     # after another: each fit draws from its own seeded generator).
+    # Units are an image's, not a band's: one factor for all its bands.
+    xs, ys = as_[:, pifs], bs[:, pifs]
+    units = _units_ratio(float(np.median([_spread_ratio(x, y)
+                                          for x, y in zip(xs, ys, strict=True)])))
     with ThreadPoolExecutor(max_workers=min(bs.shape[0], os.cpu_count() or 1)) as pool:
-        fits = list(pool.map(_band_fit, as_[:, pifs], bs[:, pifs]))
+        fits = list(pool.map(_band_fit, xs, ys, [units] * len(xs)))
     gains = [g for g, _, _, _ in fits]
     offsets = [o for _, o, _, _ in fits]
     used = [float(inl.mean()) for _, _, inl, _ in fits]
@@ -494,14 +533,33 @@ def fit_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     })
 
 
-def _band_fit(x: NDArray[np.float64], y: NDArray[np.float64],
+def _spread_ratio(x: NDArray[np.float64], y: NDArray[np.float64]) -> float:
+    # y's interquartile range over x's (1 when either is flat).
+    qx, qy = np.percentile(x, [25, 75]), np.percentile(y, [25, 75])
+    sx, sy = float(qx[1] - qx[0]), float(qy[1] - qy[0])
+    return sy / sx if sx > 0 and sy > 0 else 1.0
+
+
+def _units_ratio(spread_ratio: float) -> float:
+    # 1 when the dates spread alike (within a factor _UNITS_APART: the scene
+    # differs, haze, sun, and the data's own units are those in which the
+    # dates' noise is alike). Otherwise they are in other units, and this is
+    # the power of two nearest the ratio: exact for the commonest case,
+    # another bit depth (8 against 10, 12 or 16 bits), and within 0.4 % for
+    # 8 bits against reflectance in 0-1.
+    if 1 / _UNITS_APART <= spread_ratio <= _UNITS_APART:
+        return 1.0
+    return float(2.0 ** round(math.log2(spread_ratio)))
+
+
+def _band_fit(x: NDArray[np.float64], y: NDArray[np.float64], units: float,
               ) -> tuple[float, float, NDArray[np.bool_], bool]:
     # One band's map of after (x) onto before (y) on the invariant pixels:
     # the robust orthogonal line, or, when the dates hardly correlate on
     # the line's inliers (or do the other way round: no sensor inverts a
     # band), the line through their means matching their spreads (the
     # reduced major axis: always a positive gain). Also says which.
-    slope, icpt, inliers = robust_orthogonal_regression(x, y)
+    slope, icpt, inliers = robust_orthogonal_regression(x, y, units=units)
     xi, yi = x[inliers], y[inliers]
     sx, sy = float(xi.std()), float(yi.std())
     if sx == 0 or sy == 0:

@@ -172,3 +172,48 @@ def test_a_band_the_dates_do_not_share_gets_its_spreads_matched():
     assert fit.method == "irmad" and fit.details["spreads_matched"] == [2]
     np.testing.assert_allclose(fit.gain, [1 / 0.8, 12 / 30, 1 / 1.25], rtol=0.1)
     assert fit.offset[1] == pytest.approx(80 - fit.gain[1] * 60, abs=3)
+
+
+@pytest.mark.parametrize("scale", [4.0, 1 / 256, 100.0])
+def test_robust_regression_does_not_depend_on_the_units_of_x(scale):
+    # The after image in other units (another bit depth, reflectance, a
+    # scale factor): the plausible-gain filter refused every line (a gain of
+    # 0.009), and the fit fell back to plain least squares on everything.
+    rng = np.random.default_rng(3)
+    x = rng.uniform(10, 200, 9000)
+    y = 0.9 * x + 15 + rng.normal(0, 1, x.size)
+    y[6000:] = rng.uniform(20, 200, 3000)        # a third changed, any which way
+    slope, icpt, inliers = robust_orthogonal_regression(x, y)
+    assert slope == pytest.approx(0.9, abs=0.01) and icpt == pytest.approx(15, abs=1)
+    s2, i2, in2 = robust_orthogonal_regression(x * scale, y)
+    if scale in (4.0, 1 / 256):
+        # A bit depth apart: exactly the fit in shared units.
+        assert (s2 * scale, i2) == (slope, icpt)
+        np.testing.assert_array_equal(in2, inliers)
+    else:
+        assert s2 * scale == pytest.approx(0.9, abs=0.01) and i2 == pytest.approx(15, abs=1)
+        assert in2[:6000].mean() > 0.95 and in2[6000:].mean() < 0.2
+
+
+def test_after_image_in_other_units_gives_the_same_changes(tmp_path):
+    # The sample pair with the after image stored as 16 bits (x 4) and as
+    # reflectance in 0-1 (/ 255): the same polygons as the 8-bit original.
+    import rasterio
+
+    import changedet
+    from tests.conftest import SAMPLE
+
+    before, after = SAMPLE / "square_before.tif", SAMPLE / "square_after.tif"
+    with rasterio.open(after) as src:
+        profile, data = src.profile, src.read()
+    variants = {"x4.tif": (data.astype(np.uint16) * 4, "uint16"),
+                "refl.tif": (data.astype(np.float32) / 255, "float32")}
+    base = changedet.detect(before, after)
+    for name, (values, dtype) in variants.items():
+        with rasterio.open(tmp_path / name, "w", **{**profile, "dtype": dtype}) as dst:
+            dst.write(values)
+        r = changedet.detect(before, tmp_path / name)
+        assert sorted(p["change"] for p in r.properties) == sorted(
+            p["change"] for p in base.properties), name
+        assert sorted(p["pixels"] for p in r.properties) == pytest.approx(
+            sorted(p["pixels"] for p in base.properties), rel=0.02), name
