@@ -272,7 +272,8 @@ def _pick_bands(binfo: io.ImageInfo, ainfo: io.ImageInfo,
     if binfo.count != ainfo.count:
         raise BandMismatchError(
             f"{binfo.name} has {binfo.count} data band(s) but {ainfo.name} has "
-            f"{ainfo.count}; choose matching bands with --bands (e.g. --bands 1,2,3)")
+            f"{ainfo.count}; choose bands both have with --bands (e.g. --bands "
+            f"{','.join(str(b) for b in range(1, min(binfo.count, ainfo.count, 3) + 1))})")
     return None
 
 
@@ -953,7 +954,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
     opts = _run_options(locals())
     if output is None and stream is None and not collect:
         raise ValueError("give an output path or a stream, or collect=True")
-    inputs = [p for p in (before, after) if isinstance(p, (str, os.PathLike))]
+    # The region of interest's file is an input too: never overwritten.
+    inputs = [p for p in (before, after, roi) if isinstance(p, (str, os.PathLike))]
     io.check_output_paths((output, mask, score, *extra_outputs), overwrite=overwrite,
                           inputs=inputs)
 

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from shapely.geometry.base import BaseGeometry
 
 from changedet import io
+from changedet.errors import InputError
 
 if TYPE_CHECKING:
     from changedet.grid import Grid
@@ -43,6 +44,7 @@ __all__ = [
     "quicklook_layout",
     "render_quicklook",
     "encode_png",
+    "check_rgb",
     "read_previews",
     "preview_polygons",
     "quicklook",
@@ -430,6 +432,24 @@ class Previews:
         s = self.scale
         m = [inv.a * s, inv.b * s, inv.d * s, inv.e * s, inv.c * s, inv.f * s]
         return shapely.affinity.affine_transform(geom, m)
+
+
+def check_rgb(rgb: Sequence[int], *sources: io.RasterSource) -> None:
+    """Check that every image has the bands `rgb` names, before any work.
+
+    Raises
+    ------
+    InputError
+        Naming the image and the bands it has.
+    """
+    for src in sources:
+        with io.open_raster(src) as ds:
+            bad = [b for b in rgb if not 1 <= b <= ds.count]
+            if bad:
+                raise InputError(
+                    f"{io.source_label(src)}: has {ds.count} band(s), so --rgb "
+                    f"{','.join(map(str, rgb))} cannot show band(s) {bad}; pick bands "
+                    f"from 1 to {ds.count}")
 
 
 def read_previews(result: ChangeResult, before: io.RasterSource, after: io.RasterSource, *,

@@ -85,6 +85,29 @@ _MONTH = re.compile(r"(?<!\d)((?:19|20)\d\d)[-_](\d\d)(?![-_:/.]?\d)")
 _YEAR = re.compile(r"(?<![\d])((?:19|20)\d\d)(?!\d)")
 
 
+#: A date as a user writes one: YYYY, YYYY-MM or YYYY-MM-DD (month and day
+#: with or without a leading zero; also YYYYMMDD).
+_GIVEN = re.compile(r"(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?|(\d{4})(\d{2})(\d{2})")
+
+
+def _given_date(text: str) -> str:
+    # A date the user gave (not one found in a file name): all of it must be
+    # a date, and a real one.
+    m = _GIVEN.fullmatch(text.strip())
+    if m is None:
+        raise InputError(f"{text!r} is not a date (use YYYY-MM-DD, YYYY-MM or YYYY)")
+    y, mo, d = (m.group(1), m.group(2), m.group(3)) if m.group(1) else m.group(4, 5, 6)
+    try:
+        if d is not None:
+            return _dt.date(int(y), int(mo), int(d)).isoformat()
+        if mo is not None:
+            return _dt.date(int(y), int(mo), 1).isoformat()[:7]
+    except ValueError as exc:
+        raise InputError(f"{text!r} is not a date ({exc}); use YYYY-MM-DD, YYYY-MM or "
+                         "YYYY") from None
+    return y
+
+
 def parse_date(text: str) -> str | None:
     """Find an ISO date (``YYYY-MM-DD``, ``YYYY-MM`` or ``YYYY``) in `text`.
 
@@ -245,13 +268,7 @@ def _resolve_dates(sources: Sequence[io.RasterSource],
         if len(dates) != len(sources):
             raise InputError(f"{len(sources)} images but {len(dates)} dates; give one date "
                              "per image, in the same order")
-        out = []
-        for d in dates:
-            iso = parse_date(str(d))
-            if iso is None:
-                raise InputError(f"{d!r} is not a date (use YYYY-MM-DD, YYYY-MM or YYYY)")
-            out.append(iso)
-        return out
+        return [_given_date(str(d)) for d in dates]
     out = []
     for src in sources:
         d = acquisition_date(src)

@@ -65,9 +65,10 @@ def complex_dtype(d):
 
 
 def band_counts_differ(d):
+    # The suggested fix must be one that works: bands both images have.
     b, _ = _pair(d)
     write_tif(d / "one.tif", np.ones((1, 96, 96), np.uint8))
-    return [b, str(d / "one.tif")], "--bands"
+    return [b, str(d / "one.tif")], "has 1; choose bands both have with --bands (e.g. --bands 1)"
 
 
 def no_overlap(d):
@@ -152,6 +153,20 @@ def same_path_twice(d):
     return [BEFORE, AFTER, "-o", str(d / "x.tif"), "--mask", str(d / "x.tif")], "same path"
 
 
+def rgb_band_missing(d):
+    # Checked before any work: no GeoJSON or class raster left behind.
+    return ([BEFORE, AFTER, "-o", str(d / "c.geojson"), "--mask", str(d / "c.tif"),
+             "--quicklook", str(d / "q.png"), "--rgb", "4,4,4"],
+            "has 3 band(s), so --rgb 4,4,4 cannot show band(s) [4, 4, 4]; pick bands from 1 to 3")
+
+
+def roi_file_as_output(d):
+    (d / "roi.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [[
+        [125.7515, 39.019], [125.7525, 39.019], [125.7525, 39.02], [125.7515, 39.019]]]}))
+    return ([BEFORE, AFTER, "--roi", str(d / "roi.geojson"), "-o", str(d / "roi.geojson"),
+             "--overwrite"], "roi.geojson: is also an input")
+
+
 def several_rasters_in_one_file(d):
     # A GeoPackage with two raster tables opens with no bands of its own:
     # say which subdatasets to choose from.
@@ -166,7 +181,7 @@ CASES = [missing_file, not_a_raster, truncated_raster, truncated_header, complex
          georeferenced_with_plain, plain_images_of_other_sizes, pixel_sizes_50x_apart,
          roi_outside, roi_malformed, roi_not_a_polygon, bbox_on_plain_images,
          output_folder_missing, output_exists, output_is_an_input, same_path_twice,
-         several_rasters_in_one_file]
+         several_rasters_in_one_file, rgb_band_missing, roi_file_as_output]
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -304,3 +319,29 @@ def test_gdal_virtual_paths_and_subdatasets_are_inputs(tmp_path):
     assert counts[0] > 0 and counts == [counts[0]] * 3
     r = CliRunner().invoke(main, ["diff", BEFORE, f"/vsizip/{tmp_path / 'none.zip'}/a.tif"])
     assert r.exit_code == 1 and "cannot be read as a raster" in r.stderr
+
+
+@pytest.mark.parametrize("option, value", [("--min-area", "inf"), ("--min-area", "nan"),
+                                           ("--simplify", "nan"), ("--threshold", "inf"),
+                                           ("--threshold", "1e308")])
+def test_non_finite_numbers_are_usage_errors(option, value, tmp_path):
+    r = CliRunner().invoke(main, ["diff", BEFORE, AFTER, "-o", str(tmp_path / "c.geojson"),
+                                  option, value])
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.stderr, r.output
+    assert "internal error" not in r.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_dash_output_is_standard_output_and_coreg_none_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["diff", BEFORE, AFTER, "-o", "-", "--coreg", "none"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["type"] == "FeatureCollection"
+    assert list(tmp_path.iterdir()) == []
+    assert "; co-registration off" in r.stderr and "no reliable shift" not in r.stderr
+
+
+def test_rgb_without_pictures_warns_that_it_does_nothing(tmp_path):
+    r = CliRunner().invoke(main, ["diff", BEFORE, AFTER, "-o", str(tmp_path / "c.geojson"),
+                                  "--rgb", "3,2,1"])
+    assert r.exit_code == 0, r.output
+    assert "Warning: --rgb only chooses the bands of --quicklook and --report" in r.stderr

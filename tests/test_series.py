@@ -159,6 +159,25 @@ def test_cli_dates_option_overrides_names(stack, tmp_path):
     assert r.exit_code == 2
 
 
+@pytest.mark.parametrize("dates, message", [
+    ("2017-09-01,2017-13-01,2018", "'2017-13-01' is not a date (month must be in 1..12)"),
+    ("2017-09-01,2017-02-30,2018", "'2017-02-30' is not a date (day is out of range"),
+    ("09/01/2017,10/01/2017,2018", "'09/01/2017' is not a date (use YYYY-MM-DD"),
+])
+def test_cli_impossible_dates_are_refused_not_cut_to_the_year(stack, dates, message):
+    # A month 13 was read as "2017" and could reorder the series silently.
+    paths, _, _ = stack
+    r = CliRunner().invoke(main, ["series", *paths, "--dates", dates])
+    assert r.exit_code == 1 and message in r.stderr, r.stderr
+
+
+def test_given_dates_are_normalised():
+    from changedet.series import _given_date
+
+    assert [_given_date(t) for t in ("2017-9-5", "20170905", "1985-1", "2001")] == \
+        ["2017-09-05", "2017-09-05", "1985-01", "2001"]
+
+
 # -- dates -----------------------------------------------------------------
 
 @pytest.mark.parametrize("text, iso", [

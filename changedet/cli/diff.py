@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import click
 import rasterio
 
 from changedet import io
 from changedet.cli.options import (
+    FiniteFloat,
     bands_opt,
     bbox_opt,
     check_scale,
@@ -27,6 +29,7 @@ from changedet.cli.options import (
     threshold_opt,
     verbosity_opt,
 )
+from changedet.errors import ChangeDetWarning
 from changedet.pipeline import DiffSummary
 from changedet.pipeline import diff as changedet_diff
 
@@ -57,7 +60,7 @@ from changedet.pipeline import diff as changedet_diff
 @coreg_opt
 @method_opt
 @threshold_opt
-@click.option("--simplify", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--simplify", type=FiniteFloat(min=0), default=0.0, show_default=True,
               metavar="M", help="Simplify polygon outlines to this tolerance in metres "
                                 "(0 keeps pixel edges).")
 @scale_opts
@@ -93,8 +96,21 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
     if roi and bbox:
         raise click.UsageError("give --roi or --bbox, not both")
     check_scale(scheduler, workers)
-    # diff() checks every output, pictures included, before it works.
+    if output == "-":
+        output = None   # the usual spelling of standard output
+    # diff() checks every output, pictures included, before it works; the
+    # pictures' bands are checked here, so a bad --rgb costs nothing.
     pictures = bool(quicklook_path or report_path)
+    if rgb is not None:
+        if pictures:
+            from changedet.quicklook import check_rgb
+
+            with rasterio.Env():
+                check_rgb(rgb, before, after)
+        else:
+            warnings.warn("--rgb only chooses the bands of --quicklook and --report "
+                          "pictures; without either it does nothing", ChangeDetWarning,
+                          stacklevel=1)
     progress = progress_reporter()
     try:
         with rasterio.Env():
@@ -118,7 +134,8 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
         parts = ", ".join(f"{counts[k]} {k}" for k in ("appeared", "disappeared", "changed")
                           if counts.get(k))
         s = summary.shift
-        shift = f"shift {s.x:+.2f}, {s.y:+.2f} px" if s.reliable else "no reliable shift"
+        shift = ("co-registration off" if coreg == "none" else
+                 f"shift {s.x:+.2f}, {s.y:+.2f} px" if s.reliable else "no reliable shift")
         click.echo(f"{summary.count} change(s){': ' + parts if parts else ''}; {shift}"
                    f"{'; wrote ' + output if output else ''}", err=True)
 

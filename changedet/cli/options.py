@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import time
 import traceback
@@ -20,6 +21,7 @@ from changedet.pipeline import DETECT_METHODS
 from changedet.thresholds import THRESHOLD_METHODS
 
 __all__ = [
+    "FiniteFloat",
     "verbosity_opt",
     "overwrite_opt",
     "output_opt",
@@ -55,7 +57,8 @@ def verbosity_opt(f: F) -> F:
                      expose_value=False, help="Say less on stderr (warnings off with -q).")(f)
     f = click.option("-v", "--verbose", count=True, callback=_count_verbosity,
                      expose_value=False,
-                     help="Say more on stderr: -v progress, -vv debugging and tracebacks.")(f)
+                     help="Say more on stderr: -v each stage as a line (instead of the "
+                          "progress bar), -vv debugging and tracebacks.")(f)
     return f
 
 
@@ -65,7 +68,7 @@ overwrite_opt = click.option(
 
 output_opt = click.option(
     "-o", "--output", type=click.Path(dir_okay=False), default=None,
-    help="Output GeoJSON file (default: standard output).")
+    help="Output GeoJSON file (default, or -: standard output).")
 
 
 def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None,
@@ -108,6 +111,10 @@ method_opt = click.option(
          "(change of local structure).")
 
 
+#: Largest threshold accepted: far above any score, and within float32.
+_MAX_THRESHOLD = 1e30
+
+
 def _parse_threshold(ctx: click.Context, param: click.Parameter, value: str) -> str | float:
     if value in THRESHOLD_METHODS:
         return value
@@ -118,6 +125,9 @@ def _parse_threshold(ctx: click.Context, param: click.Parameter, value: str) -> 
             f"{value!r} is neither one of {', '.join(THRESHOLD_METHODS)} nor a number") from None
     if not number >= 0:
         raise click.BadParameter("a threshold must be a non-negative number")
+    if number > _MAX_THRESHOLD:
+        raise click.BadParameter(f"{value} is not a usable threshold: scores are in "
+                                 f"no-change standard deviations (the default is about 4-6)")
     return number
 
 
@@ -204,8 +214,22 @@ class Progress:
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+class FiniteFloat(click.FloatRange):
+    """A float within a range, and finite: ``inf`` and ``nan`` are usage errors."""
+
+    name = "finite number"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        """Convert as FloatRange does, and refuse ``inf`` and ``nan``."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 min_area_opt = click.option(
-    "--min-area", type=click.FloatRange(min=0), default=DEFAULT_MIN_AREA_M2,
+    "--min-area", type=FiniteFloat(min=0), default=DEFAULT_MIN_AREA_M2,
     show_default=True, metavar="M2",
     help="Minimum mapping unit in square metres; smaller changes are dropped.")
 
