@@ -16,7 +16,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds, transform_geom
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 from shapely.geometry import box, mapping, shape
 
 from changedet.errors import InputError, NoOverlapError, ROIError
@@ -145,12 +145,20 @@ def linear_unit_factor(crs: CRS) -> float:
 
 
 def _pixel_window(grid: Grid, bounds: tuple[float, float, float, float]) -> Window:
-    """Integer window of `grid` covering `bounds`, clipped to the grid."""
-    win = from_bounds(*bounds, transform=grid.transform)
-    col0 = max(0, math.floor(win.col_off + 1e-6))
-    row0 = max(0, math.floor(win.row_off + 1e-6))
-    col1 = min(grid.width, math.ceil(win.col_off + win.width - 1e-6))
-    row1 = min(grid.height, math.ceil(win.row_off + win.height - 1e-6))
+    """Integer window of `grid` covering `bounds`, clipped to the grid.
+
+    The bounds' four corners in pixel coordinates, so that any grid works:
+    north-up, south-up, mirrored or rotated (rasterio's ``from_bounds``
+    expects north-up and divides by the transform's ``a``).
+    """
+    left, bottom, right, top = bounds
+    inv = ~grid.transform
+    corners = [inv @ (x, y) for x in (left, right) for y in (bottom, top)]
+    cols, rows = [c for c, _ in corners], [r for _, r in corners]
+    col0 = max(0, math.floor(min(cols) + 1e-6))
+    row0 = max(0, math.floor(min(rows) + 1e-6))
+    col1 = min(grid.width, math.ceil(max(cols) - 1e-6))
+    row1 = min(grid.height, math.ceil(max(rows) - 1e-6))
     return Window(col0, row0, max(0, col1 - col0), max(0, row1 - row0))
 
 

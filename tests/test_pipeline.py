@@ -3,6 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject, transform_geom
@@ -359,3 +360,36 @@ def test_stacks_without_red_and_nir_get_no_vegetation_gate(tmp_path):
     b, a = _lawn_files(tmp_path)
     r = changedet.detect(b, a, bands=[4, 3, 2], coreg="none")
     assert r.metadata["score"]["vegetation"] is None
+
+
+@pytest.mark.parametrize("orientation", ["south-up", "mirrored", "rotated 90"])
+def test_a_grid_in_any_orientation_gives_the_same_polygons(tmp_path, orientation):
+    # The same map content stored south-up (rows run north), mirrored
+    # (columns run west) or with rows and columns swapped: rasterio's
+    # from_bounds refused the first two and divided by zero on the third.
+    p = flat_pair(2, shape=(160, 160), n_appeared=2, n_disappeared=1)
+    t = utm_transform()
+    h, w = p.before.shape[1:]
+    if orientation == "south-up":
+        flip, t2 = (lambda a: a[:, ::-1, :]), t @ Affine.translation(0, h) @ Affine.scale(1, -1)
+    elif orientation == "mirrored":
+        flip, t2 = (lambda a: a[:, :, ::-1]), t @ Affine.translation(w, 0) @ Affine.scale(-1, 1)
+    else:
+        flip, t2 = (lambda a: a.transpose(0, 2, 1)), t @ Affine(0, 1, 0, 1, 0, 0)
+    runs = []
+    for name, tr, f in (("n", t, lambda a: a), ("o", t2, flip)):
+        b = write_tif(tmp_path / f"{name}_b.tif", np.ascontiguousarray(f(p.before)),
+                      transform=tr)
+        a = write_tif(tmp_path / f"{name}_a.tif", np.ascontiguousarray(f(p.after)),
+                      transform=tr)
+        runs.append(changedet.detect(b, a))
+    north, other = runs
+    assert len(north.geometries) >= 2 and len(other.geometries) == len(north.geometries)
+    for g, props in zip(north.geometries, north.properties, strict=True):
+        match = [(o, q) for o, q in zip(other.geometries, other.properties, strict=True)
+                 if shape(o).intersects(shape(g))]
+        assert len(match) == 1
+        o, q = match[0]
+        assert q["change"] == props["change"]
+        assert shape(o).intersection(shape(g)).area / shape(g).union(shape(o)).area > 0.95
+        assert q["area_m2"] == pytest.approx(props["area_m2"], rel=0.05)
