@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -18,6 +20,7 @@ from rasterio.errors import CRSError
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window
 from shapely.geometry import box, mapping, shape
+from shapely.geometry.base import BaseGeometry
 
 from changedet.errors import InputError, NoOverlapError, ROIError
 
@@ -30,6 +33,7 @@ __all__ = [
     "linear_unit_factor",
     "overlap_window",
     "roi_window",
+    "roi_polygon",
     "geometry_to_crs",
     "resampling_for",
 ]
@@ -276,19 +280,81 @@ def roi_window(grid: Grid, roi: dict[str, Any], roi_crs: CRS | None = WGS84, *,
     if grid.crs is None and roi_crs is not None:
         raise ROIError("the images carry no georeferencing, so a lon/lat region of "
                        "interest cannot be placed on them")
-    geom = geometry_to_crs(roi, roi_crs, grid.crs) if grid.crs is not None else roi
-    shp = shape(geom)
-    if shp.geom_type not in ("Polygon", "MultiPolygon") or shp.is_empty:
-        raise ROIError(f"the region of interest must be a polygon, not {shp.geom_type}")
+    shp = roi_polygon(roi, roi_crs)
     gb = box(*grid.bounds)
+    if grid.crs is not None and roi_crs != grid.crs:
+        # Clip to the image in the region's own CRS first: a region much
+        # larger than the image (a whole country, the world) has no sensible
+        # shape in the image's projection.
+        footprint = shape(transform_geom(grid.crs, roi_crs, mapping(_densified(gb)))).buffer(0)
+        if not shp.intersects(footprint):
+            raise ROIError(_outside(shp, roi_crs, grid))
+        shp = shape(transform_geom(roi_crs, grid.crs, mapping(shp.intersection(footprint))))
+        shp = shp.buffer(0) if not shp.is_valid else shp
     if not shp.intersects(gb):
-        raise ROIError("the region of interest lies outside the before image")
+        raise ROIError(_outside(shp, grid.crs, grid))
     win = _pixel_window(grid, shp.intersection(gb).bounds)
     if win.width < min_size or win.height < min_size:
         raise ROIError(
             f"the region of interest covers only {win.width} x {win.height} pixels "
             f"of the images (at least {min_size} x {min_size} needed)")
     return win, mapping(shp)
+
+
+def roi_polygon(roi: dict[str, Any], crs: CRS | None = WGS84) -> BaseGeometry:
+    """Check and repair a region of interest: a (multi)polygon with an area.
+
+    Polygons are taken out of a collection; a self-intersecting one (a
+    bow-tie) is repaired with :func:`shapely.make_valid`, not halved.
+
+    Raises
+    ------
+    ROIError
+        Saying what is wrong: not a polygon, no area, coordinates that are
+        not numbers, or latitudes beyond 90 degrees (swapped coordinates).
+    """
+    try:
+        with np.errstate(invalid="ignore"):   # NaN coordinates: said below
+            shp = shape(roi)
+        coords = shapely.get_coordinates(shp)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError,
+            shapely.errors.ShapelyError) as exc:
+        raise ROIError(f"the region of interest is not a valid geometry ({exc})") from None
+    if not np.isfinite(coords).all():
+        raise ROIError("the region of interest has coordinates that are not numbers")
+    if crs is not None and crs.is_geographic and coords.size and (
+            np.abs(coords[:, 1]).max() > 90 or np.abs(coords[:, 0]).max() > 540):
+        raise ROIError(
+            f"the region of interest has latitudes beyond 90 degrees (up to "
+            f"{np.abs(coords[:, 1]).max():g}); GeoJSON writes longitude first, "
+            "[lon, lat]: are they swapped?")
+    if not shp.is_valid:
+        shp = shapely.make_valid(shp)
+    parts = [g for g in shapely.get_parts(shp) if g.geom_type in ("Polygon", "MultiPolygon")]
+    if not parts:
+        raise ROIError(f"the region of interest must be a polygon, not {shp.geom_type}")
+    shp = shapely.union_all(parts)
+    if shp.is_empty or shp.area <= 0:
+        raise ROIError("the region of interest has no area (its polygon is a line or a "
+                       "point)")
+    return shp
+
+
+def _densified(poly: BaseGeometry, points: int = 64) -> BaseGeometry:
+    # A rectangle's edges with points along them, so that it keeps its shape
+    # reprojected (a straight edge in one CRS is a curve in another).
+    return shapely.segmentize(poly, max(poly.length / (4 * points), 1e-12))
+
+
+def _outside(shp: BaseGeometry, crs: CRS | None, grid: Grid) -> str:
+    where = _lonlat(grid.bounds, grid.crs)
+    text = f"the region of interest lies outside the before image (which covers {where})"
+    if crs is not None and crs.is_geographic:
+        swapped = shapely.transform(shp, lambda c: c[:, ::-1])
+        footprint = transform_geom(grid.crs, crs, mapping(_densified(box(*grid.bounds))))
+        if swapped.intersects(shape(footprint)):
+            text += "; with longitude and latitude swapped it would not: GeoJSON is [lon, lat]"
+    return text
 
 
 #: Offsets this close to whole pixels are whole pixels.

@@ -50,7 +50,7 @@ from changedet.errors import (
     RasterReadError,
     ROIError,
 )
-from changedet.grid import PIXEL_TRANSFORM, WGS84, Grid, translation_between
+from changedet.grid import PIXEL_TRANSFORM, WGS84, Grid, roi_polygon, translation_between
 from changedet.process import SharedSetting
 from changedet.resample import cubic_shift, cubic_support
 
@@ -1061,6 +1061,7 @@ def read_roi(path: str | os.PathLike) -> tuple[dict[str, Any], CRS]:
     ROIError
         If the file is missing, not JSON, or holds no polygon.
     """
+    import shapely
     from shapely import union_all
     from shapely.geometry import mapping, shape
 
@@ -1094,10 +1095,16 @@ def read_roi(path: str | os.PathLike) -> tuple[dict[str, Any], CRS]:
         shapes = [shape(g) for g in geoms if g]
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
         raise ROIError(f"{name}: malformed geometry ({_first_line(exc)})") from exc
-    polys = [s for s in shapes if s.geom_type in ("Polygon", "MultiPolygon") and not s.is_empty]
+    # Polygons, also those in a GeometryCollection.
+    polys = [g for s in shapes for g in shapely.get_parts(s)
+             if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_empty]
     if not polys:
         raise ROIError(f"{name}: holds no polygon")
-    geom = union_all([p if p.is_valid else p.buffer(0) for p in polys])
+    try:
+        geom = roi_polygon(mapping(union_all([roi_polygon(mapping(p), crs) for p in polys])),
+                           crs)
+    except ROIError as exc:
+        raise ROIError(f"{name}: {exc}".replace(": the region of interest", ":")) from None
     return mapping(geom), crs
 
 

@@ -325,8 +325,11 @@ def _roi_geometry(roi: Any, bbox: Sequence[float] | None) -> tuple[dict | None, 
             raise ROIError("bbox needs four numbers: west south east north")
         w, s, e, n = (float(v) for v in bbox)
         if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-            raise ROIError(f"bbox {w} {s} {e} {n} is not west south east north in "
-                           "degrees (west < east, south < north)")
+            hint = ("; it looks like latitude first: give longitudes first, as west south "
+                    f"east north ({s:g} {w:g} {n:g} {e:g}?)"
+                    if max(abs(s), abs(n)) > 90 >= max(abs(w), abs(e)) else "")
+            raise ROIError(f"bbox {w:g} {s:g} {e:g} {n:g} is not west south east north in "
+                           f"degrees (west < east, south < north){hint}")
         return mapping(box(w, s, e, n)), WGS84
     if roi is None:
         return None, None

@@ -1,10 +1,13 @@
+import json
+
 import pytest
 from affine import Affine
 from rasterio.crs import CRS
-from shapely.geometry import box, mapping
+from rasterio.warp import transform_bounds
+from shapely.geometry import box, mapping, shape
 
 from changedet.errors import InputError, NoOverlapError, ROIError
-from changedet.grid import Grid, linear_unit_factor, overlap_window, roi_window
+from changedet.grid import WGS84, Grid, linear_unit_factor, overlap_window, roi_window
 from tests.conftest import UTM, utm_transform
 
 
@@ -79,3 +82,52 @@ def test_no_overlap_in_a_local_crs_says_where_in_its_own_units():
     with pytest.raises(NoOverlapError, match=r"a.tif covers x 0 to 100, y 0 to 100 in its own "
                                              r"CRS, b.tif x 5000 to 5100"):
         overlap_window(g, (5000, 0, 5100, 100), local, names=("a.tif", "b.tif"))
+
+
+def test_roi_larger_than_the_image_is_clipped_to_it(grid):
+    # A lon/lat box around the whole image, or the whole world: clipped in
+    # lon/lat before it is projected (projected whole, it missed the image).
+    for bounds in ((-180, -90, 180, 90), (0, 0, 179, 80)):
+        w, geom = roi_window(grid, mapping(box(*bounds)), WGS84)
+        assert (w.col_off, w.row_off, w.width, w.height) == (0, 0, grid.width, grid.height)
+        assert shape(geom).contains(box(*grid.bounds).buffer(-1e-6))
+
+
+def test_roi_with_swapped_coordinates_says_so(grid):
+    w, s, e, n = transform_bounds(grid.crs, WGS84, *grid.bounds)
+    swapped = mapping(box(s, w, n, e))          # [lat, lon]
+    with pytest.raises(ROIError, match=r"GeoJSON writes longitude first, \[lon, lat\]"):
+        roi_window(grid, swapped, WGS84)
+
+
+def test_self_intersecting_roi_is_repaired_not_halved(grid):
+    # A bow-tie: buffer(0) kept one lobe; make_valid keeps both.
+    left, bottom, right, top = grid.bounds
+    x0, y0, x1, y1 = left + 10, bottom + 10, left + 30, bottom + 30
+    bowtie = {"type": "Polygon", "coordinates": [[(x0, y0), (x1, y1), (x1, y0), (x0, y1),
+                                                  (x0, y0)]]}
+    _, geom = roi_window(grid, bowtie, UTM)
+    assert shape(geom).area == pytest.approx(200.0)      # two triangles of 100 m²
+    assert shape(geom).bounds == (x0, y0, x1, y1)
+
+
+@pytest.mark.parametrize("geom, message", [
+    ({"type": "Polygon", "coordinates": [[(0, 0), (1, 0), (0, 0), (0, 0)]]}, "polygon"),
+    ({"type": "Polygon", "coordinates": [[(0, 0), (float("nan"), 0), (1, 1), (0, 0)]]},
+     "not numbers"),
+])
+def test_roi_without_an_area_is_an_roi_error(grid, geom, message):
+    with pytest.raises(ROIError, match=message):
+        roi_window(grid, geom, UTM)
+
+
+def test_polygon_inside_a_geometry_collection_is_a_region(tmp_path):
+    from changedet.io import read_roi
+
+    poly = {"type": "Polygon", "coordinates": [[[125.75, 39.01], [125.76, 39.01],
+                                                [125.76, 39.02], [125.75, 39.01]]]}
+    p = tmp_path / "gc.geojson"
+    p.write_text(json.dumps({"type": "GeometryCollection", "geometries": [
+        poly, {"type": "Point", "coordinates": [125.7, 39.0]}]}))
+    geom, _ = read_roi(p)
+    assert geom["type"] == "Polygon"
