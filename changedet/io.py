@@ -1110,6 +1110,17 @@ def read_roi(path: str | os.PathLike) -> tuple[dict[str, Any], CRS]:
 
 # -- outputs ---------------------------------------------------------------
 
+#: Longest file or folder name most file systems take, in bytes.
+_MAX_NAME_BYTES = 255
+
+
+def _temp_prefix(path: Path) -> str:
+    # A hidden temporary beside `path`, named after it: at most 64 of its
+    # characters, so that a long but legal name (255 bytes) stays legal
+    # with the temporary's additions.
+    return f".{path.name[:64]}."
+
+
 def check_output_path(path: str | os.PathLike, *, overwrite: bool = False,
                       inputs: Iterable[Any] = ()) -> Path:
     """Check that `path` can be written, before any work is done.
@@ -1123,6 +1134,11 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = False,
         missing or not writable.
     """
     p = Path(path)
+    too_long = [part for part in p.parts if len(os.fsencode(part)) > _MAX_NAME_BYTES]
+    if too_long:
+        raise OutputError(f"{p}: the name {too_long[0][:40]}... is longer than "
+                          f"{_MAX_NAME_BYTES} bytes, more than file systems allow; "
+                          "choose a shorter one")
     for src in inputs:
         if isinstance(src, (str, os.PathLike)) and "://" not in os.fspath(src):
             if os.path.abspath(src) == os.path.abspath(p) or (
@@ -1152,8 +1168,11 @@ def check_output_paths(paths: Iterable[str | os.PathLike | None], *, overwrite: 
         As :func:`check_output_path`.
     """
     given = [p for p in paths if p is not None]
-    if len({os.path.abspath(p) for p in given}) < len(given):
-        raise OutputError("the same path is given for two outputs; give each its own")
+    seen: dict[str, Any] = {}
+    for p in given:
+        if seen.setdefault(os.path.abspath(p), p) is not p:
+            raise OutputError(f"{p}: the same path is given for two outputs; give each "
+                              "its own")
     inputs = list(inputs)
     for path in given:
         check_output_path(path, overwrite=overwrite, inputs=inputs)
@@ -1168,7 +1187,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False,
     interrupted write leaves neither a partial file nor a changed `path`.
     """
     p = check_output_path(path, overwrite=overwrite, inputs=inputs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(p), suffix=".part", dir=p.parent or ".")
     os.close(fd)
     try:
         yield tmp
@@ -1470,7 +1489,7 @@ class RasterBlockWriter:
             raise ValueError("overviews by a reduce function are made for one band of a "
                              "sparse raster only")
         self._lock = threading.Lock()
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part.tif",
+        fd, self._tmp = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=".part.tif",
                                          dir=self.path.parent)
         os.close(fd)
         profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=count,
@@ -1562,7 +1581,7 @@ class RasterBlockWriter:
         # tiles were written (elsewhere every level is 0).
         src, (h, w), touched = self._tmp, self.grid.shape, self._touched
         while h > _TILE or w > _TILE:
-            fd, dst = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".ovr.tif",
+            fd, dst = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=".ovr.tif",
                                        dir=self.path.parent)
             os.close(fd)
             levels.append(dst)

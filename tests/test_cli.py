@@ -197,3 +197,24 @@ def test_progress_reports_blocks_and_time_left():
     silent = Progress(enabled=False)
     silent("blocks", 1, 2)  # nothing to assert but that it is quiet and does not fail
     assert not silent.enabled and _io is not None
+
+
+def test_interrupt_while_drawing_pictures_says_what_was_written(tmp_path, monkeypatch):
+    # The GeoJSON and class raster are complete by then: the message must
+    # not say that nothing was written.
+    import changedet.quicklook as quicklook
+    from tests.conftest import SAMPLE
+
+    before, after = str(SAMPLE / "square_before.tif"), str(SAMPLE / "square_after.tif")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quicklook, "read_previews", interrupted)
+    out, mask, look = tmp_path / "c.geojson", tmp_path / "c.tif", tmp_path / "q.png"
+    r = CliRunner().invoke(main, ["diff", before, after, "-o", str(out), "--mask", str(mask),
+                                  "--quicklook", str(look)])
+    assert r.exit_code == 130
+    assert r.stderr.strip() == (f"Interrupted while drawing the pictures; {out}, {mask} "
+                                "written, no picture.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.geojson", "c.tif"]

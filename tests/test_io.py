@@ -813,3 +813,15 @@ def test_read_warped_nodata_in_one_band_is_invalid(tmp_path):
         _, invalid = io.read_warped(ds, io.image_info(ds).grid)
     assert window_invalid[200, 40]
     assert invalid[200, 40]
+
+
+def test_long_output_names_work_and_too_long_ones_are_output_errors(tmp_path):
+    # The temporary beside an output was named after all of it: a legal name
+    # of 250 bytes made an illegal temporary (an internal error).
+    from changedet.errors import OutputError
+
+    long = tmp_path / ("x" * 246 + ".geojson")
+    io.write_text(long, ["{}"])
+    assert long.read_text() == "{}" and sorted(tmp_path.iterdir()) == [long]
+    with pytest.raises(OutputError, match="longer than 255 bytes"):
+        io.check_output_path(tmp_path / ("y" * 256 + ".geojson"))

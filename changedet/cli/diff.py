@@ -126,9 +126,17 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
         if progress is not None:
             progress.close()
     if pictures:
-        _write_pictures(summary, before, after, quicklook_path, report_path, rgb=rgb,
-                        geojson_name=os.path.basename(output) if output else "changes.geojson",
-                        overwrite=overwrite)
+        try:
+            _write_pictures(summary, before, after, quicklook_path, report_path, rgb=rgb,
+                            geojson_name=os.path.basename(output) if output else
+                            "changes.geojson", overwrite=overwrite)
+        except KeyboardInterrupt:
+            # The results are written and whole by now: say so, rather than
+            # "no output was written".
+            done = ", ".join(p for p in (output, mask_path, score_path) if p)
+            click.echo(f"Interrupted while drawing the pictures; {done or 'the GeoJSON'} "
+                       "written, no picture.", err=True)
+            raise click.exceptions.Exit(130) from None
     if not quiet():
         counts = summary.counts
         parts = ", ".join(f"{counts[k]} {k}" for k in ("appeared", "disappeared", "changed")
