@@ -24,6 +24,7 @@ __all__ = [
     "PixelSpaceWarning",
     "ResolutionMismatchWarning",
     "LargeChangeWarning",
+    "DateOrderWarning",
 ]
 
 
@@ -85,3 +86,7 @@ class LargeChangeWarning(ChangeDetWarning):
     It is complete, but its outline near the tiles' seams and its attributes are
     as the tiles saw it, not exactly what one window holding it would give.
     """
+
+
+class DateOrderWarning(ChangeDetWarning):
+    """The before image is dated later than the after image: the two may be swapped."""

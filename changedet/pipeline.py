@@ -46,6 +46,7 @@ from changedet.direction import CLASS_NAMES, NODATA_CLASS, default_gradient_floo
 from changedet.errors import (
     BandMismatchError,
     ChangeDetError,
+    DateOrderWarning,
     InputError,
     PixelSpaceWarning,
     ResolutionMismatchWarning,
@@ -737,6 +738,7 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
             progress(stage, 0, 1)
 
     with small_pages(), _open(before, after) as opened:
+        _check_date_order(before, after, opened)
         # The estimation parallelises itself (reads beside fits, IR-MAD's
         # regressions on a pool); numpy's BLAS would add a spinning thread
         # per core to each small product, measured 0.2 s slower on two cores.
@@ -753,6 +755,24 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
 
         yield prep, run
     report("done")
+
+
+def _check_date_order(before: io.RasterSource, after: io.RasterSource, opened: _Opened,
+                      ) -> None:
+    # The dates the images carry (tags, else file names): a before image
+    # dated after the after image is most likely a swapped pair, whose
+    # appeared and disappeared would be the wrong way round.
+    from changedet.series import acquisition_date
+
+    try:
+        db, da = acquisition_date(before), acquisition_date(after)
+    except ChangeDetError:
+        return
+    if db and da and len(db) == len(da) and db > da:
+        warnings.warn(
+            f"{opened.binfo.name} is dated {db}, later than {opened.ainfo.name} ({da}): "
+            "are BEFORE and AFTER swapped? 'appeared' means in the second image only",
+            DateOrderWarning, stacklevel=4)
 
 
 def _run_options(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -218,3 +218,16 @@ def test_interrupt_while_drawing_pictures_says_what_was_written(tmp_path, monkey
     assert r.stderr.strip() == (f"Interrupted while drawing the pictures; {out}, {mask} "
                                 "written, no picture.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.geojson", "c.tif"]
+
+
+def test_swapped_dates_are_warned_about(sample, tmp_path):
+    # The sample tiles carry their acquisition dates: given the later one as
+    # BEFORE, appeared and disappeared come out the wrong way round.
+    before, after = sample
+    out = str(tmp_path / "c.geojson")
+    r = CliRunner().invoke(main, ["diff", after, before, "-o", out])
+    assert r.exit_code == 0, r.output
+    assert (f"Warning: {after} is dated 2026-10-15, later than {before} (2026-10-08): are "
+            "BEFORE and AFTER swapped?") in r.stderr
+    r = CliRunner().invoke(main, ["diff", before, after, "-o", out, "--overwrite"])
+    assert r.exit_code == 0 and "Warning" not in r.stderr
