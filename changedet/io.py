@@ -381,6 +381,8 @@ def image_info(ds: DatasetReader, name: str | None = None) -> ImageInfo:
     alpha = _alpha_band(ds)
     if alpha is not None:
         _check_alpha(ds, alpha, name or _name(ds))
+    if ds.crs is None:
+        _check_not_placed_otherwise(ds, name or _name(ds))
     return ImageInfo(
         name=name or _name(ds),
         grid=_grid(ds),
@@ -390,6 +392,23 @@ def image_info(ds: DatasetReader, name: str | None = None) -> ImageInfo:
         block_shape=tuple(ds.block_shapes[0]) if ds.block_shapes else (256, ds.width),
         alpha=alpha,
     )
+
+
+def _check_not_placed_otherwise(ds: DatasetReader, name: str) -> None:
+    # No grid, but ground control points or a sensor model (RPCs) place the
+    # image: comparing it pixel for pixel would be wrong. Say how to put it
+    # on a grid.
+    gcps, _ = ds.gcps
+    if gcps:
+        raise InputError(
+            f"{name}: is placed by {len(gcps)} ground control points, not on a grid; warp it "
+            f"onto one first (e.g. gdalwarp -r cubic {name} warped.tif, or QGIS's "
+            "Georeferencer), then compare the warped file")
+    if ds.rpcs:
+        raise InputError(
+            f"{name}: is placed by a sensor model (RPCs), not on a grid; orthorectify it "
+            f"first (e.g. gdalwarp -rpc -r cubic {name} ortho.tif, with a DEM for relief), "
+            "then compare the result")
 
 
 def _grid(ds: DatasetReader) -> Grid:

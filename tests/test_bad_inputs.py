@@ -345,3 +345,17 @@ def test_rgb_without_pictures_warns_that_it_does_nothing(tmp_path):
                                   "--rgb", "3,2,1"])
     assert r.exit_code == 0, r.output
     assert "Warning: --rgb only chooses the bands of --quicklook and --report" in r.stderr
+
+
+def test_image_placed_by_ground_control_points_says_to_warp_it(tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    p = flat_pair(0, shape=(96, 96))
+    gcps = [GroundControlPoint(row=r, col=c, x=738180 + 0.5 * c, y=4322620 - 0.5 * r)
+            for r, c in ((0, 0), (0, 95), (95, 0), (95, 95))]
+    with rasterio.open(tmp_path / "gcp.tif", "w", driver="GTiff", width=96, height=96,
+                       count=3, dtype="uint8", gcps=gcps, crs="EPSG:32651") as dst:
+        dst.write(p.after)
+    r = CliRunner().invoke(main, ["diff", BEFORE, str(tmp_path / "gcp.tif")])
+    assert r.exit_code == 1
+    assert "gcp.tif: is placed by 4 ground control points, not on a grid; warp it" in r.stderr
