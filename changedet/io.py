@@ -1166,7 +1166,8 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = False,
     if p.is_dir():
         raise OutputError(f"{p}: is a folder, not a file")
     if p.exists() and not overwrite:
-        raise OutputExistsError(f"{p}: already exists; use --overwrite to replace it")
+        raise OutputExistsError(f"{p}: already exists; use --overwrite to replace it "
+                                f"(overwrite=True in Python)")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{p}: folder {parent} does not exist")
@@ -1187,11 +1188,12 @@ def check_output_paths(paths: Iterable[str | os.PathLike | None], *, overwrite: 
         As :func:`check_output_path`.
     """
     given = [p for p in paths if p is not None]
-    seen: dict[str, Any] = {}
+    seen: set[str] = set()
     for p in given:
-        if seen.setdefault(os.path.abspath(p), p) is not p:
+        if os.path.abspath(p) in seen:
             raise OutputError(f"{p}: the same path is given for two outputs; give each "
                               "its own")
+        seen.add(os.path.abspath(p))
     inputs = list(inputs)
     for path in given:
         check_output_path(path, overwrite=overwrite, inputs=inputs)

@@ -94,6 +94,8 @@ def centroids_lonlat(result: ChangeResult) -> list[tuple[float, float] | None]:
         from changedet.grid import WGS84
 
         xs, ys = transform(result.grid.crs, WGS84, xs, ys)
+    else:
+        ys = [-y for y in ys]   # pixel space's y is -row
     it = iter(zip(xs, ys, strict=True))
     return [next(it) if p is not None else None for p in pts]
 

@@ -164,3 +164,28 @@ def test_picture_polygons_match_the_previews(sample_result):
     ratio = polys[0][0].area / (result.geometries[0].area / 0.25)
     assert ratio == pytest.approx(pv.scale ** 2, rel=1e-6)
     assert np.isfinite(ratio)
+
+
+def test_pixel_space_centroids_are_column_and_row(tmp_path):
+    # Pixel-space polygons have y = -row; the report's "col, row" showed the
+    # negative y.
+    import warnings
+
+    from PIL import Image
+
+    import changedet
+    from changedet.report import centroids_lonlat
+    from tests.conftest import flat_pair
+
+    p = flat_pair(0)
+    Image.fromarray(p.before.transpose(1, 2, 0)).save(tmp_path / "b.png")
+    Image.fromarray(p.after.transpose(1, 2, 0)).save(tmp_path / "a.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", changedet.PixelSpaceWarning)
+        result = changedet.detect(tmp_path / "b.png", tmp_path / "a.png")
+    cents = centroids_lonlat(result)
+    assert cents and all(0 < c < 256 and 0 < r < 256 for c, r in cents)
+    rows, cols = np.nonzero(p.truth == 2)          # the one structure removed
+    (c, r), = [cr for cr, q in zip(cents, result.properties, strict=True)
+               if q["change"] == "disappeared"]
+    assert abs(c - cols.mean()) < 2 and abs(r - rows.mean()) < 2

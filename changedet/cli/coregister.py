@@ -70,5 +70,7 @@ def coregister(before: str, after: str, local: bool, output: str | None,
                  f"rotation {info['rotation_deg']:+.4f} deg, RMSE {a.rmse:.3f} px"
                  if a.model == "affine" else "")
         note = f"; {a.note}" if a.note else ""
-        click.echo(f"shift {s.x:+.3f}, {s.y:+.3f} px{metres}, reliability {s.reliability:.2f}"
+        click.echo(f"shift {s.x:+.3f}, {s.y:+.3f} px{metres}, "
+                   f"{'reliable' if s.reliable else 'NOT reliable'} (agreement score "
+                   f"{s.reliability:.2f} of 1)"
                    f"{model}{note}{'; wrote ' + output if output else ''}", err=True)

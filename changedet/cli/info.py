@@ -57,8 +57,8 @@ def format_info(info: PairInfo) -> str:
         if info.shift_m is not None:
             text += f" = {info.shift_m[0]:+.2f} m east, {info.shift_m[1]:+.2f} m north"
         lines.append(text)
-        lines.append(f"             reliability {s.reliability:.2f} "
-                     f"({'reliable' if s.reliable else 'NOT reliable'}; peak-to-sidelobe "
+        lines.append(f"             {'reliable' if s.reliable else 'NOT reliable'} "
+                     f"(agreement score {s.reliability:.2f} of 1; peak-to-sidelobe "
                      f"ratio {s.psr:.1f})")
     for note in info.notes:
         lines.append(f"note: {note}")
