@@ -249,6 +249,9 @@ def _open_path(path: str) -> DatasetReader:
         with quiet_not_georeferenced():
             return rasterio.open(path)
     except RasterioError as exc:
+        if os.path.isdir(path):
+            raise RasterReadError(f"{path}: is a folder, not an image; give an image file "
+                                  "in it") from exc
         raise RasterReadError(f"{path}: cannot be read as a raster: not an image GDAL knows, "
                               f"or truncated or corrupt ({_first_line(exc)})") from exc
 
@@ -1520,7 +1523,9 @@ class RasterBlockWriter:
                        zlevel=1, predictor=predictor, BIGTIFF="IF_SAFER",
                        SPARSE_OK=(fill == 0))
         try:
-            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            # A pixel-space grid's transform (x = column, y = -row) is what
+            # rasterio warns GDAL may not save: changedet has said so already.
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), quiet_not_georeferenced():
                 self._ds = rasterio.open(self._tmp, "w+", **profile)
             if fill != 0:
                 self._fill(fill, dtype)

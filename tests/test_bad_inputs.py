@@ -43,6 +43,11 @@ def not_a_raster(d):
     return [BEFORE, str(d / "notes.tif")], "notes.tif: cannot be read as a raster"
 
 
+def folder_as_input(d):
+    (d / "tiles").mkdir()
+    return [BEFORE, str(d / "tiles")], "tiles: is a folder, not an image"
+
+
 def truncated_raster(d):
     # A COG keeps its directory first: it opens, and fails while reading.
     rasterio.shutil.copy(AFTER, d / "cut.tif", driver="COG", compress="deflate")
@@ -176,7 +181,7 @@ def several_rasters_in_one_file(d):
     return [BEFORE, str(d / "two.gpkg")], "holds 2 rasters (subdatasets), not one; give one"
 
 
-CASES = [missing_file, not_a_raster, truncated_raster, truncated_header, complex_dtype,
+CASES = [missing_file, not_a_raster, folder_as_input, truncated_raster, truncated_header, complex_dtype,
          band_counts_differ, no_overlap, overlap_too_small, one_date_all_nodata,
          georeferenced_with_plain, plain_images_of_other_sizes, pixel_sizes_50x_apart,
          roi_outside, roi_malformed, roi_not_a_polygon, bbox_on_plain_images,
@@ -246,9 +251,14 @@ def test_plain_images_work_in_pixel_space(tmp_path):
     p = flat_pair(0)
     Image.fromarray(p.before.transpose(1, 2, 0)).save(tmp_path / "b.png")
     Image.fromarray(p.after.transpose(1, 2, 0)).save(tmp_path / "a.png")
-    r = CliRunner().invoke(main, ["diff", str(tmp_path / "b.png"), str(tmp_path / "a.png")])
+    r = CliRunner().invoke(main, ["diff", str(tmp_path / "b.png"), str(tmp_path / "a.png"),
+                                  "--mask", str(tmp_path / "m.tif")])
     assert r.exit_code == 0, r.output
-    assert "Warning:" in r.stderr and "not lon/lat" in r.stderr
+    # One warning: not also rasterio's about writing the class raster's
+    # pixel-space transform.
+    assert r.stderr.count("Warning:") == 1 and "not lon/lat" in r.stderr
+    with rasterio.open(tmp_path / "m.tif") as m:
+        assert m.shape == (256, 256) and (m.read(1) == 1).sum() > 100
     fc = json.loads(r.stdout)
     assert fc["changedet"]["coordinates"].startswith("pixels")
     assert len(fc["features"]) == 3
