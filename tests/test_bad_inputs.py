@@ -181,7 +181,8 @@ def several_rasters_in_one_file(d):
     return [BEFORE, str(d / "two.gpkg")], "holds 2 rasters (subdatasets), not one; give one"
 
 
-CASES = [missing_file, not_a_raster, folder_as_input, truncated_raster, truncated_header, complex_dtype,
+CASES = [missing_file, not_a_raster, folder_as_input, truncated_raster, truncated_header,
+         complex_dtype,
          band_counts_differ, no_overlap, overlap_too_small, one_date_all_nodata,
          georeferenced_with_plain, plain_images_of_other_sizes, pixel_sizes_50x_apart,
          roi_outside, roi_malformed, roi_not_a_polygon, bbox_on_plain_images,

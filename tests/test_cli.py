@@ -231,3 +231,22 @@ def test_swapped_dates_are_warned_about(sample, tmp_path):
             "BEFORE and AFTER swapped?") in r.stderr
     r = CliRunner().invoke(main, ["diff", before, after, "-o", out, "--overwrite"])
     assert r.exit_code == 0 and "Warning" not in r.stderr
+
+
+def test_quiet_silences_gdal_s_own_warnings_too(shared_data, tmp_path):
+    # GDAL prints "Warning 1: TIFFReadDirectory: ..." for these Landsat
+    # composites straight to stderr, from threads rasterio's handler does
+    # not cover: -q must silence it as it does changedet's own (a separate
+    # process: GDAL writes to the file descriptor, past click's capture).
+    import subprocess
+    import sys
+
+    folder = shared_data / "timeseries" / "landsat"
+    cmd = [sys.executable, "-c", "from changedet.cli import main; main()", "diff",
+           str(folder / "1985.tif"), str(folder / "1990.tif"), "-o",
+           str(tmp_path / "c.geojson")]
+    loud = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "Warning 1: TIFFReadDirectory" in loud.stderr
+    quiet = subprocess.run([*cmd, "--overwrite", "-q"], capture_output=True, text=True,
+                           check=True)
+    assert quiet.stderr == ""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import os
 import sys
 import time
 import traceback
@@ -305,6 +307,17 @@ def configure_logging(verbose: int, quiet: int) -> None:
         logger.propagate = False
 
 
+def _gdal_quiet(quiet: int) -> contextlib.AbstractContextManager[Any]:
+    # GDAL prints its own warnings about a file ("Warning 1: TIFFReadDirectory
+    # ...") from threads rasterio's handler does not cover: with -q they go to
+    # the null device (GDAL's CPL_LOG, read when it first has one to print).
+    if not quiet:
+        return contextlib.nullcontext()
+    import rasterio
+
+    return rasterio.Env(CPL_LOG=os.devnull)
+
+
 def handle_errors(f: F) -> F:
     """Turn library errors into one line on stderr and exit code 1.
 
@@ -323,7 +336,7 @@ def handle_errors(f: F) -> F:
             # The command line shows changedet's warnings (on stderr, through
             # logging); a caller's warning filters must not turn them into
             # failures.
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _gdal_quiet(quiet):
                 warnings.simplefilter("always", ChangeDetWarning)
                 warnings.showwarning = _show_warning
                 return f(*args, **kwargs)
