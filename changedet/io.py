@@ -172,6 +172,11 @@ def open_raster(src: RasterSource) -> Iterator[DatasetReader]:
         with raster_memfile(src) as mem, mem.open() as ds:
             yield ds
         return
+    if not isinstance(src, (str, os.PathLike)):
+        wrap = (" (wrap an array with its georeferencing: changedet.Raster(array, "
+                "transform=..., crs=...))" if isinstance(src, np.ndarray) else "")
+        raise InputError(f"an input must be a file path, an open rasterio dataset or a "
+                         f"changedet.Raster, not {type(src).__name__}{wrap}")
     path = os.fspath(src)
     name = os.path.basename(path) or path
     if is_local_path(path) and not os.path.exists(path):

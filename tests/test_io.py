@@ -825,3 +825,12 @@ def test_long_output_names_work_and_too_long_ones_are_output_errors(tmp_path):
     assert long.read_text() == "{}" and sorted(tmp_path.iterdir()) == [long]
     with pytest.raises(OutputError, match="longer than 255 bytes"):
         io.check_output_path(tmp_path / ("y" * 256 + ".geojson"))
+
+
+def test_a_bare_array_input_says_to_wrap_it():
+    import changedet
+
+    a = np.zeros((3, 64, 64), np.uint8)
+    with pytest.raises(changedet.InputError, match=r"not ndarray \(wrap an array with its "
+                                                   r"georeferencing: changedet.Raster"):
+        changedet.detect(a, a)
