@@ -664,7 +664,7 @@ class TileReader:
     """Windows of one raster assembled from its tiles, each decoded once.
 
     A block read with a halo touches more tiles than its core holds (a
-    1024-pixel block with a 48-pixel halo on 512-pixel tiles decodes 16
+    1024-pixel block with a 24-pixel halo on 512-pixel tiles decodes 16
     tiles for 4), and its neighbours decode the same tiles again. A
     ``TileReader`` keeps the most recently used decoded tiles, up to
     `max_bytes`, shared by all threads, so blocks visited in order decode

@@ -77,9 +77,12 @@ DEFAULT_BLOCK_SIZE = 1024
 #: the first pass; larger ones a block cuts, in the second. Every pixel of a
 #: halo is read, resampled and scored again by the neighbouring block:
 #: 96 px made a 1024 px block's window 41 % larger than its core, 48 px
-#: makes it 20 %, 7 % faster end to end on the benchmark pairs (also one
-#: with a structure in every tile, cut by the seams), the same polygons.
-DEFAULT_HALO = 48
+#: 20 % (7 % faster end to end), 24 px 10 %: on the 8192 px benchmark
+#: pair 7.2 s against 7.6 s (12.6 CPU-s against 13.2), with 3000
+#: structures 43.9 s against 47.1 s (more of them go to the second pass:
+#: 860 MB at peak against 790), the flood the same; the same polygons.
+#: (Never below the plan's own need, Plan.halo: about 18 px.)
+DEFAULT_HALO = 24
 
 #: GDAL's block cache during the block stage, MB, unless the user sets
 #: GDAL_CACHEMAX: the decoded tiles are kept by the runner's TileReaders,

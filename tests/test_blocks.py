@@ -228,13 +228,13 @@ def _small_windows(monkeypatch, limit, halo=None):
         monkeypatch.setattr(runner, "DEFAULT_HALO", halo)
 
 
-@pytest.mark.parametrize("limit, halo", [(150, 96), (270, None)], ids=["halo-96", "default-halo"])
+@pytest.mark.parametrize("limit, halo", [(150, 96), (270, 48)], ids=["halo-96", "halo-48"])
 def test_a_region_too_large_for_one_window_is_processed_in_tiles(scene, reference,
                                                                  monkeypatch, limit, halo):
     import changedet.runner as runner
 
     # Windows of at most 256 px (tiles with 64 px cores and 96 px margins),
-    # or 270 px with the default halo (174 px cores, 48 px margins): the
+    # or 270 px with a 48 px halo (174 px cores, 48 px margins): the
     # second pass's region around the 200 x 120 px structure is too large
     # for one, so it goes through tiles; one of them holds the structure
     # whole, so the result is exactly the in-memory one, and no piece is
