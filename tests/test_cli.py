@@ -250,3 +250,14 @@ def test_quiet_silences_gdal_s_own_warnings_too(shared_data, tmp_path):
     quiet = subprocess.run([*cmd, "--overwrite", "-q"], capture_output=True, text=True,
                            check=True)
     assert quiet.stderr == ""
+
+
+def test_output_names_that_say_another_format_are_warned_about(sample, tmp_path):
+    before, after = sample
+    look, mask = tmp_path / "look.jpg", tmp_path / "mask.png"
+    r = CliRunner().invoke(main, ["diff", before, after, "-o", str(tmp_path / "c.geojson"),
+                                  "--mask", str(mask), "--quicklook", str(look)])
+    assert r.exit_code == 0, r.output
+    assert f"Warning: {look}: is written as a PNG; name it .png" in r.stderr
+    assert f"Warning: {mask}: is written as a GeoTIFF; name it .tif" in r.stderr
+    assert look.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

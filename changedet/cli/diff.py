@@ -101,6 +101,9 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
     # diff() checks every output, pictures included, before it works; the
     # pictures' bands are checked here, so a bad --rgb costs nothing.
     pictures = bool(quicklook_path or report_path)
+    _check_suffixes({output: (".geojson", ".json"), mask_path: (".tif", ".tiff"),
+                     score_path: (".tif", ".tiff"), quicklook_path: (".png",),
+                     report_path: (".html", ".htm")})
     if rgb is not None:
         if pictures:
             from changedet.quicklook import check_rgb
@@ -146,6 +149,18 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
                  f"shift {s.x:+.2f}, {s.y:+.2f} px" if s.reliable else "no reliable shift")
         click.echo(f"{summary.count} change(s){': ' + parts if parts else ''}; {shift}"
                    f"{'; wrote ' + output if output else ''}", err=True)
+
+
+def _check_suffixes(expected: dict[str | None, tuple[str, ...]]) -> None:
+    # What is written is what the option says (a PNG for --quicklook, a
+    # GeoTIFF for --mask), whatever the name: warn when the name says
+    # otherwise, since viewers go by it.
+    kinds = {".png": "a PNG", ".tif": "a GeoTIFF", ".geojson": "GeoJSON", ".html": "HTML"}
+    for path, suffixes in expected.items():
+        if path and os.path.splitext(path)[1].lower() not in suffixes:
+            warnings.warn(f"{path}: is written as {kinds[suffixes[0]]}; name it "
+                          f"{suffixes[0]} so that viewers open it as one", ChangeDetWarning,
+                          stacklevel=1)
 
 
 def _write_pictures(result: DiffSummary, before: str, after: str, quicklook_path: str | None,
