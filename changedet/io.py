@@ -1730,6 +1730,8 @@ class GeoJSONWriter:
                 _open_atomic(path, "w", overwrite=overwrite, inputs=inputs))
         self.count = 0
         self._bounds = [np.inf, np.inf, -np.inf, -np.inf]
+        #: Longitude range in [0, 360), when given: lon/lat features.
+        self._east: list[float] | None = None
         text = json.dumps({"type": "FeatureCollection", **head}, ensure_ascii=False,
                           separators=(",", ":"), allow_nan=False)
         self._write(text[:-1] + ',"features":[')
@@ -1742,21 +1744,33 @@ class GeoJSONWriter:
             raise OutputError(f"{self._path or 'output'}: could not write "
                               f"({exc.strerror or exc})") from exc
 
-    def write(self, feature: dict[str, Any], bounds: Sequence[float]) -> None:
-        """Append one feature whose geometry has the given lon/lat bounds."""
+    def write(self, feature: dict[str, Any], bounds: Sequence[float],
+              east: Sequence[float] | None = None) -> None:
+        """Append one feature whose geometry has the given bounds.
+
+        For lon/lat features, `east` is also their longitude range in [0,
+        360) (:func:`changedet.geojson.east_extent`), so that a collection
+        across the antimeridian gets a bbox with west > east.
+        """
         text = json.dumps(feature, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         self._write(("\n" if self.count == 0 else ",\n") + text)
         self.count += 1
         b = self._bounds
         b[0], b[1] = min(b[0], bounds[0]), min(b[1], bounds[1])
         b[2], b[3] = max(b[2], bounds[2]), max(b[3], bounds[3])
+        if east is not None:
+            e = self._east = self._east or [np.inf, -np.inf]
+            e[0], e[1] = min(e[0], east[0]), max(e[1], east[1])
 
     def close(self, decimals: int = 7) -> None:
         """Finish the collection (with its bbox) and publish the file."""
+        from changedet.geojson import lonlat_bbox
+
         tail = "\n]"
         if self.count:
-            tail += ',"bbox":' + json.dumps([round(float(v), decimals) + 0.0
-                                             for v in self._bounds], separators=(",", ":"))
+            box = self._bounds if self._east is None else lonlat_bbox(self._bounds, self._east)
+            tail += ',"bbox":' + json.dumps([round(float(v), decimals) + 0.0 for v in box],
+                                            separators=(",", ":"))
         self._write(tail + "}\n")
         if self._path is None:
             self._f.flush()

@@ -54,7 +54,13 @@ from changedet.errors import (
     UnreliableShiftWarning,
 )
 from changedet.features import band_stats, gradient_magnitude
-from changedet.geojson import feature, feature_collection, to_wgs84
+from changedet.geojson import (
+    east_extent,
+    feature,
+    feature_collection,
+    lonlat_bbox,
+    to_wgs84,
+)
 from changedet.grid import WGS84, Grid, overlap_window, resampling_for, roi_window
 from changedet.process import FILTER_SWAPS
 from changedet.radiometry import (
@@ -143,8 +149,12 @@ class _Features:
             import shapely
 
             # total_bounds swaps the warning filters (see FILTER_SWAPS).
+            geoms = [shape(f["geometry"]) for f in feats]
             with FILTER_SWAPS:
-                bbox = shapely.total_bounds([shape(f["geometry"]) for f in feats]).tolist()
+                bbox = shapely.total_bounds(geoms).tolist()
+            if self.grid.crs is not None:
+                ranges = np.array([east_extent(g) for g in geoms])
+                bbox = lonlat_bbox(bbox, (ranges[:, 0].min(), ranges[:, 1].max()))
         return feature_collection(feats, bbox=bbox, metadata=self.metadata)
 
     def to_geojson(self, path: str | os.PathLike | None = None, *,
@@ -706,7 +716,8 @@ class _FileSink(Sink):
     def _write(self, obj: ChangeObject, geom: BaseGeometry | None) -> None:
         self.count += 1
         if self.features is not None and geom is not None:
-            self.features.write(feature(self.count, geom, obj.properties), geom.bounds)
+            self.features.write(feature(self.count, geom, obj.properties), geom.bounds,
+                                None if self.grid.crs is None else east_extent(geom))
         self.counts[obj.properties["change"]] += 1
         self.changed_pixels += int(obj.properties["pixels"])
         if self.collect:

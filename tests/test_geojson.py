@@ -129,3 +129,49 @@ def test_empty_collection_has_no_bbox():
 def test_geometry_dict_has_plain_lists():
     d = geometry_dict(Polygon([(0.123456789, 0), (1, 0), (1, 1)]))
     assert d["coordinates"][0][0] == [0.1234568, 0.0]
+
+
+def test_longitudes_past_180_are_cut_and_moved():
+    # An EPSG:4326 image extending past 180 degrees: GDAL has nothing to cut
+    # (the CRS is already lon/lat), and longitudes of 180.0001 were written.
+    from changedet.grid import WGS84
+
+    sq = Polygon([(179.9999, 10), (180.0002, 10), (180.0002, 10.0003), (179.9999, 10.0003)])
+    (out,) = to_wgs84([sq], WGS84)
+    assert out.geom_type == "MultiPolygon"
+    xs = [x for p in out.geoms for x, _ in p.exterior.coords]
+    assert min(xs) == pytest.approx(-180) and max(xs) == pytest.approx(180)
+    assert {round(x, 7) for x in xs if abs(x) < 180} == {-179.9998, 179.9999}
+    assert sum(p.area for p in out.geoms) == pytest.approx(sq.area, rel=1e-6)
+
+
+def test_bbox_across_the_antimeridian_has_west_greater_than_east(tmp_path):
+    # RFC 7946 section 5.2: a collection lying across the antimeridian has
+    # a bbox from its western edge (near +180) to its eastern (near -180),
+    # not one spanning the globe. A UTM 60S image over 180 degrees, with a
+    # structure on each side and one across.
+    import numpy as np
+    from affine import Affine
+    from rasterio.warp import transform
+
+    from tests.conftest import write_tif
+
+    (x,), (y,) = transform("EPSG:4326", "EPSG:32760", [180.0], [-17.0])
+    x0, y0 = round(x) - 1500, round(y) + 1500
+    rng = np.random.default_rng(0)
+    before = rng.normal(100, 4, (3, 300, 300)).astype(np.float32)
+    after = before + rng.normal(0, 2, before.shape).astype(np.float32)
+    for r, c in ((100, 60), (100, 140), (180, 200)):   # west, across, east of 180
+        after[:, r:r + 30, c:c + 30] += 80
+    t = Affine(10, 0, x0, 0, -10, y0)
+    b = write_tif(tmp_path / "b.tif", before, transform=t, crs="EPSG:32760")
+    a = write_tif(tmp_path / "a.tif", after, transform=t, crs="EPSG:32760")
+    result = changedet.detect(b, a, coreg="none")
+    fc = result.__geo_interface__
+    assert len(fc["features"]) == 3
+    assert any(f["geometry"]["type"] == "MultiPolygon" for f in fc["features"])
+    west, _, east, _ = fc["bbox"]
+    assert 179 < west < 180 and -180 < east < -179
+    summary = changedet.diff(b, a, tmp_path / "c.geojson", coreg="none")
+    assert summary.count == 3
+    assert json.loads((tmp_path / "c.geojson").read_text())["bbox"] == fc["bbox"]
