@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 import shapely
+import shapely.affinity
 from affine import Affine
+from numpy.typing import NDArray
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import CRSError
-from rasterio.warp import transform_bounds, transform_geom
+from rasterio.warp import transform, transform_bounds, transform_geom
 from rasterio.windows import Window
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
@@ -286,10 +288,10 @@ def roi_window(grid: Grid, roi: dict[str, Any], roi_crs: CRS | None = WGS84, *,
         # Clip to the image in the region's own CRS first: a region much
         # larger than the image (a whole country, the world) has no sensible
         # shape in the image's projection.
-        footprint = shape(transform_geom(grid.crs, roi_crs, mapping(_densified(gb)))).buffer(0)
+        footprint, shp = _in_one_frame(_footprint(grid, roi_crs), shp, roi_crs)
         if not shp.intersects(footprint):
             raise ROIError(_outside(shp, roi_crs, grid))
-        shp = shape(transform_geom(roi_crs, grid.crs, mapping(shp.intersection(footprint))))
+        shp = _reproject(shp.intersection(footprint), roi_crs, grid.crs)
         shp = shp.buffer(0) if not shp.is_valid else shp
     if not shp.intersects(gb):
         raise ROIError(_outside(shp, grid.crs, grid))
@@ -338,6 +340,39 @@ def roi_polygon(roi: dict[str, Any], crs: CRS | None = WGS84) -> BaseGeometry:
         raise ROIError("the region of interest has no area (its polygon is a line or a "
                        "point)")
     return shp
+
+
+def _footprint(grid: Grid, crs: CRS) -> BaseGeometry:
+    # The grid's outline in `crs`, whole: in lon/lat, an image across the
+    # antimeridian keeps its longitudes continuous (past 180), not cut in two.
+    out = _reproject(_densified(box(*grid.bounds)), grid.crs, crs)
+    if crs.is_geographic:
+        x = shapely.get_coordinates(out)[:, 0]
+        if x.size and x.max() - x.min() > 180:
+            out = shapely.transform(out, lambda c: np.where(c < 0, c + [360.0, 0.0], c))
+    return out.buffer(0) if not out.is_valid else out
+
+
+def _reproject(geom: BaseGeometry, src: CRS, dst: CRS) -> BaseGeometry:
+    # Vertex by vertex, never cut at the antimeridian (transform_geom always
+    # cuts there): longitudes may pass 180, as the footprint's do.
+    def move(c: NDArray[np.float64]) -> NDArray[np.float64]:
+        xs, ys = transform(src, dst, c[:, 0], c[:, 1])
+        return np.column_stack([xs, ys])
+
+    return shapely.transform(geom, move)
+
+
+def _in_one_frame(footprint: BaseGeometry, roi: BaseGeometry, crs: CRS,
+                  ) -> tuple[BaseGeometry, BaseGeometry]:
+    # In lon/lat, the region as it lies near the footprint's longitudes: its
+    # copies 360 degrees east and west too, so that a region written in
+    # -180..180 (or cut there, as RFC 7946 asks) meets an image that lies
+    # across 180 wherever it is.
+    if not crs.is_geographic:
+        return footprint, roi
+    copies = [shapely.affinity.translate(roi, 360.0 * k) for k in (-1, 0, 1)]
+    return footprint, shapely.union_all(copies)
 
 
 def _densified(poly: BaseGeometry, points: int = 64) -> BaseGeometry:

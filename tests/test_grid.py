@@ -3,8 +3,8 @@ import json
 import pytest
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.warp import transform_bounds
-from shapely.geometry import box, mapping, shape
+from rasterio.warp import transform, transform_bounds
+from shapely.geometry import MultiPolygon, box, mapping, shape
 
 from changedet.errors import InputError, NoOverlapError, ROIError
 from changedet.grid import WGS84, Grid, linear_unit_factor, overlap_window, roi_window
@@ -131,3 +131,18 @@ def test_polygon_inside_a_geometry_collection_is_a_region(tmp_path):
         poly, {"type": "Point", "coordinates": [125.7, 39.0]}]}))
     geom, _ = read_roi(p)
     assert geom["type"] == "Polygon"
+
+
+@pytest.mark.parametrize("roi", [
+    box(179.97, 9.05, 180.02, 9.08),                    # longitudes past 180
+    box(-180.03, 9.05, -179.98, 9.08),                  # past -180
+    MultiPolygon([box(179.97, 9.05, 180.0, 9.08), box(-180.0, 9.05, -179.98, 9.08)]),  # cut
+], ids=["east", "west", "cut"])
+def test_roi_across_the_antimeridian_is_whole(roi):
+    # A UTM 60N image lying across 180 degrees: its outline in lon/lat was
+    # cut in two by the reprojection, and the region clipped to one half.
+    g = Grid(Affine(10, 0, 825000, 0, -10, 1010000), CRS.from_epsg(32660), 1000, 1000)
+    w, geom = roi_window(g, mapping(roi), WGS84)
+    (x,), (y,) = transform("EPSG:4326", "EPSG:32660", [179.97], [9.08])
+    assert w.col_off == int((x - 825000) // 10) and w.width == pytest.approx(554, abs=1)
+    assert shape(geom).area / 1e6 == pytest.approx(18.27, abs=0.05)
