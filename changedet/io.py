@@ -1142,10 +1142,13 @@ _MAX_NAME_BYTES = 255
 
 
 def _temp_prefix(path: Path) -> str:
-    # A hidden temporary beside `path`, named after it: at most 64 of its
-    # characters, so that a long but legal name (255 bytes) stays legal
-    # with the temporary's additions.
-    return f".{path.name[:64]}."
+    # A hidden temporary beside `path`, named after it: at most 128 bytes of
+    # its name (whole characters), so that a long but legal name (255 bytes)
+    # stays legal with the temporary's additions (a random part and
+    # ".part.tif": under 30 bytes).
+    head = os.fsencode(path.name)[:128].decode(errors="ignore") if os.name != "nt" \
+        else path.name[:64]
+    return f".{head}."
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool = False,

@@ -775,11 +775,16 @@ def _check_date_order(before: io.RasterSource, after: io.RasterSource, opened: _
     # appeared and disappeared would be the wrong way round.
     from changedet.series import acquisition_date
 
+    if isinstance(before, io.Raster) or isinstance(after, io.Raster):
+        return      # an array carries no date (and copying it to find none costs)
     try:
-        db, da = acquisition_date(before), acquisition_date(after)
+        # Not the TIFF's own date-time: often when the file was written.
+        db = acquisition_date(before, file_time=False)
+        da = acquisition_date(after, file_time=False)
     except ChangeDetError:
         return
-    if db and da and len(db) == len(da) and db > da:
+    n = min(len(db or ""), len(da or ""))   # '2020' against '2019-05-01': the years
+    if n and db[:n] > da[:n]:
         warnings.warn(
             f"{opened.binfo.name} is dated {db}, later than {opened.ainfo.name} ({da}): "
             "are BEFORE and AFTER swapped? 'appeared' means in the second image only",

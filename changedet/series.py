@@ -91,17 +91,21 @@ _YEAR = re.compile(r"(?<![\d])((?:19|20)\d\d)(?!\d)")
 
 
 #: A date as a user writes one: YYYY, YYYY-MM or YYYY-MM-DD (month and day
-#: with or without a leading zero; also YYYYMMDD).
-_GIVEN = re.compile(r"(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?|(\d{4})(\d{2})(\d{2})")
+#: with or without a leading zero, - or / between; also YYYYMMDD), perhaps
+#: with a time of day (ISO 8601's T, or a space: the time is dropped).
+_GIVEN = re.compile(r"(?:(\d{4})(?:([-/])(\d{1,2})(?:\2(\d{1,2}))?)?|(\d{4})(\d{2})(\d{2}))"
+                    r"(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
 
 
-def _given_date(text: str) -> str:
+def _given_date(value: Any) -> str:
     # A date the user gave (not one found in a file name): all of it must be
-    # a date, and a real one.
+    # a date, and a real one. Python dates and times, numpy's and pandas'
+    # are taken too (their str() is ISO).
+    text = value.isoformat() if isinstance(value, (_dt.date, _dt.datetime)) else str(value)
     m = _GIVEN.fullmatch(text.strip())
     if m is None:
         raise InputError(f"{text!r} is not a date (use YYYY-MM-DD, YYYY-MM or YYYY)")
-    y, mo, d = (m.group(1), m.group(2), m.group(3)) if m.group(1) else m.group(4, 5, 6)
+    y, mo, d = m.group(1, 3, 4) if m.group(1) else m.group(5, 6, 7)
     try:
         if d is not None:
             return _dt.date(int(y), int(mo), int(d)).isoformat()
@@ -140,19 +144,50 @@ def parse_date(text: str) -> str | None:
     return years[-1] if years else None
 
 
+#: Product names whose first date is the acquisition's and a later one the
+#: processing's: Landsat (LC08_L1TP_123032_20190501_20200830_02_T1) and
+#: Sentinel-2 (S2A_MSIL2A_20190501T103031_N0212_R108_T32TQM_20190501T134214).
+_FIRST_DATE_NAMES = re.compile(r"^(L[COTEM]0\d|S2[A-D])_", re.IGNORECASE)
+
+
 def date_from_name(path: str | os.PathLike) -> str | None:
-    """Return the date in a file's name (without folders or extension), if any."""
+    """Return the date in a file's name (without folders or extension), if any.
+
+    The last date in the name, except in Landsat and Sentinel-2 product
+    names, where the first is the acquisition's.
+
+    Examples
+    --------
+    >>> date_from_name("LC08_L1TP_123032_20190501_20200830_02_T1.tif")
+    '2019-05-01'
+    >>> date_from_name("site_v2_20190501_20200601.tif")
+    '2020-06-01'
+    """
     name = os.path.basename(os.fspath(path))
-    return parse_date(name.split(".", 1)[0] if "." in name else name)
+    stem = name.split(".", 1)[0] if "." in name else name
+    if _FIRST_DATE_NAMES.match(stem):
+        m = _FULL.search(stem)
+        if m is not None:
+            found = parse_date(m.group(0))
+            if found:
+                return found
+    return parse_date(stem)
 
 
-def acquisition_date(src: io.RasterSource) -> str | None:
+def acquisition_date(src: io.RasterSource, *, file_time: bool = True) -> str | None:
     """When an image was taken: its metadata tags, else its file name.
+
+    With ``file_time=False`` the TIFF's own date and time (``TIFFTAG_DATETIME``,
+    often when the file was written rather than the image taken) is not
+    used.
 
     Returns an ISO date string, or None when neither says.
     """
     with io.open_raster(src) as ds:
-        for value in io.date_tags(ds).values():
+        tags = io.date_tags(ds)
+        if not file_time:
+            tags.pop("TIFFTAG_DATETIME", None)
+        for value in tags.values():
             found = parse_date(value)
             if found:
                 return found
@@ -273,7 +308,7 @@ def _resolve_dates(sources: Sequence[io.RasterSource],
         if len(dates) != len(sources):
             raise InputError(f"{len(sources)} images but {len(dates)} dates; give one date "
                              "per image, in the same order")
-        return [_given_date(str(d)) for d in dates]
+        return [_given_date(d) for d in dates]
     out = []
     for src in sources:
         d = acquisition_date(src)

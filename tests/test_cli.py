@@ -216,8 +216,26 @@ def test_interrupt_while_drawing_pictures_says_what_was_written(tmp_path, monkey
                                   "--quicklook", str(look)])
     assert r.exit_code == 130
     assert r.stderr.strip() == (f"Interrupted while drawing the pictures; {out}, {mask} "
-                                "written, no picture.")
+                                f"written, not {look}.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.geojson", "c.tif"]
+
+
+def test_interrupt_after_the_quicklook_names_it_as_written(tmp_path, monkeypatch):
+    import changedet.report as report
+    from tests.conftest import SAMPLE
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "report", interrupted)
+    before, after = str(SAMPLE / "square_before.tif"), str(SAMPLE / "square_after.tif")
+    out, look, page = tmp_path / "c.geojson", tmp_path / "q.png", tmp_path / "r.html"
+    r = CliRunner().invoke(main, ["diff", before, after, "-o", str(out), "--quicklook",
+                                  str(look), "--report", str(page)])
+    assert r.exit_code == 130
+    assert r.stderr.strip() == (f"Interrupted while drawing the pictures; {out}, {look} "
+                                f"written, not {page}.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.geojson", "q.png"]
 
 
 def test_swapped_dates_are_warned_about(sample, tmp_path):
@@ -261,3 +279,23 @@ def test_output_names_that_say_another_format_are_warned_about(sample, tmp_path)
     assert f"Warning: {look}: is written as a PNG; name it .png" in r.stderr
     assert f"Warning: {mask}: is written as a GeoTIFF; name it .tif" in r.stderr
     assert look.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("names, warned", [
+    (("site_2020.tif", "site_2019-05-01.tif"), True),           # years compared
+    (("site_2019.tif", "site_2019-05-01.tif"), False),          # the same year: unknown
+    (("LC08_L1TP_1_20190501_20200830_02_T1.tif", "LC08_L1TP_1_20200710_20200820_02_T1.tif"),
+     False),                                                    # processing dates ignored
+])
+def test_date_order_compares_what_the_dates_say(tmp_path, names, warned):
+    from tests.conftest import SAMPLE
+
+    for name, src in zip(names, ("square_before.tif", "square_after.tif"), strict=True):
+        data = (SAMPLE / src).read_bytes()
+        (tmp_path / name).write_bytes(data)
+        with rasterio.open(tmp_path / name, "r+") as ds:   # drop the sample's own date tags
+            ds.update_tags(ACQUISITION_DATE="")
+    r = CliRunner().invoke(main, ["diff", str(tmp_path / names[0]), str(tmp_path / names[1]),
+                                  "-o", str(tmp_path / "c.geojson")])
+    assert r.exit_code == 0, r.output
+    assert ("are BEFORE and AFTER swapped?" in r.stderr) == warned, r.stderr

@@ -823,6 +823,9 @@ def test_long_output_names_work_and_too_long_ones_are_output_errors(tmp_path):
     long = tmp_path / ("x" * 246 + ".geojson")
     io.write_text(long, ["{}"])
     assert long.read_text() == "{}" and sorted(tmp_path.iterdir()) == [long]
+    wide = tmp_path / ("\U0001F30D" * 60 + ".json")      # 248 bytes in 64 characters
+    io.write_text(wide, ["{}"])
+    assert wide.read_text() == "{}"
     with pytest.raises(OutputError, match="longer than 255 bytes"):
         io.check_output_path(tmp_path / ("y" * 256 + ".geojson"))
 

@@ -442,3 +442,25 @@ def test_an_alpha_band_still_masks_when_bands_are_chosen(stack, stack_result, tm
     top = shapely.box(*r.grid.bounds).bounds[3] - 24 * abs(r.grid.transform.e)
     assert all(g.bounds[3] <= top + 1e-6 or g.bounds[1] < top - 10 for g in r.geometries)
     _same_tracks(r, stack_result)
+
+
+def test_given_dates_may_be_iso_times_slashes_or_python_dates():
+    import datetime as dt
+
+    import numpy as np
+
+    from changedet.series import _given_date
+
+    for value in (dt.date(2019, 5, 1), dt.datetime(2019, 5, 1, 10, 30), "2019-05-01T10:30:00Z",
+                  "2019/05/01", "2019-05-01 10:30", np.datetime64("2019-05-01T10:30")):
+        assert _given_date(value) == "2019-05-01", value
+
+
+def test_landsat_and_sentinel_names_give_the_acquisition_date():
+    # Their names end with the processing date; the first is the image's.
+    from changedet.series import date_from_name
+
+    assert date_from_name("LC08_L1TP_123032_20190501_20200830_02_T1_SR.tif") == "2019-05-01"
+    assert date_from_name("S2A_MSIL2A_20190501T103031_N0212_R108_T32TQM_20190601T134214"
+                          ".tif") == "2019-05-01"
+    assert date_from_name("site_20190501_20200601.tif") == "2020-06-01"

@@ -129,16 +129,18 @@ def diff(before: str, after: str, output: str | None, mask_path: str | None,
         if progress is not None:
             progress.close()
     if pictures:
+        drawn: list[str] = []
         try:
             _write_pictures(summary, before, after, quicklook_path, report_path, rgb=rgb,
                             geojson_name=os.path.basename(output) if output else
-                            "changes.geojson", overwrite=overwrite)
+                            "changes.geojson", overwrite=overwrite, drawn=drawn)
         except KeyboardInterrupt:
             # The results are written and whole by now: say so, rather than
             # "no output was written".
-            done = ", ".join(p for p in (output, mask_path, score_path) if p)
+            done = ", ".join(p for p in (output, mask_path, score_path, *drawn) if p)
+            missing = [p for p in (quicklook_path, report_path) if p and p not in drawn]
             click.echo(f"Interrupted while drawing the pictures; {done or 'the GeoJSON'} "
-                       "written, no picture.", err=True)
+                       f"written, not {', '.join(missing)}.", err=True)
             raise click.exceptions.Exit(130) from None
     if not quiet():
         counts = summary.counts
@@ -165,7 +167,8 @@ def _check_suffixes(expected: dict[str | None, tuple[str, ...]]) -> None:
 
 def _write_pictures(result: DiffSummary, before: str, after: str, quicklook_path: str | None,
                     report_path: str | None, *, rgb: list[int] | None, geojson_name: str,
-                    overwrite: bool) -> None:
+                    overwrite: bool, drawn: list[str]) -> None:
+    # `drawn` receives each picture's path once it is written.
     from changedet import __version__
     from changedet.quicklook import quicklook, read_previews
     from changedet.report import report
@@ -180,7 +183,9 @@ def _write_pictures(result: DiffSummary, before: str, after: str, quicklook_path
         io.write_png(figure, quicklook_path, overwrite=overwrite, inputs=inputs,
                      text={"Software": f"changedet {__version__}",
                            "Source": f"{before} -> {after}"})
+        drawn.append(quicklook_path)
     if report_path:
         html = report(result, before, after, dates=dates, previews=previews, figure=figure,
                       geojson_name=geojson_name)
         io.write_text(report_path, [html], overwrite=overwrite, inputs=inputs)
+        drawn.append(report_path)
