@@ -310,7 +310,9 @@ def configure_logging(verbose: int, quiet: int) -> None:
 def _gdal_quiet(quiet: int) -> contextlib.AbstractContextManager[Any]:
     # GDAL prints its own warnings about a file ("Warning 1: TIFFReadDirectory
     # ...") from threads rasterio's handler does not cover: with -q they go to
-    # the null device (GDAL's CPL_LOG, read when it first has one to print).
+    # the null device (GDAL's CPL_LOG). GDAL reads CPL_LOG once per process,
+    # when it first has something to print: right for one command per
+    # process; a program that calls main() again keeps the first choice.
     if not quiet:
         return contextlib.nullcontext()
     import rasterio
