@@ -775,14 +775,10 @@ def _check_date_order(before: io.RasterSource, after: io.RasterSource, opened: _
     # appeared and disappeared would be the wrong way round.
     from changedet.series import acquisition_date
 
-    if isinstance(before, io.Raster) or isinstance(after, io.Raster):
-        return      # an array carries no date (and copying it to find none costs)
-    try:
-        # Not the TIFF's own date-time: often when the file was written.
-        db = acquisition_date(before, file_time=False)
-        da = acquisition_date(after, file_time=False)
-    except ChangeDetError:
-        return
+    # Read from the images as the run opened them; not the TIFF's own
+    # date-time, often when the file was written.
+    db = acquisition_date(before, file_time=False, dataset=opened.before)
+    da = acquisition_date(after, file_time=False, dataset=opened.after)
     n = min(len(db or ""), len(da or ""))   # '2020' against '2019-05-01': the years
     if n and db[:n] > da[:n]:
         warnings.warn(

@@ -31,6 +31,7 @@ nothing, is a structure present from the first date until date *k - 1*.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import math
@@ -174,16 +175,19 @@ def date_from_name(path: str | os.PathLike) -> str | None:
     return parse_date(stem)
 
 
-def acquisition_date(src: io.RasterSource, *, file_time: bool = True) -> str | None:
+def acquisition_date(src: io.RasterSource, *, file_time: bool = True,
+                     dataset: DatasetReader | None = None) -> str | None:
     """When an image was taken: its metadata tags, else its file name.
 
     With ``file_time=False`` the TIFF's own date and time (``TIFFTAG_DATETIME``,
     often when the file was written rather than the image taken) is not
-    used.
+    used. `dataset`, if given, is `src` already open: its tags are read
+    there rather than opening `src` again.
 
     Returns an ISO date string, or None when neither says.
     """
-    with io.open_raster(src) as ds:
+    opened = contextlib.nullcontext(dataset) if dataset is not None else io.open_raster(src)
+    with opened as ds:
         tags = io.date_tags(ds)
         if not file_time:
             tags.pop("TIFFTAG_DATETIME", None)
