@@ -288,13 +288,13 @@ def roi_window(grid: Grid, roi: dict[str, Any], roi_crs: CRS | None = WGS84, *,
         # Clip to the image in the region's own CRS first: a region much
         # larger than the image (a whole country, the world) has no sensible
         # shape in the image's projection.
-        footprint, shp = _in_one_frame(_footprint(grid, roi_crs), shp, roi_crs)
+        footprint, shp = _footprint(grid, roi_crs), _near_copies(shp, roi_crs)
         if not shp.intersects(footprint):
-            raise ROIError(_outside(shp, roi_crs, grid))
+            raise ROIError(_outside(shp, grid, footprint if roi_crs.is_geographic else None))
         shp = _reproject(shp.intersection(footprint), roi_crs, grid.crs)
         shp = shp.buffer(0) if not shp.is_valid else shp
     if not shp.intersects(gb):
-        raise ROIError(_outside(shp, grid.crs, grid))
+        raise ROIError(_outside(shp, grid))
     win = _pixel_window(grid, shp.intersection(gb).bounds)
     if win.width < min_size or win.height < min_size:
         raise ROIError(
@@ -363,16 +363,13 @@ def _reproject(geom: BaseGeometry, src: CRS, dst: CRS) -> BaseGeometry:
     return shapely.transform(geom, move)
 
 
-def _in_one_frame(footprint: BaseGeometry, roi: BaseGeometry, crs: CRS,
-                  ) -> tuple[BaseGeometry, BaseGeometry]:
-    # In lon/lat, the region as it lies near the footprint's longitudes: its
-    # copies 360 degrees east and west too, so that a region written in
-    # -180..180 (or cut there, as RFC 7946 asks) meets an image that lies
-    # across 180 wherever it is.
+def _near_copies(roi: BaseGeometry, crs: CRS) -> BaseGeometry:
+    # In lon/lat, the region with its copies 360 degrees east and west, so
+    # that a region written in -180..180 (or cut there, as RFC 7946 asks)
+    # meets an image's footprint that lies across 180 wherever it is.
     if not crs.is_geographic:
-        return footprint, roi
-    copies = [shapely.affinity.translate(roi, 360.0 * k) for k in (-1, 0, 1)]
-    return footprint, shapely.union_all(copies)
+        return roi
+    return shapely.union_all([shapely.affinity.translate(roi, 360.0 * k) for k in (-1, 0, 1)])
 
 
 def _densified(poly: BaseGeometry, points: int = 64) -> BaseGeometry:
@@ -381,14 +378,15 @@ def _densified(poly: BaseGeometry, points: int = 64) -> BaseGeometry:
     return shapely.segmentize(poly, max(poly.length / (4 * points), 1e-12))
 
 
-def _outside(shp: BaseGeometry, crs: CRS | None, grid: Grid) -> str:
+def _outside(shp: BaseGeometry, grid: Grid, lonlat_footprint: BaseGeometry | None = None,
+             ) -> str:
+    # Where the image is; and, given its footprint in the region's lon/lat,
+    # whether the region with its coordinates swapped would meet it.
     where = _lonlat(grid.bounds, grid.crs)
     text = f"the region of interest lies outside the before image (which covers {where})"
-    if crs is not None and crs.is_geographic:
-        swapped = shapely.transform(shp, lambda c: c[:, ::-1])
-        footprint = transform_geom(grid.crs, crs, mapping(_densified(box(*grid.bounds))))
-        if swapped.intersects(shape(footprint)):
-            text += "; with longitude and latitude swapped it would not: GeoJSON is [lon, lat]"
+    if lonlat_footprint is not None and shapely.transform(
+            shp, lambda c: c[:, ::-1]).intersects(lonlat_footprint):
+        text += "; with longitude and latitude swapped it would not: GeoJSON is [lon, lat]"
     return text
 
 

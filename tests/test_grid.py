@@ -146,3 +146,13 @@ def test_roi_across_the_antimeridian_is_whole(roi):
     (x,), (y,) = transform("EPSG:4326", "EPSG:32660", [179.97], [9.08])
     assert w.col_off == int((x - 825000) // 10) and w.width == pytest.approx(554, abs=1)
     assert shape(geom).area / 1e6 == pytest.approx(18.27, abs=0.05)
+
+
+def test_roi_outside_says_where_the_image_is_and_whether_swapping_helps():
+    (x,), (y,) = transform("EPSG:4326", "EPSG:32632", [9.0], [45.0])
+    g = Grid(Affine(1, 0, x, 0, -1, y), CRS.from_epsg(32632), 500, 500)
+    with pytest.raises(ROIError, match=r"covers lon 9\.00000 to 9\.00634.*with longitude and "
+                                       r"latitude swapped it would not"):
+        roi_window(g, mapping(box(44.9999, 9.0001, 45.0, 9.0002)), WGS84)
+    with pytest.raises(ROIError, match=r"outside the before image \(which covers[^;]*\)$"):
+        roi_window(g, mapping(box(20.0, 20.0, 20.1, 20.1)), WGS84)
