@@ -332,9 +332,11 @@ def roi_polygon(roi: dict[str, Any], crs: CRS | None = WGS84) -> BaseGeometry:
             "[lon, lat]: are they swapped?")
     if not shp.is_valid:
         shp = shapely.make_valid(shp)
-    parts = [g for g in shapely.get_parts(shp) if g.geom_type in ("Polygon", "MultiPolygon")]
+    every = shapely.get_parts(shp)      # a collection's members, or the geometry itself
+    parts = [g for g in every if g.geom_type in ("Polygon", "MultiPolygon")]
     if not parts:
-        raise ROIError(f"the region of interest must be a polygon, not {shp.geom_type}")
+        kinds = " or ".join(sorted({g.geom_type for g in every})) or shp.geom_type
+        raise ROIError(f"the region of interest must be a polygon, not {kinds}")
     shp = shapely.union_all(parts)
     if shp.is_empty or shp.area <= 0:
         raise ROIError("the region of interest has no area (its polygon is a line or a "

@@ -1089,8 +1089,7 @@ def read_roi(path: str | os.PathLike) -> tuple[dict[str, Any], CRS]:
         If the file is missing, not JSON, or holds no polygon.
     """
     import shapely
-    from shapely import union_all
-    from shapely.geometry import mapping, shape
+    from shapely.geometry import GeometryCollection, mapping, shape
 
     name = os.fspath(path)
     try:
@@ -1128,8 +1127,8 @@ def read_roi(path: str | os.PathLike) -> tuple[dict[str, Any], CRS]:
     if not polys:
         raise ROIError(f"{name}: holds no polygon")
     try:
-        geom = roi_polygon(mapping(union_all([roi_polygon(mapping(p), crs) for p in polys])),
-                           crs)
+        # One check and repair of them all (union_all inside).
+        geom = roi_polygon(mapping(GeometryCollection(polys)), crs)
     except ROIError as exc:
         raise ROIError(f"{name}: {exc}".replace(": the region of interest", ":")) from None
     return mapping(geom), crs
@@ -1170,7 +1169,7 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = False,
                           f"{_MAX_NAME_BYTES} bytes, more than file systems allow; "
                           "choose a shorter one")
     for src in inputs:
-        if isinstance(src, (str, os.PathLike)) and "://" not in os.fspath(src):
+        if isinstance(src, (str, os.PathLike)) and is_local_path(os.fspath(src)):
             if os.path.abspath(src) == os.path.abspath(p) or (
                     p.exists() and Path(src).exists() and p.samefile(src)):
                 raise OutputError(f"{p}: is also an input; choose another output path")

@@ -277,6 +277,8 @@ def test_read_roi_variants(tmp_path):
     ("{not json", "not a readable GeoJSON"),
     ('{"type": "Point", "coordinates": [1, 2]}', "no polygon"),
     ('{"type": "Polygon", "coordinates": "x"}', "malformed"),
+    ('{"type": "Polygon", "coordinates": [[[125.751, 39.0195], [125.753, 39.0195], '
+     '[125.751, 39.0195], [125.751, 39.0195]]]}', "bad.geojson: must be a polygon, not LineString"),
     ('[1, 2, 3]', "not a GeoJSON object"),
     ('{"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": '
      '"EPSG:999999"}}, "features": []}', "unrecognised crs"),
