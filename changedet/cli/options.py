@@ -216,6 +216,8 @@ class Progress:
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 class FiniteFloat(click.FloatRange):
     """A float within a range, and finite: ``inf`` and ``nan`` are usage errors."""
 
