@@ -733,7 +733,7 @@ class _FileSink(Sink):
 @contextlib.contextmanager
 def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, Any], *,
              block_size: int, threads: int | None, scheduler: Any, workers: int | None,
-             progress: ProgressCallback | None,
+             progress: ProgressCallback | None, check_dates: bool = True,
              ) -> Iterator[tuple[_Prepared, Callable[[Any], None]]]:
     """Open the inputs and estimate the plan.
 
@@ -749,7 +749,8 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
             progress(stage, 0, 1)
 
     with small_pages(), _open(before, after) as opened:
-        _check_date_order(before, after, opened)
+        if check_dates:
+            _check_date_order(before, after, opened)
         # The estimation parallelises itself (reads beside fits, IR-MAD's
         # regressions on a pool); numpy's BLAS would add a spinning thread
         # per core to each small product, measured 0.2 s slower on two cores.
@@ -944,7 +945,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
          threads: int | None = None,
          scheduler: Any = None,
          workers: int | None = None,
-         progress: ProgressCallback | None = None) -> DiffSummary:
+         progress: ProgressCallback | None = None,
+         check_dates: bool = True) -> DiffSummary:
     """Find what changed and write it to files, in bounded memory.
 
     The same analysis as :func:`detect`, streamed: features are written as
@@ -971,7 +973,11 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
         reports); memory then grows with their number. With neither
         `output` nor `stream`, they are only collected (no GeoJSON is made).
     extra_outputs : sequence of paths, optional
-        Other files the caller will write (checked like these, before any work).{params}
+        Other files the caller will write (checked like these, before any work).
+    check_dates : bool, optional
+        Warn (:class:`DateOrderWarning`) when `before` is dated later than
+        `after` by its tags or file name, likely swapped arguments (default);
+        a caller that orders its dates itself turns it off.{params}
 
     Returns
     -------
@@ -995,7 +1001,8 @@ def diff(before: io.RasterSource, after: io.RasterSource, output: str | os.PathL
                           inputs=inputs)
 
     with _session(before, after, opts, block_size=block_size, threads=threads,
-                  scheduler=scheduler, workers=workers, progress=progress) as (prep, run), \
+                  scheduler=scheduler, workers=workers, progress=progress,
+                  check_dates=check_dates) as (prep, run), \
             contextlib.ExitStack() as stack:
         plan = prep.plan
         classes_w = score_w = None

@@ -53,12 +53,7 @@ from shapely.geometry.base import BaseGeometry
 
 from changedet import io
 from changedet.coreg import Shift
-from changedet.errors import (
-    BandMismatchError,
-    DateOrderWarning,
-    InputError,
-    UnreliableShiftWarning,
-)
+from changedet.errors import BandMismatchError, InputError, UnreliableShiftWarning
 from changedet.grid import Grid, overlap_window
 from changedet.pairinfo import central_window, estimate_pair_shift
 from changedet.pipeline import DiffSummary, _Features, diff
@@ -412,10 +407,9 @@ def _run_step(before: io.RasterSource, after: io.RasterSource, grid: Grid,
 
     The summary's polygons are on `grid`'s CRS, within `footprint`.
     """
-    with warnings.catch_warnings():
-        # The series orders its dates itself (and may have been told them).
-        warnings.simplefilter("ignore", DateOrderWarning)
-        s = diff(before, after, collect=True, coreg=coreg, progress=progress, **options)
+    # The series orders its dates itself (and may have been told them).
+    s = diff(before, after, collect=True, coreg=coreg, progress=progress, check_dates=False,
+             **options)
     geoms, props = s.geometries, s.properties
     bounds = s.grid.bounds
     if geoms and s.grid.crs != grid.crs:

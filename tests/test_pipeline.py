@@ -393,3 +393,17 @@ def test_a_grid_in_any_orientation_gives_the_same_polygons(tmp_path, orientation
         assert q["change"] == props["change"]
         assert shape(o).intersection(shape(g)).area / shape(g).union(shape(o)).area > 0.95
         assert q["area_m2"] == pytest.approx(props["area_m2"], rel=0.05)
+
+
+def test_date_order_warning_and_its_switch(tmp_path):
+    # The sample pair swapped: diff warns; a caller that orders its dates
+    # itself (series) turns the check off, without touching warning filters.
+    from tests.conftest import SAMPLE
+
+    before, after = SAMPLE / "square_before.tif", SAMPLE / "square_after.tif"
+    with pytest.warns(changedet.DateOrderWarning, match="are BEFORE and AFTER swapped"):
+        changedet.diff(after, before, collect=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", changedet.DateOrderWarning)
+        s = changedet.diff(after, before, collect=True, check_dates=False)
+    assert s.counts["disappeared"] > s.counts["appeared"]
