@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import importlib
 import os
 import threading
@@ -284,13 +285,21 @@ def release_free_memory() -> None:
     threads' own heaps never reuse, so they would count twice in the
     process's peak.
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    # glibc's malloc_trim, looked up once: find_library runs ldconfig in a
+    # subprocess (1.5 ms), and the second pass calls this after each window.
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return
+        return None
     trim.argtypes = [ctypes.c_size_t]
-    trim(0)
+    return trim
 
 
 def cache_pixels(plan: Plan, block_size: int, halo: int, stripe: int | None = None) -> int:
