@@ -831,6 +831,20 @@ class TileReader:
             else:
                 del self._leases[key]
 
+    def _in_turn(self, r0: int, c0: int, h: int, w: int) -> Iterator[tuple[int, int]]:
+        # The tiles of a window, each time one that no other thread is
+        # decoding if there is one: it is decoded or copied meanwhile,
+        # instead of waiting (two threads on neighbouring blocks share the
+        # tiles under their halos).
+        th, tw = self.tile_shape
+        keys = [(tr, tc) for tr in _tiles_across(r0, r0 + h, th)
+                for tc in _tiles_across(c0, c0 + w, tw)]
+        while keys:
+            with self._lock:
+                i = next((i for i, k in enumerate(keys)
+                          if k not in self._tiles or self._tiles[k].done()), 0)
+            yield keys.pop(i)
+
     def read(self, window: Window, *, scratch: Scratch | None = None,
              ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         """Read a window within the raster, as :func:`read_window` does.
@@ -863,20 +877,19 @@ class TileReader:
                 f"{id(self)}", shape, np.float32)
             invalid = np.zeros((h, w), bool)
             th, tw = self.tile_shape
-            for tr in _tiles_across(r0, r0 + h, th):
-                for tc in _tiles_across(c0, c0 + w, tw):
-                    tdata, tinv = self._tile((tr, tc))
-                    try:
-                        # The tile's part in the window, in both frames.
-                        y0, y1 = max(r0, tr * th), min(r0 + h, tr * th + tdata.shape[1])
-                        x0, x1 = max(c0, tc * tw), min(c0 + w, tc * tw + tdata.shape[2])
-                        dst = np.s_[y0 - r0:y1 - r0, x0 - c0:x1 - c0]
-                        src = np.s_[y0 - tr * th:y1 - tr * th, x0 - tc * tw:x1 - tc * tw]
-                        data[(slice(None),) + dst] = tdata[(slice(None),) + src]
-                        if tinv is not None:
-                            invalid[dst] = tinv[src]
-                    finally:
-                        self._release((tr, tc))
+            for tr, tc in self._in_turn(r0, c0, h, w):
+                tdata, tinv = self._tile((tr, tc))
+                try:
+                    # The tile's part in the window, in both frames.
+                    y0, y1 = max(r0, tr * th), min(r0 + h, tr * th + tdata.shape[1])
+                    x0, x1 = max(c0, tc * tw), min(c0 + w, tc * tw + tdata.shape[2])
+                    dst = np.s_[y0 - r0:y1 - r0, x0 - c0:x1 - c0]
+                    src = np.s_[y0 - tr * th:y1 - tr * th, x0 - tc * tw:x1 - tc * tw]
+                    data[(slice(None),) + dst] = tdata[(slice(None),) + src]
+                    if tinv is not None:
+                        invalid[dst] = tinv[src]
+                finally:
+                    self._release((tr, tc))
         if invalid.any():
             data[:, invalid] = 0
         return data, invalid

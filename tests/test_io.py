@@ -1,5 +1,7 @@
 import json
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -494,6 +496,38 @@ def test_tile_reader_threads_match_serial_reads(tmp_path):
     # Threads waiting for a tile another is decoding share its decode.
     assert decoded == 25
     assert 1 <= handles <= 5
+
+
+def test_tile_reader_reads_other_tiles_while_another_thread_decodes_one(tmp_path):
+    # Two threads on neighbouring blocks share the tiles under their halos:
+    # a thread that needs a tile the other is decoding takes its other tiles
+    # first, instead of waiting (on the 8192 px benchmark pair, 0.2 s idle).
+    path = _tiled(tmp_path)
+    gate, held = threading.Event(), threading.Event()
+    with io.TileReader(str(path)) as r, ThreadPoolExecutor(2) as pool:
+        real = r._decode
+
+        def decode(win, out=None):
+            if (int(win.row_off), int(win.col_off)) == (0, 0):
+                held.set()
+                gate.wait(10)
+            return real(win, out)
+
+        r._decode = decode
+        first = pool.submit(r.read, Window(0, 0, 64, 64))       # tile (0, 0), held
+        assert held.wait(10)
+        second = pool.submit(r.read, Window(10, 10, 100, 100))   # (0, 0) and three more
+        deadline = time.monotonic() + 10
+        while r.decoded < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        others = r.decoded
+        gate.set()
+        (a, _), (b, _) = first.result(), second.result()
+        with rasterio.open(path) as ds:
+            want, _ = io.read_window(ds, Window(10, 10, 100, 100))
+    assert others == 3
+    np.testing.assert_array_equal(b, want)
+    np.testing.assert_array_equal(b[:, :54, :54], a[:, 10:, 10:])
 
 
 def test_tile_reader_reuses_evicted_tiles_safely_across_threads(tmp_path):
