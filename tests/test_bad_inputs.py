@@ -351,6 +351,35 @@ def test_dash_output_is_standard_output_and_coreg_none_says_so(tmp_path, monkeyp
     assert "; co-registration off" in r.stderr and "no reliable shift" not in r.stderr
 
 
+@pytest.mark.parametrize("args, option", [
+    (["diff", BEFORE, AFTER, "-o", "c.geojson", "--mask", "-"], "'--mask'"),
+    (["diff", BEFORE, AFTER, "-o", "c.geojson", "--score", "-"], "'--score'"),
+    (["diff", BEFORE, AFTER, "--quicklook", "-"], "'--quicklook'"),
+    (["diff", BEFORE, AFTER, "--report", "-"], "'--report'"),
+    (["coregister", BEFORE, AFTER, "-o", "-"], "'-o' / '--output'"),
+    (["coregister", BEFORE, AFTER, "--tie-points", "-"], "'--tie-points'"),
+    (["diff", BEFORE, AFTER, "--roi", "-"], "'--roi'"),
+])
+def test_dash_for_a_file_only_option_is_a_usage_error(args, option, tmp_path, monkeypatch):
+    # An output used to be written to a file named "-".
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    assert f"Invalid value for {option}" in r.stderr
+    stream = "come from standard input" if option == "'--roi'" else "go to standard output"
+    assert f"cannot {stream}: give a file name" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_series_dash_output_is_standard_output(tmp_path, monkeypatch):
+    # It used to write a file named "-".
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["series", BEFORE, AFTER, "-o", "-", "--coreg", "none"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["type"] == "FeatureCollection"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_rgb_without_pictures_warns_that_it_does_nothing(tmp_path):
     r = CliRunner().invoke(main, ["diff", BEFORE, AFTER, "-o", str(tmp_path / "c.geojson"),
                                   "--rgb", "3,2,1"])

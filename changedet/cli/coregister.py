@@ -9,7 +9,14 @@ import rasterio
 
 from changedet import io
 from changedet.align import coregister as coregister_images
-from changedet.cli.options import bands_opt, handle_errors, overwrite_opt, quiet, verbosity_opt
+from changedet.cli.options import (
+    FileName,
+    bands_opt,
+    handle_errors,
+    overwrite_opt,
+    quiet,
+    verbosity_opt,
+)
 
 
 @click.command(short_help="Measure and remove the displacement of the after image.")
@@ -18,11 +25,12 @@ from changedet.cli.options import bands_opt, handle_errors, overwrite_opt, quiet
 @click.option("--local", is_flag=True, default=False,
               help="Fit an affine to a grid of tie points (rotation, scale, shear) instead of "
                    "one global shift.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", type=FileName("the aligned image"), default=None,
               metavar="ALIGNED.tif",
               help="Write AFTER resampled onto BEFORE's grid (the overlap), aligned, as a "
                    "Cloud-Optimized GeoTIFF of AFTER's data type.")
-@click.option("--tie-points", "tie_points", type=click.Path(dir_okay=False), default=None,
+@click.option("--tie-points", "tie_points", type=FileName("the tie points"),
+              default=None,
               metavar="TP.geojson",
               help="Write the matched windows as GeoJSON points with their shift (dx, dy "
                    "in pixels), reliability and whether they agree with the fit.")

@@ -11,6 +11,7 @@ import rasterio
 
 from changedet import io
 from changedet.cli.options import (
+    FileName,
     FiniteFloat,
     bands_opt,
     bbox_opt,
@@ -38,17 +39,18 @@ from changedet.pipeline import diff as changedet_diff
 @click.argument("before", metavar="BEFORE")
 @click.argument("after", metavar="AFTER")
 @output_opt
-@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--mask", "mask_path", type=FileName("the class raster"), default=None,
               metavar="MASK.tif",
               help="Also write the class raster (uint8 COG: 0 none, 1 appeared, "
                    "2 disappeared, 3 changed, 255 nodata).")
-@click.option("--score", "score_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--score", "score_path", type=FileName("the score raster"), default=None,
               metavar="SCORE.tif", help="Also write the change score (float32 COG).")
-@click.option("--quicklook", "quicklook_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--quicklook", "quicklook_path", type=FileName("the picture"),
+              default=None,
               metavar="OUT.png",
               help="Also draw a picture: before | after | after with the changes outlined "
                    "(legend, scale bar, north arrow).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--report", "report_path", type=FileName("the report"), default=None,
               metavar="OUT.html",
               help="Also write a self-contained HTML report (pictures, a map of the "
                    "changes, a table, the run metadata); it works offline.")

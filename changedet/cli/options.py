@@ -24,6 +24,7 @@ from changedet.thresholds import THRESHOLD_METHODS
 
 __all__ = [
     "FiniteFloat",
+    "FileName",
     "verbosity_opt",
     "overwrite_opt",
     "output_opt",
@@ -64,6 +65,34 @@ def verbosity_opt(f: F) -> F:
     return f
 
 
+class FileName(click.Path):
+    """A file that a standard stream cannot stand for: ``-`` is a usage error.
+
+    (``-`` is standard output only where GeoJSON is written: ``-o -``.)
+
+    Parameters
+    ----------
+    what : str
+        What the file holds, for the message ("the class raster").
+    read : bool, optional
+        Whether the file is read (an input) rather than written.
+    """
+
+    name = "file"
+
+    def __init__(self, what: str, *, read: bool = False) -> None:
+        super().__init__(dir_okay=False)
+        self.what, self.read = what, read
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        """Convert as click.Path does, and refuse ``-``."""
+        if value == "-":
+            stream = "come from standard input" if self.read else "go to standard output"
+            self.fail(f"{self.what} cannot {stream}: give a file name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 overwrite_opt = click.option(
     "--overwrite", is_flag=True, default=False,
     help="Replace output files that already exist.")
@@ -92,7 +121,8 @@ bands_opt = click.option(
     help="Bands to use from both images, 1-based, e.g. 1,2,3 (default: all).")
 
 roi_opt = click.option(
-    "--roi", type=click.Path(dir_okay=False), default=None, metavar="ROI.geojson",
+    "--roi", type=FileName("the region of interest", read=True), default=None,
+    metavar="ROI.geojson",
     help="Process and report only inside this polygon (GeoJSON, WGS84 lon/lat or "
          "the CRS its 'crs' member names).")
 

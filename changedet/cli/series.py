@@ -76,6 +76,8 @@ def series(images: tuple[str, ...], output: str | None, dates: list[str] | None,
     if len(images) < 2:
         raise click.UsageError("give at least two images")
     check_scale(scheduler, workers)
+    if output == "-":
+        output = None   # the usual spelling of standard output
     if output:
         if any(os.path.abspath(output) == os.path.abspath(p) for p in images):
             raise OutputError(f"{output}: is also an input; choose another output path")
