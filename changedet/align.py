@@ -61,6 +61,8 @@ class _BeforeReader:
     def __init__(self, ds: DatasetReader, overlap: Window, bands: Sequence[int], name: str,
                  ) -> None:
         self.ds, self.overlap, self.bands, self.name = ds, overlap, list(bands), name
+        #: The file's tiles on the overlap's pixels (see changedet.coreg.WindowReader).
+        self.tiles = _tiles(ds, int(overlap.row_off), int(overlap.col_off))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -102,6 +104,15 @@ class _AfterReader:
         grid = _decimated(self.grid.window_grid(window), factor)
         return io.read_warped(self.ds, grid, bands=self.bands, name=self.name,
                               resampling=self.resampling if factor == 1 else Resampling.average)
+
+
+def _tiles(ds: DatasetReader, row_off: int, col_off: int) -> tuple[int, int, int, int] | None:
+    # (tile height, tile width, row, col) of `ds`'s tiles on a grid whose
+    # origin is `ds`'s pixel (row_off, col_off); None for strips.
+    th, tw = (int(v) for v in ds.block_shapes[0])
+    if tw >= ds.width or th >= ds.height or th < 16 or tw < 16:
+        return None
+    return (th, tw, -row_off % th, -col_off % tw)
 
 
 def _whole_pixel_offset(grid: Grid, other: Grid) -> tuple[int, int] | None:

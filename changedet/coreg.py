@@ -315,6 +315,11 @@ class WindowReader(Protocol):
         """
         ...
 
+    # A reader may also have ``tiles``: ``(tile_height, tile_width, row, col)``,
+    # the file's tiles on the estimation grid (one has its corner at ``(row,
+    # col)``), or None. The global windows are then placed inside tiles:
+    # a window across four tiles decodes four for one's worth of pixels.
+
 
 class ArrayReader:
     """A :class:`WindowReader` over an in-memory ``(bands, H, W)`` or ``(H, W)`` array.
@@ -824,12 +829,63 @@ def _global(before: _Image, after: _Image, shape: tuple[int, int], min_psr: floa
         return Shift(psr=coarse_psr), TiePoints.empty(), note
     cs = np.unique(np.linspace(c0, c1 - size, _GLOBAL_GRID).round().astype(np.intp))
     rs = np.unique(np.linspace(r0, r1 - size, _GLOBAL_GRID).round().astype(np.intp))
+    tiles = getattr(before.reader, "tiles", None)
+    if tiles is not None:
+        size, cs, rs = _inside_tiles(size, cs, rs, (c0, c1, r0, r1), tiles)
     cols, rows = (v.ravel() for v in np.meshgrid(cs, rs))
     offsets = np.tile(np.asarray(offset, np.intp), (cols.size, 1))
     tp = _match(before, after, cols, rows, offsets, size, min_psr)
     shift, inlier, note = _consensus(tp, min_psr)
     res = np.hypot(tp.dx - shift.x, tp.dy - shift.y)
     return shift, replace(tp, inlier=inlier, residual=res), note
+
+
+#: Pixels a global window keeps from its tiles' edges when placed inside
+#: them (see _inside_tiles): the after image's window, moved by the coarse
+#: shift, then stays in the same tiles for shifts up to this.
+_TILE_MARGIN = 32
+
+
+def _inside_tiles(size: int, cs: NDArray[np.intp], rs: NDArray[np.intp],
+                  span: tuple[int, int, int, int], tiles: tuple[int, int, int, int],
+                  ) -> tuple[int, NDArray[np.intp], NDArray[np.intp]]:
+    """Move the global windows inside the file's tiles (and shrink them to fit).
+
+    A 512 px window placed anywhere on 512 px tiles meets four of them:
+    both images decode four tiles for one tile's pixels (on the 8192 px
+    benchmark pair, 72 tiles for the nine windows, 0.17 s of the 0.8 s
+    co-registration). Each window goes instead to the middle of the tiles
+    nearest it, as many across as its size needs, `_TILE_MARGIN` from
+    their edges: 448 px in one 512 px tile, or in two by two 256 px tiles.
+    Not done when that would shrink a window below 7/8 of its size, or
+    bring two windows onto the same tiles (a small overlap).
+
+    Returns the size and the windows' columns and rows.
+    """
+    th, tw, row0, col0 = tiles
+    c0, c1, r0, r1 = span
+    ky, kx = -(-size // th), -(-size // tw)          # tiles a window spans
+    new = min(size, ky * th - 2 * _TILE_MARGIN, kx * tw - 2 * _TILE_MARGIN)
+    if new < size * 7 // 8:
+        return size, cs, rs
+
+    def place(starts: NDArray[np.intp], t: int, k: int, origin: int, lo: int, hi: int,
+              ) -> NDArray[np.intp] | None:
+        # The k-tile span whose middle is nearest each window's middle,
+        # among those within lo:hi.
+        pad = (k * t - new) // 2
+        first, last = -(-(lo - origin - pad) // t), (hi - new - origin - pad) // t
+        j = np.round((starts + size / 2 - origin - k * t / 2) / t).astype(np.intp)
+        j = np.clip(j, first, last)
+        if first > last or np.unique(j).size != starts.size:
+            return None
+        return origin + j * t + pad
+
+    new_cs = place(cs, tw, kx, col0, c0, c1)
+    new_rs = place(rs, th, ky, row0, r0, r1)
+    if new_cs is None or new_rs is None:
+        return size, cs, rs
+    return new, new_cs, new_rs
 
 
 def _affine_agrees(tp: TiePoints, min_psr: float) -> bool:

@@ -46,6 +46,40 @@ def test_global_shift_in_pixels_and_metres(files):
     assert d["matched_on"].endswith("bands 1, 2, 3")
 
 
+def test_global_windows_lie_inside_the_files_tiles(tmp_path, monkeypatch):
+    # A window across tile seams decodes every tile it meets: the global
+    # windows go inside tiles (here 128 px tiles, 4 x 4 to a window), and
+    # the shift is found as well as before.
+    from scipy import ndimage
+
+    import changedet.coreg as coreg
+
+    # A smooth texture, and the same moved by SHIFT (an exact Fourier shift).
+    base = ndimage.gaussian_filter(np.random.default_rng(0).random((1024, 1024)), 3,
+                                   mode="wrap")
+    ky, kx = np.fft.fftfreq(1024)[:, None], np.fft.fftfreq(1024)[None, :]
+    moved = np.fft.ifft2(np.fft.fft2(base) * np.exp(-2j * np.pi * (kx * SHIFT[0]
+                                                                   + ky * SHIFT[1]))).real
+    b, a = (write_tif(tmp_path / name, ((v - base.mean()) / base.std() * 3000 + 30000
+                                        ).astype(np.uint16), blockxsize=128, blockysize=128)
+            for name, v in (("before.tif", base), ("after.tif", moved)))
+    seen = []
+    real = coreg._match
+
+    def spy(before, after, cols, rows, offsets, size, min_psr):
+        seen.append((cols, rows, size))
+        return real(before, after, cols, rows, offsets, size, min_psr)
+
+    monkeypatch.setattr(coreg, "_match", spy)
+    r = coregister(b, a)
+    assert r.reliable
+    assert (r.shift.x, r.shift.y) == pytest.approx(SHIFT, abs=0.05)
+    (cols, rows, size), = seen
+    assert size == 448 and cols.size == 9
+    assert set(cols % 128) == {32} and set(rows % 128) == {32}
+    assert len(set(cols)) == len(set(rows)) == 3
+
+
 def test_after_in_another_crs_is_matched_on_the_before_grid(files, tmp_path):
     b, a, p = files
     # The same after image reprojected to lon/lat: its content does not move.

@@ -327,3 +327,41 @@ def test_tukey_window_is_scipys(n):
     from scipy.signal.windows import tukey
 
     np.testing.assert_allclose(coreg._tukey(n), tukey(n, 0.25), atol=1e-7)
+
+
+def _tiles_of(v, size, tile, phase):
+    # The tiles a window [v, v + size) meets, and its distance from their edges.
+    first, last = (v - phase) // tile, (v + size - 1 - phase) // tile
+    return last - first + 1, (v - phase) % tile, (first + (last - first + 1)) * tile + phase - (
+        v + size)
+
+
+@pytest.mark.parametrize("tiles, span_tiles", [((512, 512, 0, 0), 1), ((512, 512, 412, 412), 1),
+                                              ((256, 256, 0, 0), 2), ((256, 512, 100, 0), 2)])
+def test_global_windows_are_moved_inside_the_files_tiles(tiles, span_tiles):
+    # A 512 px window anywhere on 512 px tiles meets four: both images then
+    # decode four tiles for one's worth of pixels.
+    cs = np.array([0, 3840, 7680])
+    rs = np.array([0, 3840, 7679])
+    size, new_cs, new_rs = coreg._inside_tiles(512, cs, rs, (0, 8192, 0, 8191), tiles)
+    assert size == 448
+    th, tw, row0, col0 = tiles
+    for values, tile, phase in ((new_cs, tw, col0), (new_rs, th, row0)):
+        assert len(set(values)) == 3
+        for v in values:
+            count, before, after = _tiles_of(int(v), size, tile, phase)
+            assert count == -(-448 // tile) and before >= 32 and after >= 32
+    # Each window stays near where the lattice put it.
+    assert np.abs(new_cs - cs).max() <= 512 and np.abs(new_rs - rs).max() <= 512
+
+
+def test_global_windows_stay_put_where_tiles_cannot_hold_them_apart():
+    cs = np.array([0, 256, 512])
+    # Two windows would share a 512 px tile of a 1024 px overlap.
+    assert coreg._inside_tiles(512, cs, cs, (0, 1024, 0, 1024), (512, 512, 0, 0)) == (512, cs, cs)
+    # 1024 px tiles hold a 512 px window anywhere in their middle, and 100 px
+    # tiles would shrink it below 7/8 (400 + 64 > 448): left alone.
+    size, _, _ = coreg._inside_tiles(512, cs * 8, cs * 8, (0, 8192, 0, 8192), (1024, 1024, 0, 0))
+    assert size == 512
+    assert coreg._inside_tiles(512, cs * 8, cs * 8, (0, 8192, 0, 8192),
+                               (100, 100, 0, 0))[0] == 512
