@@ -722,6 +722,10 @@ class TileReader:
                               for i in self.bands)
         #: Bytes a cached pixel takes: its bands' values, and its mask.
         types = [np.dtype(ds.dtypes[i - 1]) for i in self.bands]
+        #: The bands' common type when float32 holds its every value exactly
+        #: (integers of up to 16 bits): `read(native=True)` keeps it.
+        self.exact_dtype = types[0] if len(set(types)) == 1 and types[0].kind in "ui" \
+            and types[0].itemsize <= 2 else None
         self.pixel_bytes = (sum(t.itemsize for t in types)
                             + (0 if self._all_valid and all(t.kind != "f" for t in types) else 1))
         if max_pixels is not None:
@@ -845,8 +849,8 @@ class TileReader:
                           if k not in self._tiles or self._tiles[k].done()), 0)
             yield keys.pop(i)
 
-    def read(self, window: Window, *, scratch: Scratch | None = None,
-             ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    def read(self, window: Window, *, scratch: Scratch | None = None, native: bool = False,
+             ) -> tuple[NDArray[Any], NDArray[np.bool_]]:
         """Read a window within the raster, as :func:`read_window` does.
 
         Parameters
@@ -855,10 +859,14 @@ class TileReader:
         scratch : Scratch, optional
             Assemble the window in this thread's scratch array (valid until
             the thread's next read through it).
+        native : bool, optional
+            Keep the file's type when float32 holds all its values
+            (:attr:`exact_dtype`: integers of up to 16 bits), for a caller
+            that converts a strip at a time (half the memory for 16 bits).
 
         Returns
         -------
-        data : (bands, h, w) ndarray of float32
+        data : (bands, h, w) ndarray of float32 (or :attr:`exact_dtype`)
             Invalid pixels hold 0.
         invalid : (h, w) ndarray of bool
         """
@@ -873,8 +881,9 @@ class TileReader:
             invalid = np.zeros((h, w), bool) if invalid is None else invalid
         else:
             shape = (len(self.bands), h, w)
-            data = np.empty(shape, np.float32) if scratch is None else scratch.array(
-                f"{id(self)}", shape, np.float32)
+            dtype = self.exact_dtype if native and self.exact_dtype is not None else np.float32
+            data = np.empty(shape, dtype) if scratch is None else scratch.array(
+                f"{id(self)}:{np.dtype(dtype).name}", shape, dtype)
             invalid = np.zeros((h, w), bool)
             th, tw = self.tile_shape
             for tr, tc in self._in_turn(r0, c0, h, w):
@@ -895,7 +904,7 @@ class TileReader:
         return data, invalid
 
     def read_padded(self, window: Window, *, scratch: Scratch | None = None,
-                    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+                    native: bool = False) -> tuple[NDArray[Any], NDArray[np.bool_]]:
         """Read a window that may reach past the raster's edges.
 
         Pixels beyond an edge repeat the edge's pixels (valid ones stay
@@ -909,7 +918,8 @@ class TileReader:
             return np.zeros((len(self.bands), h, w), np.float32), np.ones((h, w), bool)
         rr0, cc0 = max(r0, 0), max(c0, 0)
         rr1, cc1 = min(r0 + h, self.height), min(c0 + w, self.width)
-        data, invalid = self.read(Window(cc0, rr0, cc1 - cc0, rr1 - rr0), scratch=scratch)
+        data, invalid = self.read(Window(cc0, rr0, cc1 - cc0, rr1 - rr0), scratch=scratch,
+                                  native=native)
         if (rr0, cc0, rr1, cc1) == (r0, c0, r0 + h, c0 + w):
             return data, invalid
         pad = ((rr0 - r0, r0 + h - rr1), (cc0 - c0, c0 + w - cc1))
@@ -955,7 +965,8 @@ def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None 
     dx, dy = move
     h, w = grid.height, grid.width
     (r0, r1), (c0, c1) = cubic_support(dy, h), cubic_support(dx, w)
-    data, invalid = src.read_padded(Window(c0, r0, c1 - c0, r1 - r0), scratch=scratch)
+    data, invalid = src.read_padded(Window(c0, r0, c1 - c0, r1 - r0), scratch=scratch,
+                                    native=True)
     out, inv = cubic_shift(data, invalid, dx - c0, dy - r0, (h, w), out=None if scratch is None
                            else scratch.array(f"{id(src)}:aligned", (data.shape[0], h, w),
                                               np.float32))

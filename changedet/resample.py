@@ -115,7 +115,8 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
     Parameters
     ----------
     data : (bands, H, W) ndarray
-        Source pixels covering the support: row ``0`` is source row
+        Source pixels (float32, or integers of up to 16 bits, which are
+        converted a strip at a time) covering the support: row ``0`` is source row
         ``cubic_support(dy, h)[0]``, column ``0`` source column
         ``cubic_support(dx, w)[0]``, so ``H = h + 3`` and ``W = w + 3``.
     invalid : (H, W) ndarray of bool
@@ -153,7 +154,12 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
     if data.shape[-2:] != (h + 3, w + 3) or invalid.shape != data.shape[-2:]:
         raise ValueError(f"source must be {(h + 3, w + 3)} pixels for a {shape} output, "
                          f"not {data.shape[-2:]} (mask {invalid.shape})")
-    src = np.asarray(data, np.float32)
+    # Integers of up to 16 bits are converted a strip at a time (float32
+    # holds them exactly): a float32 copy of the whole window cost a pass
+    # over memory each way.
+    src = np.asarray(data)
+    if not (src.dtype == np.float32 or (src.dtype.kind in "ui" and src.dtype.itemsize <= 2)):
+        src = src.astype(np.float32)
     if src.ndim == 2:
         src = src[None]
     wx, wy = cubic_weights(dx - math.floor(dx)), cubic_weights(dy - math.floor(dy))
@@ -182,11 +188,16 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
     step = max(min(h, _STRIP_ROWS), 1)
     rows = np.empty((step + 3, w), np.float32)
     tmp_rows, tmp = np.empty_like(rows), np.empty((step, w), np.float32)
+    strip = None if src.dtype == np.float32 else np.empty((step + 3, w + 3), np.float32)
     for r0 in range(0, h, step):
         n = min(step, h - r0)
         ty_strip = ty if n == h else _taps(2, wy, n, axis=0)
         for band, dst in zip(src, out, strict=True):
-            _convolve(band[r0:r0 + n + 3], tx, rows[:n + 3], tmp_rows[:n + 3])
+            part = band[r0:r0 + n + 3]
+            if strip is not None:
+                np.copyto(strip[:n + 3], part)
+                part = strip[:n + 3]
+            _convolve(part, tx, rows[:n + 3], tmp_rows[:n + 3])
             _convolve(rows[:n + 3], ty_strip, dst[r0:r0 + n], tmp[:n])
     if scale is not None:
         # Normalised convolution: the valid taps' weights sum to one.

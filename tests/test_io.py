@@ -411,6 +411,22 @@ def test_tile_reader_reads_as_read_window(tmp_path, window):
     np.testing.assert_array_equal(invalid, want_invalid)
 
 
+def test_tile_reader_native_keeps_16_bit_integers_and_floats_stay_float32(tmp_path):
+    path = _tiled(tmp_path, one_band=True)
+    window = Window(50, 40, 150, 100)                  # across tile seams
+    with io.TileReader(str(path)) as r:
+        assert r.exact_dtype == np.uint16
+        native, inv = r.read(window, native=True)
+        data, inv2 = r.read(window)
+    assert native.dtype == np.uint16 and data.dtype == np.float32
+    np.testing.assert_array_equal(native, data)        # nodata zeroed in both
+    np.testing.assert_array_equal(inv, inv2)
+    floats = write_tif(tmp_path / "f.tif", _smooth_bands().astype(np.float32), tiled=True,
+                       blockxsize=64, blockysize=64)
+    with io.TileReader(str(floats)) as r:
+        assert r.exact_dtype is None and r.read(window, native=True)[0].dtype == np.float32
+
+
 def test_tile_reader_nodata_pixels_are_invalid_and_zero(tmp_path):
     path = _tiled(tmp_path, one_band=True)
     with io.TileReader(str(path)) as r:

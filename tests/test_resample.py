@@ -185,6 +185,24 @@ def test_two_dimensional_input_gives_two_dimensional_output():
     np.testing.assert_array_equal(inv2, inv3)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+@pytest.mark.parametrize("with_invalid", [False, True])
+def test_small_integers_give_the_bits_of_their_float32_copy(dtype, with_invalid):
+    # Integers of up to 16 bits are converted a strip at a time (600 rows:
+    # three strips), not copied whole: the same bits as the float32 copy.
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    src = rng.integers(info.min, info.max, (3, 603, 40), endpoint=True).astype(dtype)
+    invalid = np.zeros((603, 40), bool)
+    if with_invalid:
+        invalid[rng.random((603, 40)) < 0.03] = True
+    got, got_inv = cubic_shift(src, invalid, 1.37, 0.62, (600, 37))
+    want, want_inv = cubic_shift(src.astype(np.float32), invalid, 1.37, 0.62, (600, 37))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_inv, want_inv)
+
+
 def test_input_is_not_mutated():
     src = _smooth((20, 20))[None, :13, :13].copy()
     invalid = np.zeros((13, 13), bool)
