@@ -289,8 +289,8 @@ def estimate_on_window(bds: DatasetReader, ads: DatasetReader, binfo: io.ImageIn
                        resampling: Resampling | None = None, **options: Any) -> Alignment:
     """Estimate the alignment of two open images over a window of the before grid.
 
-    Reads only what the estimator asks for: the window decimated to about
-    1024 pixels a side, then the matched windows at full resolution. The
+    Reads only what the estimator asks for: the window's central 2048 px
+    decimated to 512 px a side, then the matched windows at full resolution. The
     result's ``pixel_transform`` is in pixel coordinates of `area`.
 
     Parameters
@@ -363,7 +363,7 @@ def coregister(before: io.RasterSource, after: io.RasterSource, *,
 
     Notes
     -----
-    Reads the overlap decimated to about 1024 pixels a side, then only the
+    Reads the overlap's centre decimated to 512 pixels a side, then only the
     windows matched (as strips of `window` rows in local mode); the aligned
     image is resampled when first used, a block at a time when written.
 

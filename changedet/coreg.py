@@ -67,8 +67,10 @@ MIN_PSR = 8.0
 _LOWPASS_SIGMA = 0.15
 
 #: The decimated overlap used to find large shifts is at most this many
-#: pixels on its longer side.
-_COARSE_SIDE = 1024
+#: pixels on its longer side. It only has to place the windows within a few
+#: pixels: 512 (a 2048 px region averaged 4 x 4) finds the benchmark pair's
+#: shift as 1024 did, in 0.42 s of co-registration against 0.62 s.
+_COARSE_SIDE = 512
 
 #: Side, pixels, of the central region of the overlap searched first for
 #: large shifts (up to a quarter of it): on a larger overlap, decimating all
@@ -1020,12 +1022,13 @@ def estimate_alignment(before: NDArray[np.floating] | WindowReader,
        windows are matched on its gradient magnitude, which survives gain, offset
        and haze.
     2. The overlap's central 2048 x 2048 pixels (or all of a smaller
-       overlap), decimated to at most 1024 pixels a side, are
+       overlap), decimated to at most 512 pixels a side, are
        phase-correlated to find large shifts (up to about a quarter of that
        region), as whole pixels; the whole overlap too when the windows
        of step 3, placed by that answer, find no reliable shift. The band
        weights come from the same read.
-    3. A 3 x 3 grid of windows (as large as fits, up to 512 px), each
+    3. A 3 x 3 grid of windows (as large as fits, up to 512 px; inside the
+       files' tiles where they have them, 448 px in a 512 px tile), each
        displaced by that integer shift, is phase-correlated [1]_ with a
        Gaussian low-pass on the normalised cross-power spectrum (which
        removes the pull towards whole pixels); each sub-pixel peak is found
@@ -1042,7 +1045,7 @@ def estimate_alignment(before: NDArray[np.floating] | WindowReader,
        [3]_ and weighted least squares to those whose peak reaches 3/4 of
        `min_psr`.
 
-    Memory: the decimated overlap (about 1024 x 1024 x bands float32) and a
+    Memory: the decimated overlap (at most 512 x 512 x bands float32) and a
     strip of windows (`window` rows by the width) at a time, plus FFT stacks
     of 256 windows; never the whole image.
 
