@@ -52,7 +52,7 @@ from changedet.errors import (
 )
 from changedet.grid import PIXEL_TRANSFORM, WGS84, Grid, roi_polygon, translation_between
 from changedet.process import SharedSetting
-from changedet.resample import cubic_shift, cubic_support
+from changedet.resample import cubic_shift, cubic_support, exact_in_float32
 
 __all__ = [
     "Raster",
@@ -725,7 +725,7 @@ class TileReader:
         #: The bands' common type when float32 holds its every value exactly
         #: (integers of up to 16 bits): `read(native=True)` keeps it.
         self.exact_dtype = types[0] if len(set(types)) == 1 and types[0].kind in "ui" \
-            and types[0].itemsize <= 2 else None
+            and exact_in_float32(types[0]) else None
         self.pixel_bytes = (sum(t.itemsize for t in types)
                             + (0 if self._all_valid and all(t.kind != "f" for t in types) else 1))
         if max_pixels is not None:

@@ -17,11 +17,13 @@ References
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["KEYS_A", "MAX_INVALID_WEIGHT", "cubic_weights", "cubic_support", "cubic_shift"]
+__all__ = ["KEYS_A", "MAX_INVALID_WEIGHT", "cubic_weights", "cubic_support", "cubic_shift",
+           "exact_in_float32"]
 
 #: The Keys kernel's free parameter, as in GDAL's ``cubic``.
 KEYS_A = -0.5
@@ -107,6 +109,16 @@ def _convolve(src: NDArray[np.float32], taps: list[tuple[float, tuple[slice, ...
         out += tmp
 
 
+def exact_in_float32(dtype: Any) -> bool:
+    """Whether float32 holds every value of `dtype` exactly, and it may stay as it is.
+
+    Float32 itself, and integers of up to 16 bits: :func:`cubic_shift`
+    converts these a strip at a time rather than copying its input whole.
+    """
+    dtype = np.dtype(dtype)
+    return dtype == np.float32 or (dtype.kind in "ui" and dtype.itemsize <= 2)
+
+
 def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: float, dy: float,
                 shape: tuple[int, int], *, out: NDArray[np.float32] | None = None,
                 ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -158,7 +170,7 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
     # holds them exactly): a float32 copy of the whole window cost a pass
     # over memory each way.
     src = np.asarray(data)
-    if not (src.dtype == np.float32 or (src.dtype.kind in "ui" and src.dtype.itemsize <= 2)):
+    if not exact_in_float32(src.dtype):
         src = src.astype(np.float32)
     if src.ndim == 2:
         src = src[None]
