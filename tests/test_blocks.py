@@ -131,10 +131,13 @@ def test_streamed_files_equal_the_in_memory_result(scene, reference, tmp_path):
         np.testing.assert_array_equal(ds.read(1), reference.score)
 
 
-def test_streamed_class_raster_with_nodata_equals_the_in_memory_one(tmp_path):
+@pytest.mark.parametrize("block_size", [64, 512])
+def test_streamed_class_raster_with_nodata_equals_the_in_memory_one(tmp_path, block_size):
     # The class raster is written sparsely (only nodata and objects): blocks
     # wholly valid, partly and wholly nodata, and objects beside nodata must
-    # come out as in memory, with the nodata value and tags declared.
+    # come out as in memory, with the nodata value and tags declared. (A
+    # block is rewritten only in boxes around its nodata: 512 px blocks
+    # hold several.)
     b, a = _scene()
     invalid = np.zeros(SHAPE, bool)
     invalid[:70, :90] = True          # a corner: whole blocks of nodata
@@ -145,7 +148,8 @@ def test_streamed_class_raster_with_nodata_equals_the_in_memory_one(tmp_path):
     assert (reference.classes[invalid] == 255).all()
     assert {1, 2} <= set(np.unique(reference.classes).tolist())
     mask = tmp_path / "m.tif"
-    changedet.diff(before, after, tmp_path / "c.geojson", mask=mask, block_size=64, threads=2)
+    changedet.diff(before, after, tmp_path / "c.geojson", mask=mask, block_size=block_size,
+                   threads=2)
     with rasterio.open(mask) as ds:
         np.testing.assert_array_equal(ds.read(1), reference.classes)
         assert ds.nodata == 255 and ds.crs == reference.crs
@@ -153,6 +157,25 @@ def test_streamed_class_raster_with_nodata_equals_the_in_memory_one(tmp_path):
         assert ds.tags()["CLASSES"].startswith("0=no change")
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "c.geojson", "m.tif"]
+
+
+def test_nodata_boxes_hold_every_nodata_pixel_and_little_else():
+    from changedet.pipeline import _boxes_of
+
+    mask = np.zeros((700, 600), bool)
+    mask[:3, :] = True                  # a shifted image's edges: a frame
+    mask[:, -2:] = True
+    mask[400, 100] = True               # a lone pixel
+    cover = np.zeros_like(mask)
+    boxes = _boxes_of(mask)
+    for r0, r1, c0, c1 in boxes:
+        assert mask[r0:r1, c0:c1].any()
+        cover[r0:r1, c0:c1] = True
+    assert cover[mask].all()
+    # The frame's squares: 3 rows or 2 columns each, the corner's 256 x 256.
+    assert cover.sum() < 3 * 600 + 2 * 700 + 256 * 256
+    assert (400, 401, 100, 101) in boxes
+    assert _boxes_of(np.zeros((5, 5), bool)) == []
 
 
 def test_streamed_class_raster_overviews_show_every_change(tmp_path):
