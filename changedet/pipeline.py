@@ -76,6 +76,7 @@ from changedet.runner import (
     Sources,
     run_blocks,
     small_pages,
+    steady_malloc,
 )
 from changedet.scores import (
     ScoreMethod,
@@ -772,6 +773,7 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
         if progress is not None:
             progress(stage, 0, 1)
 
+    steady_malloc()
     with small_pages(), _open(before, after) as opened:
         if check_dates:
             _check_date_order(before, after, opened)

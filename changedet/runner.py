@@ -65,6 +65,7 @@ __all__ = [
     "cache_pixels",
     "release_free_memory",
     "small_pages",
+    "steady_malloc",
     "read_block",
     "run_block",
     "run_blocks",
@@ -277,6 +278,54 @@ def small_pages() -> contextlib.AbstractContextManager[None]:
     return _SMALL_PAGES.held()
 
 
+#: glibc malloc's thresholds while changedet runs, bytes: arrays smaller
+#: than the first come from malloc's heaps, which keep up to the second of
+#: free memory for the next ones (see :func:`steady_malloc`).
+MALLOC_MMAP_THRESHOLD = 32 * 2 ** 20
+MALLOC_TRIM_THRESHOLD = 64 * 2 ** 20
+
+# mallopt's parameter numbers (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def steady_malloc() -> bool:
+    """Fix glibc malloc's mmap and trim thresholds where its own heuristic ends.
+
+    glibc serves an allocation from the kernel (mmap) when it is larger
+    than a threshold, and hands free memory back past another; both start
+    low (128 kB) and rise as the process frees large arrays, up to 32 MB
+    and 64 MB. A run allocates and frees thousands of arrays of 0.5-20 MB
+    (tiles, strips, each block's bands); until the thresholds have risen,
+    and whenever a heap is trimmed, each is new memory that the kernel
+    zero-fills a 4 kB page at a time. Set from the start at
+    :data:`MALLOC_MMAP_THRESHOLD` and :data:`MALLOC_TRIM_THRESHOLD`, the
+    8192 x 8192 benchmark pair took 300,000 page faults instead of 430,000
+    (1.1 s of system time instead of 1.5) and about 0.4 s less, with the
+    same peak memory.
+
+    The setting holds for the rest of the process (glibc cannot be put back
+    to its heuristic, which would have reached these values after the first
+    32 MB array freed). Nothing is done elsewhere than glibc, nor when the
+    user has tuned malloc (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+    ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or malloc tunables in
+    ``GLIBC_TUNABLES``).
+
+    Returns
+    -------
+    bool
+        Whether the thresholds were set.
+    """
+    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                           "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")) \
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    mallopt = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
+
+
 def release_free_memory() -> None:
     """Hand memory freed so far back to the system (glibc only; elsewhere nothing).
 
@@ -285,21 +334,22 @@ def release_free_memory() -> None:
     threads' own heaps never reuse, so they would count twice in the
     process's peak.
     """
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim", (ctypes.c_size_t,))
     if trim is not None:
         trim(0)
 
 
 @functools.cache
-def _malloc_trim() -> Any:
-    # glibc's malloc_trim, looked up once: find_library runs ldconfig in a
-    # subprocess (1.5 ms), and the second pass calls this after each window.
+def _libc_function(name: str, argtypes: tuple[Any, ...]) -> Any:
+    # A glibc function (None elsewhere), looked up once: find_library runs
+    # ldconfig in a subprocess (1.5 ms), and the second pass trims after
+    # each window.
     try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        func = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    return trim
+    func.argtypes = list(argtypes)
+    return func
 
 
 def cache_pixels(plan: Plan, block_size: int, halo: int, stripe: int | None = None) -> int:
