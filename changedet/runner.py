@@ -308,22 +308,36 @@ def steady_malloc() -> bool:
     32 MB array freed). Nothing is done elsewhere than glibc, nor when the
     user has tuned malloc (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
     ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or malloc tunables in
-    ``GLIBC_TUNABLES``).
+    ``GLIBC_TUNABLES``, in the environment the process started with).
 
     Returns
     -------
     bool
         Whether the thresholds were set.
     """
-    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                                           "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")) \
-            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+    env = _startup_environ()
+    if any(name in env for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                    "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")) \
+            or "glibc.malloc." in env.get("GLIBC_TUNABLES", ""):
         return False
     mallopt = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
     if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
                 and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
+
+
+def _startup_environ() -> dict[str, str]:
+    # The environment the process started with, which glibc read its malloc
+    # settings from: os.environ may have changed since (dask.distributed
+    # sets MALLOC_TRIM_THRESHOLD_ there for the workers it starts).
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return dict(os.environ)
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {name: value for name, _, value in pairs}
 
 
 def release_free_memory() -> None:

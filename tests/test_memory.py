@@ -129,7 +129,7 @@ def test_runs_go_without_hugepage_advice_and_restore_it(monkeypatch):
         switch(old)
 
 
-def test_runs_fix_malloc_thresholds_unless_the_user_tuned_malloc(monkeypatch, tmp_path):
+def test_runs_fix_malloc_thresholds(monkeypatch, tmp_path):
     import changedet.runner as runner
 
     calls = []
@@ -140,31 +140,29 @@ def test_runs_fix_malloc_thresholds_unless_the_user_tuned_malloc(monkeypatch, tm
         return lambda param, value: calls.append((param, value)) or 1
 
     monkeypatch.setattr(runner, "_libc_function", fake)
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-                 "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(runner, "_startup_environ", lambda: {})
     b, a = (write_tif(tmp_path / f"{n}.tif", np.full((3, 64, 64), 100, np.uint16))
             for n in "ba")
     changedet.diff(b, a, tmp_path / "c.geojson", coreg="none")
     # mmap threshold (-3) 32 MB, trim threshold (-1) 64 MB: glibc's ceilings.
     assert calls == [(-3, 32 * 2 ** 20), (-1, 64 * 2 ** 20)]
-    for env in ({"MALLOC_TRIM_THRESHOLD_": "1000000"},
-                {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}):
-        calls.clear()
-        with monkeypatch.context() as m:
-            for k, v in env.items():
-                m.setenv(k, v)
-            assert runner.steady_malloc() is False
-        assert calls == []
     monkeypatch.setattr(runner, "_libc_function", lambda name, argtypes: None)  # not glibc
     assert runner.steady_malloc() is False
 
 
-def test_malloc_thresholds_are_set_on_glibc():
+@pytest.mark.parametrize("env", [{}, {"MALLOC_TRIM_THRESHOLD_": "1000000"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}])
+def test_malloc_is_left_alone_if_the_process_started_tuned(env):
+    import os
     import platform
-
-    from changedet.runner import steady_malloc
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    assert steady_malloc() is True
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    code = ("import os; from changedet.runner import steady_malloc; "
+            "os.environ['MALLOC_TOP_PAD_'] = '1'; "   # set later: not what glibc read
+            "print(steady_malloc())")
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ("False" if env else "True")
