@@ -34,7 +34,7 @@ import rasterio
 import rasterio.dtypes
 import rasterio.shutil
 from affine import Affine
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
@@ -928,6 +928,7 @@ class TileReader:
 
 def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None = None,
                  resampling: Resampling = Resampling.cubic, scratch: Scratch | None = None,
+                 linear: tuple[ArrayLike, ArrayLike] | None = None,
                  ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """Resample a raster onto `grid`, as :func:`read_warped` does.
 
@@ -952,6 +953,9 @@ def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None 
     scratch : Scratch, optional
         Read and resample in this thread's scratch arrays: the result is
         valid until the thread's next read through it.
+    linear : (gain, offset), optional
+        Per-band gain and offset applied to the result (invalid pixels
+        included), as ``data * gain + offset`` in float32.
 
     Returns
     -------
@@ -960,8 +964,14 @@ def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None 
     """
     move = translation_between(src.grid, grid, pixel_transform)
     if move is None or resampling != Resampling.cubic:
-        return read_warped(src.dataset(), grid, bands=src.bands, pixel_transform=pixel_transform,
-                           resampling=resampling, name=src.name)
+        data, invalid = read_warped(src.dataset(), grid, bands=src.bands,
+                                    pixel_transform=pixel_transform, resampling=resampling,
+                                    name=src.name)
+        if linear is not None:
+            gain, offset = (np.asarray(v, np.float32)[:, None, None] for v in linear)
+            data *= gain
+            data += offset
+        return data, invalid
     dx, dy = move
     h, w = grid.height, grid.width
     (r0, r1), (c0, c1) = cubic_support(dy, h), cubic_support(dx, w)
@@ -969,16 +979,20 @@ def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None 
                                     native=True)
     out, inv = cubic_shift(data, invalid, dx - c0, dy - r0, (h, w), out=None if scratch is None
                            else scratch.array(f"{id(src)}:aligned", (data.shape[0], h, w),
-                                              np.float32))
-    # Sample points outside the source (its edge at -0.5 and size - 0.5);
-    # cubic_shift has zeroed the pixels it found invalid.
+                                              np.float32), linear=linear)
+    # Sample points outside the source (its edge at -0.5 and size - 0.5)
+    # hold 0 (gain and offset applied), as those cubic_shift found invalid.
     rows, cols = np.arange(h) + dy, np.arange(w) + dx
     rows_out = (rows < -0.5) | (rows >= src.height - 0.5)
     cols_out = (cols < -0.5) | (cols >= src.width - 0.5)
     inv[rows_out] = True
     inv[:, cols_out] = True
-    out[:, rows_out] = 0
-    out[:, :, cols_out] = 0
+    zero = np.zeros((out.shape[0], 1, 1), np.float32)
+    if linear is not None:
+        zero *= np.asarray(linear[0], np.float32).reshape(-1, 1, 1)
+        zero += np.asarray(linear[1], np.float32).reshape(-1, 1, 1)
+    out[:, rows_out] = zero
+    out[:, :, cols_out] = zero
     return out, inv
 
 

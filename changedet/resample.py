@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["KEYS_A", "MAX_INVALID_WEIGHT", "cubic_weights", "cubic_support", "cubic_shift",
            "exact_in_float32"]
@@ -123,6 +123,7 @@ def exact_in_float32(dtype: Any) -> bool:
 
 def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: float, dy: float,
                 shape: tuple[int, int], *, out: NDArray[np.float32] | None = None,
+                linear: tuple[ArrayLike, ArrayLike] | None = None,
                 ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """Resample `data` at ``(row + dy, col + dx)`` with GDAL's cubic kernel.
 
@@ -142,6 +143,11 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
         Output shape.
     out : (bands, h, w) ndarray of float32, optional
         Where to write the result (it must not overlap `data`).
+    linear : (gain, offset), optional
+        Per-band gain and offset applied to the result, invalid pixels
+        included, as ``result * gain + offset`` in float32: a linear
+        normalisation done on each strip while it is in cache rather than
+        in another pass over the whole window (the same bits).
 
     Returns
     -------
@@ -199,6 +205,9 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
         out = np.empty((src.shape[0], h, w), np.float32)
     elif out.shape != (src.shape[0], h, w) or out.dtype != np.float32:
         raise ValueError(f"out must be float32 of shape {(src.shape[0], h, w)}")
+    if linear is not None:
+        gain, offset = (np.broadcast_to(np.asarray(v, np.float32), (src.shape[0],))
+                        for v in linear)
     step = max(min(h, _STRIP_ROWS), 1)
     rows = np.empty((step + 3, w), np.float32)
     tmp_rows, tmp = np.empty_like(rows), np.empty((step, w), np.float32)
@@ -206,17 +215,21 @@ def cubic_shift(data: NDArray[np.floating], invalid: NDArray[np.bool_], dx: floa
     for r0 in range(0, h, step):
         n = min(step, h - r0)
         ty_strip = ty if n == h else _taps(2, wy, n, axis=0)
-        for band, dst in zip(src, out, strict=True):
+        for b, (band, dst) in enumerate(zip(src, out, strict=True)):
             part = band[r0:r0 + n + 3]
             if strip is not None:
                 np.copyto(strip[:n + 3], part)
                 part = strip[:n + 3]
             _convolve(part, tx, rows[:n + 3], tmp_rows[:n + 3])
-            _convolve(rows[:n + 3], ty_strip, dst[r0:r0 + n], tmp[:n])
-    if scale is not None:
-        # Normalised convolution: the valid taps' weights sum to one.
-        out /= scale
-        out[:, inv] = 0
+            here = dst[r0:r0 + n]
+            _convolve(rows[:n + 3], ty_strip, here, tmp[:n])
+            if scale is not None:
+                # Normalised convolution: the valid taps' weights sum to one.
+                here /= scale[r0:r0 + n]
+                here[inv[r0:r0 + n]] = 0
+            if linear is not None:
+                here *= gain[b]
+                here += offset[b]
     return (out if np.ndim(data) == 3 else out[0]), inv
 
 

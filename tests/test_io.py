@@ -729,6 +729,29 @@ def test_read_aligned_outside_the_source_is_invalid(tmp_path, window, shift, row
     assert (got[:, invalid] == 0).all() and (got[:, ~invalid] > 0).all()
 
 
+@pytest.mark.parametrize("pt", [Affine.translation(1.3, -0.6), Affine.translation(3, -2),
+                                Affine.rotation(2.0) @ Affine.translation(1.3, -0.6)],
+                         ids=["cubic", "integer", "warped"])
+def test_read_aligned_gain_and_offset_are_those_applied_after(tmp_path, pt):
+    # Applied strip by strip as the after image is resampled: the bits of
+    # apply_normalisation on the result, nodata and pixels outside the
+    # source (here the window's first rows and columns) included.
+    from changedet.radiometry import RadiometricFit, apply_normalisation
+
+    path = _tiled(tmp_path)
+    fit = RadiometricFit((1.7, -0.4, 0.93), (12.5, 300.25, -7.0), "linear")
+    with io.TileReader(str(path)) as r:
+        for window in (Window(-10, -5, 120, 300), Window(100, 40, 90, 70)):
+            grid = r.grid.window_grid(window)
+            plain, plain_inv = io.read_aligned(r, grid, pixel_transform=pt)
+            want = apply_normalisation(plain, fit)
+            got, invalid = io.read_aligned(r, grid, pixel_transform=pt,
+                                           linear=(fit.gain, fit.offset))
+            np.testing.assert_array_equal(invalid, plain_inv)
+            np.testing.assert_array_equal(got, want)
+            assert invalid.any() and not invalid.all()
+
+
 def test_read_aligned_integer_offset_is_a_plain_read(tmp_path):
     path = _tiled(tmp_path)
     with io.TileReader(str(path)) as r:
