@@ -299,22 +299,26 @@ def steady_malloc() -> bool:
     and whenever a heap is trimmed, each is new memory that the kernel
     zero-fills a 4 kB page at a time. Set from the start at
     :data:`MALLOC_MMAP_THRESHOLD` and :data:`MALLOC_TRIM_THRESHOLD`, the
-    8192 x 8192 benchmark pair took 300,000 page faults instead of 430,000
-    (1.1 s of system time instead of 1.5) and about 0.4 s less, with the
-    same peak memory.
+    8192 x 8192 benchmark pair took about 320,000 page faults instead of
+    440,000 (1.1 s of system time instead of 1.4) and 0.25 s less, with
+    the same peak memory.
 
     The setting holds for the rest of the process (glibc cannot be put back
     to its heuristic, which would have reached these values after the first
-    32 MB array freed). Nothing is done elsewhere than glibc, nor when the
+    32 MB array freed). Nothing is done elsewhere than glibc; nor when the
     user has tuned malloc (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
     ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or malloc tunables in
-    ``GLIBC_TUNABLES``, in the environment the process started with).
+    ``GLIBC_TUNABLES``, in the environment the process started with); nor
+    when ``CHANGEDET_MALLOPT=0`` (for a host process that sets malloc up
+    itself).
 
     Returns
     -------
     bool
         Whether the thresholds were set.
     """
+    if os.environ.get("CHANGEDET_MALLOPT") == "0":
+        return False
     env = _startup_environ()
     if any(name in env for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                                     "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")) \
@@ -330,14 +334,17 @@ def steady_malloc() -> bool:
 def _startup_environ() -> dict[str, str]:
     # The environment the process started with, which glibc read its malloc
     # settings from: os.environ may have changed since (dask.distributed
-    # sets MALLOC_TRIM_THRESHOLD_ there for the workers it starts).
+    # sets MALLOC_TRIM_THRESHOLD_ there for the workers it starts). Where
+    # that is unreadable, or was overwritten (setproctitle reuses its
+    # memory: no PATH left), os.environ, which errs towards leaving malloc be.
     try:
         with open("/proc/self/environ", "rb") as f:
             raw = f.read()
     except OSError:
         return dict(os.environ)
     pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
-    return {name: value for name, _, value in pairs}
+    env = {name: value for name, _, value in pairs}
+    return env if "PATH" in env else dict(os.environ)
 
 
 def release_free_memory() -> None:

@@ -185,7 +185,11 @@ def test_streamed_class_raster_overviews_show_every_change(tmp_path):
     from changedet.io import class_overview
 
     b, a = (np.tile(v, (1, 4, 2)) for v in _scene())   # 1204 x 874, the scene eight times
-    before = write_tif(tmp_path / "b.tif", b)
+    # A frame of nodata, as a shifted image's edges leave (blocks rewrite
+    # only boxes around it), and a patch inside.
+    invalid = np.zeros(b.shape[1:], bool)
+    invalid[:3], invalid[:, -2:], invalid[500:540, 700:760] = True, True, True
+    before = write_tif(tmp_path / "b.tif", b, mask=invalid)
     after = write_tif(tmp_path / "a.tif", a)
     mask = tmp_path / "m.tif"
     summary = changedet.diff(before, after, tmp_path / "c.geojson", mask=mask, block_size=256)
@@ -193,6 +197,7 @@ def test_streamed_class_raster_overviews_show_every_change(tmp_path):
     with rasterio.open(mask) as ds:
         classes = ds.read(1)
         assert ds.overviews(1) == [2, 4] and ds.nodata == 255
+    assert (classes[invalid] == 255).all() and (classes[~invalid] != 255).all()
     level = classes
     for i in range(2):
         level = class_overview(np.pad(level, ((0, level.shape[0] % 2), (0, level.shape[1] % 2)),

@@ -146,6 +146,10 @@ def test_runs_fix_malloc_thresholds(monkeypatch, tmp_path):
     changedet.diff(b, a, tmp_path / "c.geojson", coreg="none")
     # mmap threshold (-3) 32 MB, trim threshold (-1) 64 MB: glibc's ceilings.
     assert calls == [(-3, 32 * 2 ** 20), (-1, 64 * 2 ** 20)]
+    calls.clear()
+    monkeypatch.setenv("CHANGEDET_MALLOPT", "0")          # the host's own malloc set-up
+    assert runner.steady_malloc() is False and calls == []
+    monkeypatch.delenv("CHANGEDET_MALLOPT")
     monkeypatch.setattr(runner, "_libc_function", lambda name, argtypes: None)  # not glibc
     assert runner.steady_malloc() is False
 
@@ -166,3 +170,21 @@ def test_malloc_is_left_alone_if_the_process_started_tuned(env):
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ("False" if env else "True")
+
+
+def test_an_overwritten_startup_environment_falls_back_to_os_environ(monkeypatch):
+    import builtins
+    import io as stdio
+
+    import changedet.runner as runner
+
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/self/environ":     # as setproctitle leaves it: no PATH
+            return stdio.BytesIO(b"python worker.py\0\0")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert runner._startup_environ()["MALLOC_TRIM_THRESHOLD_"] == "65536"
