@@ -967,11 +967,7 @@ def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None 
         data, invalid = read_warped(src.dataset(), grid, bands=src.bands,
                                     pixel_transform=pixel_transform, resampling=resampling,
                                     name=src.name)
-        if linear is not None:
-            gain, offset = (np.asarray(v, np.float32)[:, None, None] for v in linear)
-            data *= gain
-            data += offset
-        return data, invalid
+        return (data if linear is None else _apply_linear(data, linear)), invalid
     dx, dy = move
     h, w = grid.height, grid.width
     (r0, r1), (c0, c1) = cubic_support(dy, h), cubic_support(dx, w)
@@ -989,11 +985,20 @@ def read_aligned(src: TileReader, grid: Grid, *, pixel_transform: Affine | None 
     inv[:, cols_out] = True
     zero = np.zeros((out.shape[0], 1, 1), np.float32)
     if linear is not None:
-        zero *= np.asarray(linear[0], np.float32).reshape(-1, 1, 1)
-        zero += np.asarray(linear[1], np.float32).reshape(-1, 1, 1)
+        _apply_linear(zero, linear)
     out[:, rows_out] = zero
     out[:, :, cols_out] = zero
     return out, inv
+
+
+def _apply_linear(data: NDArray[np.float32], linear: tuple[ArrayLike, ArrayLike],
+                  ) -> NDArray[np.float32]:
+    # data * gain + offset per band, in place, in float32 (as
+    # radiometry.apply_normalisation and cubic_shift's `linear` do it).
+    gain, offset = (np.asarray(v, np.float32).reshape(-1, 1, 1) for v in linear)
+    data *= gain
+    data += offset
+    return data
 
 
 def rgb_bands(ds: DatasetReader) -> tuple[int, ...]:
