@@ -706,15 +706,24 @@ def test_read_aligned_matches_gdal_cubic(tmp_path, window):
     assert (got[:, invalid] == 0).all()
 
 
-@pytest.mark.parametrize("window, shift, rows, cols", [
-    # Sample row r + row_off + 0.3 < -0.5 for r < 4.2; column c - 10 + 0.4 for c < 9.1.
-    (Window(-10, -5, 60, 40), (0.4, 0.3), slice(0, 5), slice(0, 10)),
-    # Row r + 200 + 0.5 >= 259.5 from r = 59; column c + 250 + 0.6 >= 299.5 from c = 49.
-    (Window(250, 200, 60, 70), (0.6, 0.5), slice(59, 70), slice(49, 60)),
-    # Row r - 5 - 0.6 < -0.5 for r < 5.1; column c - 10 - 0.4 for c < 9.9.
-    (Window(-10, -5, 60, 40), (-0.4, -0.6), slice(0, 6), slice(0, 10)),
+@pytest.mark.parametrize("window, shift, rows, cols, gdal_rows, gdal_cols", [
+    # Sample row r + row_off + 0.3 < 0 for r < 4.7 (GDAL: < -0.5 for r < 4.2);
+    # column c - 10 + 0.4 < 0 for c < 9.6 (GDAL: c < 9.1).
+    (Window(-10, -5, 60, 40), (0.4, 0.3), slice(0, 5), slice(0, 10), slice(0, 5), slice(0, 10)),
+    # Row r + 200 + 0.2 > 259 from r = 59 (GDAL: >= 259.5 from r = 60); column
+    # c + 250 + 0.3 > 299 from c = 49 (GDAL: >= 299.5 from c = 50).
+    (Window(250, 200, 60, 70), (0.3, 0.2), slice(59, 70), slice(49, 60),
+     slice(60, 70), slice(50, 60)),
+    # Row r - 5 - 0.6 < 0 for r < 5.6 (GDAL: r < 5.1); column c - 10 - 0.4 < 0
+    # for c < 10.4 (GDAL: c < 9.9).
+    (Window(-10, -5, 60, 40), (-0.4, -0.6), slice(0, 6), slice(0, 11), slice(0, 6),
+     slice(0, 10)),
 ], ids=str)
-def test_read_aligned_outside_the_source_is_invalid(tmp_path, window, shift, rows, cols):
+def test_read_aligned_outside_the_source_is_invalid(tmp_path, window, shift, rows, cols,
+                                                   gdal_rows, gdal_cols):
+    # Invalid beyond the first and last pixel centres: GDAL's footprint, to
+    # the source's edge, and the half pixel where the kernel would
+    # extrapolate from the edge pixel repeated.
     path = _tiled(tmp_path, nodata=False)
     pt = Affine.translation(*shift)
     with io.TileReader(str(path)) as r, rasterio.open(path) as ds:
@@ -725,8 +734,27 @@ def test_read_aligned_outside_the_source_is_invalid(tmp_path, window, shift, row
     expected[rows, :] = True
     expected[:, cols] = True
     np.testing.assert_array_equal(invalid, expected)
-    np.testing.assert_array_equal(invalid, want_invalid)    # GDAL's footprint
+    gdal = np.zeros(grid.shape, bool)
+    gdal[gdal_rows, :] = True
+    gdal[:, gdal_cols] = True
+    np.testing.assert_array_equal(want_invalid, gdal)    # GDAL's footprint
     assert (got[:, invalid] == 0).all() and (got[:, ~invalid] > 0).all()
+
+
+def test_read_aligned_does_not_extrapolate_past_the_edge(tmp_path):
+    # A ramp that turns at the source's last column: the cubic kernel,
+    # sampling beyond it, would have repeated the edge pixel instead.
+    data = np.tile(np.arange(1, 41, dtype=np.float32) ** 2, (3, 30, 1))
+    path = write_tif(tmp_path / "ramp.tif", data, tiled=True, blockxsize=16, blockysize=16)
+    with io.TileReader(str(path)) as r:
+        got, invalid = io.read_aligned(r, r.grid, pixel_transform=Affine.translation(0.4, 0))
+    # Column 39 samples 39.4, past the last centre (39): invalid, though
+    # within the source; column 38 samples 38.4, between two centres, and
+    # weighs the repeated pixel by 0.048 only. (The kernel reproduces a
+    # quadratic exactly where it needs no repeated pixel.)
+    assert invalid[:, 39].all() and not invalid[:, :39].any()
+    np.testing.assert_allclose(got[0, 5, 30:38], (np.arange(30, 38) + 1.4) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(got[0, 5, 38], 39.4 ** 2, rtol=5e-3)
 
 
 @pytest.mark.parametrize("pt", [Affine.translation(1.3, -0.6), Affine.translation(3, -2),
