@@ -73,6 +73,11 @@ MIN_BAND_CORRELATION = 0.5
 #: 0.13 s).
 _LINES_AT_ONCE = 8
 
+#: The least-median search first ranks every line by the median of its
+#: residuals on this many of the scoring points, and finds the median of
+#: the best few (this many lines) exactly; see _lmeds_line.
+_ROUGH_POINTS, _ROUGH_LINES = 2000, 16
+
 #: Ratio of the two dates' spreads beyond which robust_orthogonal_regression
 #: takes them to be in other units.
 _UNITS_APART = 3.0
@@ -355,49 +360,83 @@ def _lmeds_line(x: NDArray[np.float64], y: NDArray[np.float64], trials: int, max
     theta = np.arctan2(dy[ok], dx[ok])
     x0, y0 = x[i[ok]], y[i[ok]]
     xs, ys = x[uni], y[uni]
+    npts, half = xs.size, xs.size // 2
 
-    buf = np.empty((_LINES_AT_ONCE, xs.size))
+    buf = np.empty((_LINES_AT_ONCE, npts))
     tmp = np.empty_like(buf)
 
-    def residuals(lines: slice | NDArray[np.intp]) -> NDArray[np.float64]:
-        # Orthogonal distances of the scoring points from some candidate
-        # lines, (lines, points), in a buffer reused from chunk to chunk.
-        # A few lines at a time: all 600 at once made temporaries of ~100
-        # MB each, whose page faults cost more than the arithmetic.
+    def residuals(lines: slice | NDArray[np.intp], points: int = npts) -> NDArray[np.float64]:
+        # Orthogonal distances of the first `points` scoring points from
+        # some candidate lines, (lines, points), in a buffer reused from
+        # chunk to chunk. A few lines at a time: all 600 at once made
+        # temporaries of ~100 MB each, whose page faults cost more than the
+        # arithmetic.
         t = theta[lines, None]
-        out, other = buf[:t.shape[0]], tmp[:t.shape[0]]
-        np.multiply(-np.sin(t), np.subtract(xs, x0[lines, None], out=out), out=out)
-        np.multiply(np.cos(t), np.subtract(ys, y0[lines, None], out=other), out=other)
+        out, other = buf[:t.shape[0], :points], tmp[:t.shape[0], :points]
+        np.multiply(-np.sin(t), np.subtract(xs[:points], x0[lines, None], out=out), out=out)
+        np.multiply(np.cos(t), np.subtract(ys[:points], y0[lines, None], out=other), out=other)
         return np.abs(np.add(out, other, out=out), out=out)
 
-    def medians(lines: slice) -> NDArray[np.float64]:
-        # np.median's values (the mean of the middle two of an even count),
-        # partitioning the buffer in place instead of a copy of it.
-        r = residuals(lines)
-        half = r.shape[1] // 2
+    def medians(r: NDArray[np.float64]) -> NDArray[np.float64]:
+        # np.median's values along the rows (the mean of the middle two of
+        # an even count), partitioning `r` in place instead of a copy.
+        h = r.shape[1] // 2
         if r.shape[1] % 2:
-            r.partition(half, axis=1)
-            return r[:, half].copy()
-        r.partition([half - 1, half], axis=1)
-        return (r[:, half - 1] + r[:, half]) / 2
+            r.partition(h, axis=1)
+            return r[:, h].copy()
+        r.partition([h - 1, h], axis=1)
+        return (r[:, h - 1] + r[:, h]) / 2
+
+    # The exact median of a line's residuals (NaN until needed): the
+    # partition it takes cost more than all else, so it is found only for
+    # the lines whose median matters, and the answer is the one that
+    # finding every line's median gives, bit for bit.
+    med = np.full(theta.size, np.nan)
+
+    def find(lines: NDArray[np.intp]) -> None:
+        lines = lines[np.isnan(med[lines])]
+        for s in range(0, lines.size, _LINES_AT_ONCE):
+            c = lines[s:s + _LINES_AT_ONCE]
+            med[c] = medians(residuals(c))
 
     chunks = [slice(s, s + _LINES_AT_ONCE) for s in range(0, theta.size, _LINES_AT_ONCE)]
-    # The spread of the best least-median line (through the commonest
-    # material) sets the inlier band; the line with most inliers wins, which
-    # is the one through that material and the others that did not change.
-    med = np.concatenate([medians(c) for c in chunks])
-    scale = 1.4826 * float(med.min()) * (1 + 5 / max(xs.size - 2, 1))
-    band = cutoff * max(scale, 1e-12)
-    # Only lines whose median residual is within the band can win: one
-    # whose median is beyond it has at most half the points within it,
-    # while the best least-median line (median <= band) has at least half,
-    # and on a tie the smaller median wins. Most lines are skipped.
-    contenders = np.flatnonzero(med <= band)
-    at = [contenders[s:s + _LINES_AT_ONCE] for s in range(0, contenders.size, _LINES_AT_ONCE)]
-    counts = np.zeros(theta.size, np.intp)
-    for c in at:
-        counts[c] = (residuals(c) <= band).sum(axis=1)
-    k = int(np.lexsort((med, -counts))[0])
+    # The smallest median: among the lines whose median on a share of the
+    # points is smallest, unless a line has as many residuals below it as
+    # a smaller median needs (then that line's median is found, and the
+    # count taken again against the new smallest).
+    rough = np.concatenate([medians(residuals(c, min(_ROUGH_POINTS, npts))) for c in chunks])
+    find(np.argsort(rough, kind="stable")[:_ROUGH_LINES])
+    below, within = np.zeros(theta.size, np.intp), np.zeros(theta.size, np.intp)
+    while True:
+        least = float(np.nanmin(med))
+        # The spread of the best least-median line (through the commonest
+        # material) sets the inlier band; the line with most inliers wins,
+        # which is the one through that material and the others that did
+        # not change.
+        scale = 1.4826 * least * (1 + 5 / max(npts - 2, 1))
+        band = cutoff * max(scale, 1e-12)
+        for c in chunks:
+            r = residuals(c)
+            below[c] = (r < least).sum(axis=1)
+            within[c] = (r <= band).sum(axis=1)
+        smaller = np.flatnonzero((below >= npts - half) & np.isnan(med))
+        find(smaller)
+        if not smaller.size or float(np.nanmin(med)) == least:
+            break
+    # Only lines whose median is within the band can win: one whose median
+    # is beyond it has at most half the points within it, while the best
+    # least-median line (median <= band) has at least half, and on a tie
+    # the smaller median wins. More than half the residuals within the
+    # band put the median within it, fewer than half beyond it; exactly
+    # half (an even count) needs the median.
+    if npts % 2 == 0:
+        find(np.flatnonzero(within == half))
+    known = ~np.isnan(med)
+    contenders = np.where(known, np.where(known, med, np.inf) <= band, within > half)
+    counts = np.where(contenders, within, 0)
+    best = np.flatnonzero(counts == counts.max())
+    find(best)
+    k = int(best[np.argsort(med[best], kind="stable")[0]])
     t, px, py = float(theta[k]), float(x0[k]), float(y0[k])
     inliers = np.abs(-np.sin(t) * (x - px) + np.cos(t) * (y - py)) <= band
     if inliers.sum() < 3:

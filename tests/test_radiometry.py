@@ -102,6 +102,45 @@ def test_robust_regression_ignores_a_consistent_cluster_of_change():
     assert inliers[:6000].mean() > 0.95 and inliers[6000:].mean() < 0.05
 
 
+def _regression_cases():
+    # Lines with outliers, one material holding half the points, integer
+    # values (ties among the residuals), odd and even point counts.
+    rng = np.random.default_rng(11)
+    for k in range(12):
+        n = int(rng.integers(7, 30000))
+        x = rng.uniform(0, 100, n)
+        y = rng.uniform(0.5, 2) * x + 12 + rng.normal(0, rng.uniform(0.05, 3), n)
+        changed = int(n * rng.uniform(0, 0.6))
+        y[:changed] = rng.uniform(0, 100, changed)
+        if k % 3 == 0:
+            x, y = np.round(x / 8), np.round(y / 8)
+        if k % 4 == 1:
+            x[:n // 2], y[:n // 2] = 5.0, 7.0
+        yield x, y
+
+
+@pytest.mark.parametrize("rough_points, rough_lines", [(2000, 16), (5, 1), (40, 3)])
+def test_robust_regression_finds_the_line_every_median_would(monkeypatch, rough_points,
+                                                            rough_lines):
+    # The least-median search finds the exact median of a few lines only;
+    # its answer must be the one that finding every line's median gives,
+    # bit for bit, even when the rough ranking (few points) misleads it.
+    from changedet import radiometry
+
+    cases = list(_regression_cases())
+    monkeypatch.setattr(radiometry, "_ROUGH_POINTS", 10 ** 9)
+    monkeypatch.setattr(radiometry, "_ROUGH_LINES", 10 ** 9)   # every median, exactly
+    want = [robust_orthogonal_regression(x, y, max_points=max_points)
+            for x, y in cases for max_points in (20000, 1001)]
+    monkeypatch.setattr(radiometry, "_ROUGH_POINTS", rough_points)
+    monkeypatch.setattr(radiometry, "_ROUGH_LINES", rough_lines)
+    got = [robust_orthogonal_regression(x, y, max_points=max_points)
+           for x, y in cases for max_points in (20000, 1001)]
+    for (s0, i0, in0), (s1, i1, in1) in zip(want, got, strict=True):
+        assert (s0, i0) == (s1, i1)
+        np.testing.assert_array_equal(in0, in1)
+
+
 def test_gain_is_found_when_one_material_covers_most_of_the_scene():
     # 85 % paving with its texture, a few roofs and roads: plain LMedS would
     # accept any line through the paving.
