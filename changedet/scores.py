@@ -181,10 +181,17 @@ def _robust_moments(d: NDArray[np.float64], *, quantile: float = 0.5, iterations
         y *= c
         t = y.sum(axis=0)
         new_keep = t < cut
-        if new_keep.sum() < nb + 2:
+        kept = int(new_keep.sum())
+        if kept < nb + 2:
             break
-        mean = d[:, new_keep].mean(axis=1)
-        cov = np.atleast_2d(np.cov(d[:, new_keep]) / consistency)
+        # np.cov's own steps on one copy of the kept pixels (np.cov copied
+        # them again): the same mean and covariance, bit for bit.
+        x = d[:, new_keep]
+        mean = x.mean(axis=1)
+        x -= mean[:, None]
+        cov = np.dot(x, x.T.conj())
+        cov *= np.true_divide(1, kept - 1)
+        cov = np.atleast_2d(cov / consistency)
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
@@ -316,10 +323,21 @@ def _shade_regions(before: NDArray[np.floating], after: NDArray[np.floating],
     if valid.sum() < 100:
         return None
     dark = _dark_level(b, a, valid)
-    yb = np.maximum(np.asarray(b, np.float64) - dark[:, None, None], 0)
-    ya = np.maximum(np.asarray(a, np.float64) - dark[:, None, None], 0)
-    del b, a
-    sb, sa = yb.sum(axis=0), ya.sum(axis=0)
+
+    def lit(data: NDArray[np.floating], at: Any = ...) -> NDArray[np.float64]:
+        # Dark-corrected values, float64, of the pixels `at`.
+        v = np.asarray(data[:, at] if at is not ... else data, np.float64)
+        return np.maximum(v - dark.reshape((-1,) + (1,) * (v.ndim - 1)), 0)
+
+    def brightness(data: NDArray[np.floating]) -> NDArray[np.float64]:
+        # lit(data).sum(axis=0), a band at a time (the same additions in the
+        # same order) rather than a float64 copy of the stack.
+        out = np.zeros(data.shape[1:])
+        for band, d in zip(data, dark, strict=True):
+            out += np.maximum(np.asarray(band, np.float64) - d, 0)
+        return out
+
+    sb, sa = brightness(b), brightness(a)
     # The lit side must be bright enough for a ratio to mean something.
     lit_floor = 0.3 * float(np.median(np.maximum(sb, sa)[valid]))
     # A shade is also darker than the ground around it at its own date (a
@@ -337,7 +355,8 @@ def _shade_regions(before: NDArray[np.floating], after: NDArray[np.floating],
         return None
     lab = labels[cand]
     after_shaded = a_shaded[cand]
-    yb, ya = yb[:, cand], ya[:, cand]
+    yb, ya = lit(b, cand), lit(a, cand)
+    del b, a
     lit = np.where(after_shaded, yb, ya)
     shade = np.where(after_shaded, ya, yb)
     del yb, ya
