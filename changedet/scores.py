@@ -603,7 +603,7 @@ def vegetation_mask(data: NDArray[np.floating], gate: VegetationGate) -> NDArray
 
 def _gate(score: NDArray[np.float32], before: NDArray[np.floating],
           after: NDArray[np.floating], gate: VegetationGate | None,
-          candidates: _Candidates | None = None) -> None:
+          at: tuple[NDArray[np.intp], NDArray[np.intp]] | None = None) -> None:
     # In place: 0 where a candidate pixel (default: every pixel) is
     # vegetation at both dates (the season changes a field's colour; it is
     # not a structure built or removed). The scores that know their
@@ -616,13 +616,13 @@ def _gate(score: NDArray[np.float32], before: NDArray[np.floating],
     # NDVI cannot tell them apart.
     if gate is None:
         return
-    if candidates is None:
+    if at is None:
         veg = vegetation_mask(before, gate)
         if veg.any():  # built-up strips: no need to look at the other date
             veg &= vegetation_mask(after, gate)
             score[veg] = 0
         return
-    rows, cols = candidates.at
+    rows, cols = at
     veg = vegetation_at(before, gate, rows, cols)
     rows, cols = rows[veg], cols[veg]
     veg = vegetation_at(after, gate, rows, cols)
@@ -686,11 +686,23 @@ def vegetation_at(data: NDArray[np.floating], gate: VegetationGate, rows: NDArra
         return veg
 
     # Down the columns, then along the rows.
-    if rows.size > _DENSE_NDVI_SHARE * h * w:
-        pad = np.pad(_ndvi(band(gate.red), band(gate.nir)), radius, mode="edge")
-        down = _smooth(lambda i: pad[radius + i:radius + i + h])
-        smoothed = _smooth(lambda j: down[:, radius + j:radius + j + w])
-        return is_vegetation(smoothed[rows, cols], (rows, cols))
+    if not rows.size:
+        return np.zeros(0, bool)
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    if (r1 - r0 + 2 * radius) * (c1 - c0 + 2 * radius) <= rows.size * _DENSE_NDVI_RATIO:
+        # Over the pixels' bounding box (and the kernel's reach around it;
+        # the image's edge repeated past it, as np.pad does): the same
+        # operations on the same values as whole, for any box.
+        y0, y1 = max(r0 - radius, 0), min(r1 + radius, h)
+        x0, x1 = max(c0 - radius, 0), min(c1 + radius, w)
+        box = np.s_[y0:y1, x0:x1]
+        pad = np.pad(_ndvi(band(gate.red, box), band(gate.nir, box)),
+                     ((y0 - (r0 - radius), r1 + radius - y1),
+                      (x0 - (c0 - radius), c1 + radius - x1)), mode="edge")
+        bh, bw = r1 - r0, c1 - c0
+        down = _smooth(lambda i: pad[radius + i:radius + i + bh])
+        smoothed = _smooth(lambda j: down[:, radius + j:radius + j + bw])
+        return is_vegetation(smoothed[rows - r0, cols - c0], (rows, cols))
     out = np.zeros(rows.size, bool)
     offsets = np.arange(-radius, radius + 1)
     for s in range(0, rows.size, _TOLERANT_CHUNK):
@@ -705,10 +717,12 @@ def vegetation_at(data: NDArray[np.floating], gate: VegetationGate, rows: NDArra
     return out
 
 
-#: Share of an image's pixels asked for from which vegetation_at smooths
-#: NDVI over the whole image: a pixel's own neighbourhood costs ~0.3 us,
-#: the whole image ~0.03 us a pixel.
-_DENSE_NDVI_SHARE = 1 / 16
+#: Pixels of the bounding box (grown by the kernel's reach) over which
+#: vegetation_at smooths NDVI whole, per pixel asked for, below which it
+#: does: a pixel's own neighbourhood costs ~0.3 us, a box ~0.03 us a pixel.
+#: (Over the whole image when one pixel in 16 was asked for, the bench's
+#: structures, 80 x 120 px, cost 6 ms a strip for some 10 000 pixels.)
+_DENSE_NDVI_RATIO = 80
 
 
 def default_vegetation_gate(bands: int, dark: NDArray[np.floating] | None = None,
@@ -1108,6 +1122,17 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
     """
     if isinstance(params, NoiseModel):
         params = CVAParams(params)
+    score, at = _cva(before, after, params, tolerance=tolerance, candidate_p=candidate_p,
+                     exact_above=exact_above)
+    _gate(score, before, after, params.vegetation, at)
+    return score
+
+
+def _cva(before: NDArray[np.floating], after: NDArray[np.floating], params: CVAParams, *,
+         tolerance: int | None = None, candidate_p: float = 0.01, exact_above: float = 0.0,
+         ) -> tuple[NDArray[np.float32], tuple[NDArray[np.intp], NDArray[np.intp]]]:
+    # score_cva but the vegetation gate; also returns the candidates it
+    # would gate (score_change gates a block's at once).
     noise = params.noise
     _check_pair(before, after, noise.bands)
     tolerance = params.tolerance if tolerance is None else tolerance
@@ -1122,8 +1147,7 @@ def score_cva(before: NDArray[np.floating], after: NDArray[np.floating],
     del wa, wb
     if params.shadow is not None:
         _apply_shadow(score, before, after, params.shadow, w, mean, candidates)
-    _gate(score, before, after, params.vegetation, candidates)
-    return score
+    return score, candidates.at
 
 
 def change_direction(before: NDArray[np.floating], after: NDArray[np.floating],
@@ -1292,6 +1316,16 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
     >>> bool(s[3, 3] > 10 > s[6, 6])
     True
     """
+    score, at = _logratio(before, after, params, candidate_p=candidate_p,
+                          exact_above=exact_above)
+    _gate(score, before, after, params.vegetation, at)
+    return score
+
+
+def _logratio(before: NDArray[np.floating], after: NDArray[np.floating],
+              params: LogRatioParams, *, candidate_p: float = 0.01, exact_above: float = 0.0,
+              ) -> tuple[NDArray[np.float32], tuple[NDArray[np.intp], NDArray[np.intp]]]:
+    # score_logratio but the vegetation gate, as _cva.
     _check_pair(before, after, params.noise.bands)
     w = params.noise.whitening()
     mean = np.asarray(params.noise.mean, np.float32)
@@ -1317,8 +1351,7 @@ def score_logratio(before: NDArray[np.floating], after: NDArray[np.floating],
                 best = np.minimum(best, np.sqrt((r * r).sum(axis=0)))
             score[rows, cols] = best
     del wa, wb, spread
-    _gate(score, before, after, params.vegetation, candidates)
-    return score
+    return score, candidates.at
 
 
 # ------------------------------------------------------------------ IR-MAD
@@ -1433,6 +1466,15 @@ def score_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
     ----------
     .. [3] Nielsen, A. A. (2007). :doi:`10.1109/TIP.2006.888195`
     """
+    score, at = _irmad(before, after, params, candidate_p=candidate_p, exact_above=exact_above)
+    _gate(score, before, after, params.vegetation, at)
+    return score
+
+
+def _irmad(before: NDArray[np.floating], after: NDArray[np.floating], params: IRMADParams, *,
+           candidate_p: float = 0.01, exact_above: float = 0.0,
+           ) -> tuple[NDArray[np.float32], tuple[NDArray[np.intp], NDArray[np.intp]]]:
+    # score_irmad but the vegetation gate, as _cva.
     _check_pair(before, after, params.dof)
     pb, pa = params.project(before, after)
     score, candidates = _whitened_score(pb, pa, params.dof, params.tolerance, candidate_p,
@@ -1450,8 +1492,7 @@ def score_irmad(before: NDArray[np.floating], after: NDArray[np.floating],
         after_b = np.tensordot(lin, np.asarray(after, np.float32), axes=1) + off[:, None, None]
         _apply_shadow(score, before, after_b, params.shadow, w, np.zeros(params.dof, np.float32),
                       candidates)
-    _gate(score, before, after, params.vegetation, candidates)
-    return score
+    return score, candidates.at
 
 
 # --------------------------------------------------------------- structure
@@ -1693,28 +1734,56 @@ def score_change(before: NDArray[np.floating], after: NDArray[np.floating],
     threshold as they would have anyway. Every pixel that can be change,
     and every score above `exact_above`, is the same as without it.
     """
-    apply = _scorer(params)
-    if exact_above > 0 and not isinstance(params, StructureParams):
-        apply = functools.partial(apply, exact_above=float(exact_above))
+    structure = isinstance(params, StructureParams)
+    # The vegetation gate once on all the strips' candidates: each strip's
+    # few hundred made a dozen calls a block, whose fixed cost was most of
+    # the gate's.
+    apply = score_structure if structure else functools.partial(
+        _ungated(params), exact_above=float(exact_above))
     h = before.shape[-2]
     margin = params.radius + 1
     # Margins of a wide-reaching model (shadows) would otherwise dominate.
     strip_rows = max(strip_rows, 8 * margin) if strip_rows > 0 else 0
-    if strip_rows <= 0 or h <= 2 * strip_rows:
-        return apply(before, after, params)
+    whole = strip_rows <= 0 or h <= 2 * strip_rows
+    if structure:
+        return apply(before, after, params) if whole else \
+            _in_strips(apply, before, after, params, strip_rows, margin)[0]
+    if whole:
+        score, at = apply(before, after, params)
+    else:
+        score, at = _in_strips(apply, before, after, params, strip_rows, margin)
+    _gate(score, before, after, params.vegetation, at)
+    return score
+
+
+def _in_strips(apply: Callable[..., Any], before: NDArray[np.floating],
+               after: NDArray[np.floating], params: ScoreParams, strip_rows: int, margin: int,
+               ) -> tuple[NDArray[np.float32], tuple[NDArray[np.intp], NDArray[np.intp]]]:
+    # score_change's strips: the score, and the candidates `apply` returns
+    # with it (if any) in the strips' own rows, in the whole's coordinates.
+    h = before.shape[-2]
     out = np.empty(before.shape[-2:], np.float32)
+    rows: list[NDArray[np.intp]] = []
+    cols: list[NDArray[np.intp]] = []
     for r0 in range(0, h, strip_rows):
         r1 = min(h, r0 + strip_rows)
         a0, a1 = max(0, r0 - margin), min(h, r1 + margin)
         part = apply(before[..., a0:a1, :], after[..., a0:a1, :], params)
+        if isinstance(part, tuple):
+            part, (rr, cc) = part
+            own = (rr >= r0 - a0) & (rr < r1 - a0)
+            rows.append(rr[own] + a0)
+            cols.append(cc[own])
         out[r0:r1] = part[r0 - a0:r1 - a0]
-    return out
+    empty = np.zeros(0, np.intp)
+    return out, (np.concatenate(rows) if rows else empty, np.concatenate(cols) if cols else empty)
 
 
-def _scorer(params: ScoreParams) -> Callable[..., NDArray[np.float32]]:
-    # The score function that applies `params`.
-    for kind, func in ((CVAParams, score_cva), (LogRatioParams, score_logratio),
-                       (IRMADParams, score_irmad), (StructureParams, score_structure)):
+def _ungated(params: ScoreParams) -> Callable[..., tuple[
+        NDArray[np.float32], tuple[NDArray[np.intp], NDArray[np.intp]]]]:
+    # The score function that applies `params` but the vegetation gate
+    # (which it leaves to the caller, with the candidates it would gate).
+    for kind, func in ((CVAParams, _cva), (LogRatioParams, _logratio), (IRMADParams, _irmad)):
         if isinstance(params, kind):
             return func
     raise TypeError(f"not score parameters: {type(params).__name__}")

@@ -220,13 +220,13 @@ def test_vegetation_gate_ignores_the_season_but_not_a_roof_on_grass():
 
 
 @pytest.mark.parametrize("dark", [None, (30.0, 20.0, 10.0, 5.0)])
-@pytest.mark.parametrize("whole", [False, True], ids=["neighbourhoods", "whole-image"])
+@pytest.mark.parametrize("whole", [False, True], ids=["neighbourhoods", "bounding-box"])
 def test_vegetation_at_some_pixels_is_the_mask_there(dark, whole, monkeypatch):
     # Every pixel, the edges included (where the smoothing repeats the
     # edge), by each of the two ways vegetation_at has.
     import changedet.scores as scores
 
-    monkeypatch.setattr(scores, "_DENSE_NDVI_SHARE", 0.0 if whole else 2.0)
+    monkeypatch.setattr(scores, "_DENSE_NDVI_RATIO", 1e12 if whole else 0.0)
     b, a = lawn_pair(seed=3)
     gate = default_vegetation_gate(4, None if dark is None else np.array(dark))
     for data in (b, a, b[:, 7:50, 90:]):
@@ -236,6 +236,14 @@ def test_vegetation_at_some_pixels_is_the_mask_there(dark, whole, monkeypatch):
         assert np.array_equal(vegetation_at(data, gate, rows, cols), mask.ravel())
     rows, cols = np.array([0, 159, 30, 64]), np.array([159, 0, 30, 70])
     assert np.array_equal(vegetation_at(b, gate, rows, cols), vegetation_mask(b, gate)[rows, cols])
+    # Clusters whose box lies inside the image, or reaches one edge or a
+    # corner (the box then repeats that edge only).
+    mask = vegetation_mask(b, gate)
+    for r0, c0 in [(40, 50), (0, 70), (150, 155), (1, 2)]:
+        rows, cols = (v.ravel() for v in np.indices((9, 5)) + np.array([[[r0]], [[c0]]]))
+        keep = (rows < 160) & (cols < 160)
+        rows, cols = rows[keep], cols[keep]
+        assert np.array_equal(vegetation_at(b, gate, rows, cols), mask[rows, cols])
 
 
 def test_vegetation_at_both_ways_agree_at_the_threshold(monkeypatch):
@@ -253,9 +261,9 @@ def test_vegetation_at_both_ways_agree_at_the_threshold(monkeypatch):
     smoothed = scores._smooth(lambda j: down[:, 3 + j:113 + j])
     for value in np.quantile(smoothed, [0.1, 0.5, 0.9]):
         at = dataclasses.replace(gate, ndvi_min=float(value))
-        monkeypatch.setattr(scores, "_DENSE_NDVI_SHARE", 2.0)
+        monkeypatch.setattr(scores, "_DENSE_NDVI_RATIO", 0.0)
         one = vegetation_at(data, at, rows, cols)
-        monkeypatch.setattr(scores, "_DENSE_NDVI_SHARE", 0.0)
+        monkeypatch.setattr(scores, "_DENSE_NDVI_RATIO", 1e12)
         other = vegetation_at(data, at, rows, cols)
         assert np.array_equal(one, other)
         assert 0 < one.mean() < 1
@@ -331,6 +339,20 @@ def test_scoring_in_strips_equals_scoring_whole(method):
     whole = score_change(b, a, params, strip_rows=0)
     assert whole.max() > 5           # the scene holds change to score
     for rows in (7, 64, 100):
+        np.testing.assert_array_equal(score_change(b, a, params, strip_rows=rows), whole)
+
+
+@pytest.mark.parametrize("method", ["cva", "logratio", "irmad"])
+def test_vegetation_gated_in_strips_equals_gated_whole(method):
+    # Strips hand their candidates to one vegetation gate for the whole:
+    # a lawn that changed with the season, and a roof on it, scored in
+    # strips, must give the very same array as scored whole.
+    b, a = (np.concatenate([x, x[:, ::-1]], axis=1) for x in lawn_pair(seed=6))  # 320 rows
+    params = fit_score(method, b, a, np.zeros(b.shape[1:], bool), tolerance=2)
+    whole = score_change(b, a, params, strip_rows=0)
+    ungated = score_change(b, a, dataclasses.replace(params, vegetation=None), strip_rows=0)
+    assert params.vegetation is not None and (whole < ungated).sum() > 50   # the gate acts
+    for rows in (7, 50, 100):
         np.testing.assert_array_equal(score_change(b, a, params, strip_rows=rows), whole)
 
 
