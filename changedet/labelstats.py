@@ -141,13 +141,20 @@ def _maximum(values: NDArray[Any], labels: NDArray[np.integer], index: NDArray[n
     return out[np.clip(index, 0, top)]
 
 
-def first_pixel(labels: NDArray[np.integer], index: ArrayLike) -> NDArray[np.int64]:
+def first_pixel(labels: NDArray[np.integer], index: ArrayLike,
+                among: NDArray[np.bool_] | None = None) -> NDArray[np.int64]:
     """Flat index (row * width + col) of each label's first pixel in raster order.
 
-    Absent labels get -1.
+    Absent labels get -1. With `among` (a mask of the labels' shape), of
+    each label's first pixel among those (as ``first_pixel(np.where(among,
+    labels, 0), index)``, without an array of that size).
     """
     index = np.asarray(index, np.int64)
-    where = _labelled(labels)
+    if among is None:
+        where = _labelled(labels)
+    else:
+        where = np.flatnonzero(among)
+        where = where[np.asarray(labels).ravel()[where] > 0]
     out = np.full(index.shape, -1, np.int64)
     if where.size == 0 or index.size == 0:
         return out

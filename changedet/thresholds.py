@@ -304,7 +304,7 @@ def apply_threshold(score: NDArray[np.floating], threshold: Threshold,
     if not seeds.any() or threshold.low >= threshold.high:
         return seeds
     labels, seeded = seeded_components(cand, seeds)
-    return seeded[labels]
+    return np.take(seeded, labels)
 
 
 def seeded_components(cand: NDArray[np.bool_], seeds: NDArray[np.bool_],

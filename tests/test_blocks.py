@@ -857,3 +857,25 @@ def test_block_threads_never_swap_the_warning_filters_at_once(scene, reference, 
     monkeypatch.undo()
     assert len(r) >= 5          # polygons made on both threads
     assert most[0] == 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_group_boxes_and_first_pixels_are_those_of_the_labelled_groups(seed):
+    # process_window finds each group's box and first pixel from its live
+    # pixels; they must be find_objects' and first_pixel's on the groups,
+    # at the window's edges too (where the dilation is cut).
+    from changedet.blocks import _group_extents
+    from changedet.cleanup import CONNECTIVITY, dilate_square
+    from changedet.labelstats import first_pixel
+
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(5, 90, 2))
+    live = rng.random((h, w)) < rng.choice([0.002, 0.02, 0.2])
+    live[rng.integers(h), rng.integers(w)] = True
+    k = int(rng.integers(0, 6))
+    glabels, ng = ndimage.label(dilate_square(live, k), structure=CONNECTIVITY)
+    bbox, first = _group_extents(live, glabels, ng, k)
+    want = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop]
+                     for s in ndimage.find_objects(glabels)]).reshape(-1, 4)
+    np.testing.assert_array_equal(bbox, want)
+    np.testing.assert_array_equal(first, first_pixel(glabels, np.arange(1, ng + 1)))

@@ -24,6 +24,9 @@ def test_same_answers_as_scipy_on_whole_array(seed):
     rows_cols = np.arange(h * w).reshape(h, w)
     np.testing.assert_array_equal(first_pixel(labels, idx)[present],
                                   np.asarray(ndimage.minimum(rows_cols, labels, idx))[present])
+    among = rng.random((h, w)) < 0.5
+    np.testing.assert_array_equal(first_pixel(labels, idx, among=among),
+                                  first_pixel(np.where(among, labels, 0), idx))
 
 
 def test_absent_labels_are_marked():
