@@ -642,11 +642,14 @@ def _smooth(taps: Callable[[int], NDArray[np.floating]]) -> NDArray[np.float64]:
     # One axis of vegetation_at's smoothing, given the values at each
     # offset: one float64 multiply-add at a time in a fixed order, so that a
     # pixel's own neighbourhood and shifted whole images give the same bits.
+    # (Given float64 values, no tap is copied; the products go through one
+    # scratch array: the same operations, fewer passes over memory.)
     k = _ndvi_kernel()
     radius = k.size // 2
-    out = k[0] * taps(-radius).astype(np.float64)
+    out = np.multiply(np.asarray(taps(-radius), np.float64), k[0])
+    tmp = np.empty_like(out)
     for i in range(1 - radius, radius + 1):
-        out += k[i + radius] * taps(i).astype(np.float64)
+        out += np.multiply(np.asarray(taps(i), np.float64), k[i + radius], out=tmp)
     return out
 
 
@@ -696,7 +699,7 @@ def vegetation_at(data: NDArray[np.floating], gate: VegetationGate, rows: NDArra
         y0, y1 = max(r0 - radius, 0), min(r1 + radius, h)
         x0, x1 = max(c0 - radius, 0), min(c1 + radius, w)
         box = np.s_[y0:y1, x0:x1]
-        pad = np.pad(_ndvi(band(gate.red, box), band(gate.nir, box)),
+        pad = np.pad(_ndvi(band(gate.red, box), band(gate.nir, box)).astype(np.float64),
                      ((y0 - (r0 - radius), r1 + radius - y1),
                       (x0 - (c0 - radius), c1 + radius - x1)), mode="edge")
         bh, bw = r1 - r0, c1 - c0
@@ -710,7 +713,8 @@ def vegetation_at(data: NDArray[np.floating], gate: VegetationGate, rows: NDArra
         rr = np.clip(r + offsets[:, None], 0, h - 1)          # (taps, n)
         cc = np.clip(c + offsets[:, None], 0, w - 1)
         ndvi = _ndvi(band(gate.red, (rr[:, None, :], cc[None, :, :])),
-                     band(gate.nir, (rr[:, None, :], cc[None, :, :])))   # (taps, taps, n)
+                     band(gate.nir, (rr[:, None, :], cc[None, :, :]))).astype(np.float64)
+        # (taps, taps, n) above; (taps, n) and (n,) below.
         down = _smooth(lambda i, ndvi=ndvi: ndvi[i + radius])           # (taps, n)
         smoothed = _smooth(lambda j, down=down: down[j + radius])
         out[s:s + r.size] = is_vegetation(smoothed, (r, c))
