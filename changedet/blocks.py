@@ -36,8 +36,6 @@ import shapely
 from affine import Affine
 from numpy.typing import NDArray
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from shapely.geometry.base import BaseGeometry
 
 from changedet.cleanup import CONNECTIVITY, clean_mask, delineate, dilate_square, label_components
@@ -548,8 +546,40 @@ def _meeting(boxes: NDArray[np.int64], chunk: int = 1024) -> NDArray[np.intp]:
         i, j = np.nonzero(meet)
         pairs.append((i + s, j))
     i, j = (np.concatenate(v) for v in zip(*pairs, strict=True))
-    graph = coo_matrix((np.ones(i.size, bool), (i, j)), shape=(n, n))
-    return connected_components(graph, directed=False)[1].astype(np.intp)
+    return components(n, i, j)
+
+
+def components(n: int, i: NDArray[np.intp], j: NDArray[np.intp]) -> NDArray[np.intp]:
+    """Label (0..) the connected components of an undirected graph of `n` nodes.
+
+    The edges join ``i[k]`` and ``j[k]``. Components are numbered in the
+    order of their lowest node, as ``scipy.sparse.csgraph.connected_components``
+    numbers them (whose import, with scipy.sparse's, cost every run 0.1 s
+    for the few dozen boxes of a block).
+
+    Examples
+    --------
+    >>> components(5, np.array([3, 1]), np.array([4, 0])).tolist()
+    [0, 0, 1, 2, 2]
+    """
+    # Each node points to a lower one of its component; edges hook their
+    # ends' roots to the lower root, then pointers jump to the roots, until
+    # every edge joins nodes of one root: its component's lowest node.
+    parent = np.arange(n)
+    i, j = np.asarray(i, np.intp), np.asarray(j, np.intp)
+    while True:
+        ri, rj = parent[i], parent[j]
+        if np.array_equal(ri, rj):
+            break
+        low = np.minimum(ri, rj)
+        np.minimum.at(parent, ri, low)
+        np.minimum.at(parent, rj, low)
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
+    return np.unique(parent, return_inverse=True)[1].astype(np.intp)
 
 
 def _process_box(before: NDArray[np.float32], after: NDArray[np.float32],

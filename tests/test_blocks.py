@@ -879,3 +879,24 @@ def test_group_boxes_and_first_pixels_are_those_of_the_labelled_groups(seed):
                      for s in ndimage.find_objects(glabels)]).reshape(-1, 4)
     np.testing.assert_array_equal(bbox, want)
     np.testing.assert_array_equal(first, first_pixel(glabels, np.arange(1, ng + 1)))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_components_are_scipys(seed):
+    # Boxes that meet are processed together: the components of their graph,
+    # numbered as scipy's connected_components numbers them.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from changedet.blocks import components
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    m = int(rng.integers(0, 3 * n))
+    i, j = rng.integers(0, n, m), rng.integers(0, n, m)
+    if seed % 3 == 0:                      # long chains, in either direction
+        order = rng.permutation(n)
+        i, j = order[:-1], order[1:]
+    want = connected_components(coo_matrix((np.ones(i.size, bool), (i, j)), shape=(n, n)),
+                                directed=False)[1]
+    np.testing.assert_array_equal(components(n, i, j), want)
