@@ -706,6 +706,8 @@ class TileReader:
         self._sizes: dict[tuple[int, int], int] = {}
         self._leases: dict[tuple[int, int], int] = {}
         self._spare: list[NDArray[Any]] = []
+        #: Tiles handed over by another reader (adopt), kept until first read.
+        self._pinned: set[tuple[int, int]] = set()
         self._bytes = 0
         #: Tiles decoded so far (a tile evicted and read again counts twice).
         self.decoded = 0
@@ -751,6 +753,9 @@ class TileReader:
     def clear(self) -> None:
         """Drop the cached tiles (tiles being read stay theirs); handles stay open."""
         with self._lock:
+            for key in self._pinned:
+                self._unpin(key)
+            self._pinned.clear()
             for key in [k for k in self._tiles if not self._leases.get(k)]:
                 del self._tiles[key]
                 self._bytes -= self._sizes.pop(key, 0)
@@ -777,6 +782,9 @@ class TileReader:
         # reused) until the caller gives it back with _release.
         with self._lock:
             self._leases[key] = self._leases.get(key, 0) + 1
+            if key in self._pinned:
+                self._pinned.discard(key)
+                self._unpin(key)
             pending = self._tiles.get(key)
             owner = pending is None
             if owner:
@@ -829,11 +837,52 @@ class TileReader:
 
     def _release(self, key: tuple[int, int]) -> None:
         with self._lock:
-            n = self._leases[key] - 1
-            if n:
-                self._leases[key] = n
-            else:
-                del self._leases[key]
+            self._unlease(key)
+
+    def _unpin(self, key: tuple[int, int]) -> None:
+        # An adopted tile, first read: it is cached as any other from now
+        # (the room it had on top of the cache's size goes with it).
+        self.max_bytes -= self._sizes.get(key, 0)
+        self._unlease(key)
+
+    def _unlease(self, key: tuple[int, int]) -> None:
+        # (The lock held.)
+        n = self._leases[key] - 1
+        if n:
+            self._leases[key] = n
+        else:
+            del self._leases[key]
+
+    def decoded_tiles(self) -> dict[tuple[int, int], tuple[NDArray[Any], NDArray[np.bool_] | None]]:
+        """Return the decoded tiles cached now, by ``(tile row, tile column)`` (for adopt)."""
+        with self._lock:
+            return {key: tile.result() for key, tile in self._tiles.items()
+                    if key in self._sizes}
+
+    def adopt(self, tiles: dict[tuple[int, int], tuple[NDArray[Any], NDArray[np.bool_] | None]],
+              ) -> None:
+        """Take tiles another reader of the same raster and bands decoded (:meth:`decoded_tiles`).
+
+        Each stays cached until it is first read (or :meth:`clear`), in room
+        of its own on top of the cache's size: the estimation's samples
+        handed to the blocks, which would otherwise decode them again, and
+        the blocks' own tiles cached as before.
+        """
+        th, tw = self.tile_shape
+        with self._lock:
+            for key, (data, invalid) in tiles.items():
+                rows = min(th, self.height - key[0] * th)
+                cols = min(tw, self.width - key[1] * tw)
+                if key in self._tiles or data.shape != (len(self.bands), rows, cols):
+                    continue
+                done: Future = Future()
+                done.set_result((data, invalid))
+                self._tiles[key] = done
+                self._sizes[key] = data.nbytes + (0 if invalid is None else invalid.nbytes)
+                self._bytes += self._sizes[key]
+                self.max_bytes += self._sizes[key]
+                self._leases[key] = self._leases.get(key, 0) + 1
+                self._pinned.add(key)
 
     def _in_turn(self, r0: int, c0: int, h: int, w: int) -> Iterator[tuple[int, int]]:
         # The tiles of a window, each time one that no other thread is

@@ -447,6 +447,9 @@ class _Prepared:
     sources: Sources
     shift: Shift
     metadata: dict[str, Any]
+    #: The tiles the estimation decoded, before's and after's, for the
+    #: blocks to take (and this list to drop): see io.TileReader.adopt.
+    tiles: list[dict[Any, Any]] = field(default_factory=list)
 
 
 def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
@@ -482,9 +485,11 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     wgrid = grid.window_grid(window)
     resampling = resampling_for(grid, ainfo.grid)
 
-    # The after image is read as the blocks will read it (runner.read_block).
-    after_tiles = opened.stack.enter_context(io.TileReader(
-        opened.sources_paths[1], bands=use_bands, name=ainfo.name, max_bytes=SAMPLE_CACHE_BYTES))
+    # Both images are read as the blocks will read them (runner.read_block),
+    # and the blocks are handed the tiles decoded here.
+    before_tiles, after_tiles = (opened.stack.enter_context(io.TileReader(
+        path, bands=use_bands, name=info.name, max_bytes=SAMPLE_CACHE_BYTES))
+        for path, info in zip(opened.sources_paths, (binfo, ainfo), strict=True))
 
     def read_after(win: Window, alignment: Alignment | None = None,
                    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -500,8 +505,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
     # The after image (its own handle per thread) is read alongside.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(lambda: [read_after(win) for win in windows])
-        before_raw = [io.read_window(bds, win, bands=use_bands, name=binfo.name)
-                      for win in windows]
+        before_raw = [before_tiles.read(win) for win in windows]
         after_raw = pending.result()
     for raw, info in ((before_raw, binfo), (after_raw, ainfo)):
         if all(inv.all() for _, inv in raw):
@@ -529,6 +533,8 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         # threads (decoding and resampling release the GIL).
         with ThreadPoolExecutor(max_workers=2) as pool:
             after_raw = list(pool.map(lambda win: read_after(win, applied_alignment), windows))
+    tiles = [before_tiles.decoded_tiles(), after_tiles.decoded_tiles()]
+    before_tiles.clear()
     after_tiles.clear()
     per_row = 1 if len(windows) == 1 else len({int(w.col_off) for w in windows})
     b_s = _mosaic([b for b, _ in before_raw], per_row)
@@ -604,7 +610,7 @@ def _prepare(opened: _Opened, *, bands: Sequence[int] | None, roi: Any,
         },
         "classes": {str(k): v for k, v in CLASS_NAMES.items()},
     }
-    return _Prepared(plan, sources, alignment.shift, metadata)
+    return _Prepared(plan, sources, alignment.shift, metadata, tiles)
 
 
 def _before_statistics(before: NDArray[np.float32], invalid: NDArray[np.bool_],
@@ -802,8 +808,13 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
                 if client is not None:
                     _check_dask_sources(prep.sources)
                 report("detecting")
+                # The estimation's tiles go to the blocks' readers (on this
+                # machine only), and are no longer held here.
+                tiles, prep.tiles[:] = tuple(prep.tiles), []
                 run_blocks(prep.sources, prep.plan, sink, block_size=block_size,
-                           threads=threads, client=client, progress=progress)
+                           threads=threads, client=client, progress=progress,
+                           tiles=tiles if client is None and len(tiles) == 2 else None)
+                del tiles
 
         yield prep, run
     report("done")

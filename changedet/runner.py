@@ -228,8 +228,8 @@ class Readers:
     def recache(self, pixels: int) -> None:
         """Drop the decoded tiles and keep at most `pixels` (per band) of each image's from now."""
         for reader in (self.before, self.after):
-            reader.max_bytes = int(pixels) * reader.pixel_bytes
             reader.clear()
+            reader.max_bytes = int(pixels) * reader.pixel_bytes
 
     def __enter__(self) -> Readers:
         return self
@@ -571,7 +571,8 @@ def _merge_boxes(boxes: list[tuple[int, int, int, int]], pad: int,
 def run_blocks(sources: Sources, plan: Plan, sink: Sink, *,
                block_size: int = DEFAULT_BLOCK_SIZE, halo: int | None = None,
                threads: int | None = None, client: Any = None,
-               progress: Callable[[str, int, int], None] | None = None) -> None:
+               progress: Callable[[str, int, int], None] | None = None,
+               tiles: tuple[dict[Any, Any], dict[Any, Any]] | None = None) -> None:
     """Process every block and hand the outputs to `sink`, in block order.
 
     Parameters
@@ -596,6 +597,11 @@ def run_blocks(sources: Sources, plan: Plan, sink: Sink, *,
         total)`` and, for changes too large for a window,
         ``progress(TILES_STAGE, done, total)`` (its total grows as the
         tiles are found).
+    tiles : (dict, dict), optional
+        Tiles of the before and after images already decoded (see
+        :meth:`changedet.io.TileReader.decoded_tiles`): the local path reads
+        those within reach of the blocks instead of decoding them again.
+        The dicts are emptied.
     """
     if block_size < 64:
         raise ValueError("block_size must be at least 64 pixels")
@@ -604,12 +610,13 @@ def run_blocks(sources: Sources, plan: Plan, sink: Sink, *,
         # georeferencing rasterio warns on every open.
         _run_blocks(sources, plan, sink, block_size=block_size,
                     halo=DEFAULT_HALO if halo is None else halo, threads=threads,
-                    client=client, progress=progress)
+                    client=client, progress=progress, tiles=tiles)
 
 
 def _run_blocks(sources: Sources, plan: Plan, sink: Sink, *, block_size: int, halo: int,
                 threads: int | None, client: Any,
-                progress: Callable[[str, int, int], None] | None) -> None:
+                progress: Callable[[str, int, int], None] | None,
+                tiles: tuple[dict[Any, Any], dict[Any, Any]] | None = None) -> None:
     halo = max(halo, plan.halo)
     blocks = layout(plan.grid.shape, block_size, halo)
     threads = threads or os.cpu_count() or 1
@@ -624,6 +631,11 @@ def _run_blocks(sources: Sources, plan: Plan, sink: Sink, *, block_size: int, ha
         release_free_memory()
         readers = stack.enter_context(Readers(sources, plan,
                                               cache_pixels(plan, block_size, halo)))
+        if tiles is not None:
+            if client is None:
+                _adopt(readers, sources, plan, tiles, halo)
+            for held in tiles:
+                held.clear()
         if client is not None:
             outputs = _ordered_dask(blocks, sources, plan, client)
         else:
@@ -659,6 +671,22 @@ def _run_blocks(sources: Sources, plan: Plan, sink: Sink, *, block_size: int, ha
             _resolve_deferred(np.concatenate(deferred), sources, plan, sink, halo, readers,
                               np.sort(np.asarray(emitted)), limit, threads, reported,
                               progress)
+
+
+def _adopt(readers: Readers, sources: Sources, plan: Plan,
+           tiles: tuple[dict[Any, Any], dict[Any, Any]], halo: int) -> None:
+    # Hand the readers the tiles within reach of the blocks (the window with
+    # its halo and the resampling's reach, on the before image's pixels;
+    # the after image is on them up to a shift): one outside would be held
+    # to the end, unread.
+    r0, c0 = sources.origin
+    h, w = plan.grid.shape
+    reach = halo + 8
+    for reader, held in zip((readers.before, readers.after), tiles, strict=True):
+        th, tw = reader.tile_shape
+        reader.adopt({key: tile for key, tile in held.items()
+                      if (key[0] + 1) * th > r0 - reach and key[0] * th < r0 + h + reach
+                      and (key[1] + 1) * tw > c0 - reach and key[1] * tw < c0 + w + reach})
 
 
 def _anchor_key(obj: ChangeObject, width: int) -> int:

@@ -900,3 +900,31 @@ def test_components_are_scipys(seed):
     want = connected_components(coo_matrix((np.ones(i.size, bool), (i, j)), shape=(n, n)),
                                 directed=False)[1]
     np.testing.assert_array_equal(components(n, i, j), want)
+
+
+def test_blocks_read_the_estimations_tiles_rather_than_decode_them(scene, reference,
+                                                                   monkeypatch):
+    # A small pair is estimated on all of it: every tile (here a strip of
+    # three rows) it decoded is handed to the blocks, whose first pass then
+    # decodes none (the second pass, for the changes cut by seams, decodes
+    # its windows' as before), and finds the same.
+    import changedet.runner as runner
+
+    decoded = []
+    close = runner.Readers.close
+
+    def counting_close(self):
+        decoded.append((self.before.decoded, self.after.decoded))
+        close(self)
+
+    monkeypatch.setattr(runner.Readers, "close", counting_close)
+    r = changedet.detect(*scene, block_size=128, threads=1)
+    np.testing.assert_array_equal(r.classes, reference.classes)
+    np.testing.assert_array_equal(r.score, reference.score)
+    assert _features(r) == _features(reference)
+    monkeypatch.setattr(runner, "_adopt", lambda *args: None)
+    plain = changedet.detect(*scene, block_size=128, threads=1)
+    assert _features(plain) == _features(reference)
+    with rasterio.open(scene[0]) as ds:
+        strips = -(-ds.height // ds.block_shapes[0][0])
+    assert [b - a for a, b in zip(*decoded, strict=True)] == [strips, strips]

@@ -449,6 +449,35 @@ def test_tile_reader_decodes_each_tile_once(tmp_path):
         np.testing.assert_array_equal(ia, ib)
 
 
+def test_tile_reader_adopts_another_readers_tiles_until_first_read(tmp_path):
+    # The estimation's decoded tiles go to the blocks' reader: read from
+    # there (not decoded again), kept whatever the cache's size until then,
+    # and the cache's own room the same before and after.
+    path = _tiled(tmp_path)
+    win = Window(10, 20, 100, 50)              # 2 x 2 tiles of 64 px
+    with io.TileReader(str(path)) as first:
+        want = first.read(win)
+        tiles = first.decoded_tiles()
+    assert len(tiles) == 4
+    with io.TileReader(str(path), max_bytes=1) as r:     # room for no tile
+        r.adopt(tiles)
+        r.read(Window(200, 200, 60, 40))                 # two other tiles come and go
+        assert set(tiles) <= set(r._tiles)               # the adopted ones stay
+        got = r.read(win)
+        assert r.decoded == 2                            # not the adopted four
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        assert r.max_bytes == 1 and not r._pinned and not r._leases
+        r.read(Window(200, 200, 60, 40))
+        assert not set(tiles) & set(r._tiles)            # read once, then cached as any
+    with io.TileReader(str(path), max_bytes=1) as r:
+        r.adopt(tiles)
+        r.clear()                                        # unread: dropped too
+        assert not r._tiles and r.max_bytes == 1 and r._bytes == 0
+        r.adopt({(0, 0): (np.zeros((3, 5, 5), np.uint16), None)})   # not this raster's
+        assert not r._tiles
+
+
 def test_tile_reader_clear_drops_the_tiles_and_keeps_reading(tmp_path):
     path = _tiled(tmp_path)
     win = Window(10, 20, 100, 50)              # 2 x 2 tiles
