@@ -448,7 +448,7 @@ class _Prepared:
     shift: Shift
     metadata: dict[str, Any]
     #: The tiles the estimation decoded, before's and after's, for the
-    #: blocks to take (and this list to drop): see io.TileReader.adopt.
+    #: blocks to take (run_blocks empties them): see io.TileReader.adopt.
     tiles: list[dict[Any, Any]] = field(default_factory=list)
 
 
@@ -808,13 +808,11 @@ def _session(before: io.RasterSource, after: io.RasterSource, opts: dict[str, An
                 if client is not None:
                     _check_dask_sources(prep.sources)
                 report("detecting")
-                # The estimation's tiles go to the blocks' readers (on this
-                # machine only), and are no longer held here.
-                tiles, prep.tiles[:] = tuple(prep.tiles), []
+                # The estimation's tiles go to the blocks' readers (run_blocks
+                # empties the dicts: they are no longer held here).
                 run_blocks(prep.sources, prep.plan, sink, block_size=block_size,
                            threads=threads, client=client, progress=progress,
-                           tiles=tiles if client is None and len(tiles) == 2 else None)
-                del tiles
+                           tiles=tuple(prep.tiles) or None)
 
         yield prep, run
     report("done")
